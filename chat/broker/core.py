@@ -1,0 +1,252 @@
+"""The broker's decisions, with no sockets: frames in, replies and events out.
+
+Session states, all of them, in one place::
+
+    (no session) --JOIN ok--> joined --LEAVE--> (gone; leave event "quit")
+                                     --silent for session_timeout--> (gone; leave event "timeout")
+                                     --broker stops--> (gone; BYE to the client)
+
+An identity without a session costs no memory: the broker answers it and forgets it. A session is bound
+to one ROUTER identity; the name shown on everything it sends comes from the session, never from the
+message. A client that reconnects (new identity) can take its session back with the token of its WELCOME.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+from chat import protocol as p
+from chat.broker.history import History, MemoryHistory
+from chat.errors import RemoteProtocolError
+
+SESSION_TIMEOUT = 5.0  # seconds of silence after which a session is expired
+HEARTBEATS_PER_TIMEOUT = 3  # clients are told to ping this many times per timeout
+MAX_SESSIONS = 10_000
+DEDUP_IDS_PER_NAME = 1000  # acknowledged ids remembered per user, to drop resent duplicates
+DEDUP_NAMES = 2 * MAX_SESSIONS
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Send ``message`` to one ROUTER peer."""
+
+    identity: bytes
+    message: p.Message
+
+
+Outgoing = Union[Reply, p.Event]  # an Event is published on PUB
+
+
+@dataclass
+class Session:
+    identity: bytes
+    name: str
+    token: str
+    last_seen: float
+    rooms: set[str] = field(default_factory=lambda: {p.DEFAULT_ROOM})
+
+
+class Broker:
+    """Sessions, names, sequence numbers and time stamps: everything the broker decides."""
+
+    def __init__(
+        self,
+        *,
+        pub_port: int,
+        history: History | None = None,
+        clock: Callable[[], float] = time.time,
+        session_timeout: float = SESSION_TIMEOUT,
+        max_sessions: int = MAX_SESSIONS,
+    ) -> None:
+        self.pub_port = pub_port
+        self.history = history if history is not None else MemoryHistory()
+        self.clock = clock
+        self.session_timeout = session_timeout
+        self.max_sessions = max_sessions
+        self.sessions: dict[bytes, Session] = {}  # by ROUTER identity
+        self.names: dict[str, Session] = {}  # by name_key
+        self._seq: dict[str, int] = {}
+        self._acks: OrderedDict[str, OrderedDict[str, p.Ack]] = OrderedDict()
+
+    # ------------------------------------------------------------------ entry points
+
+    def handle(self, identity: bytes, frames: list[bytes]) -> list[Outgoing]:
+        """Everything that follows from one message received on the ROUTER."""
+        try:
+            message = p.decode_client(frames)
+        except RemoteProtocolError as exc:
+            return [Reply(identity, p.Error(exc.code, exc.reason))]
+        now = self.clock()
+        session = self.sessions.get(identity)
+        try:
+            if isinstance(message, p.Join):
+                return self._join(identity, session, message, now)
+            if session is None:
+                raise RemoteProtocolError(p.NOT_JOINED, "join first (send JOIN with a name)")
+            session.last_seen = now
+            return self._dispatch(session, message, now)
+        except RemoteProtocolError as exc:
+            # ref lets the client tell which request failed: its id, or else its type.
+            ref = getattr(message, "id", "") or message.TYPE.decode()
+            return [Reply(identity, p.Error(exc.code, exc.reason, ref))]
+
+    def expire_idle(self) -> list[Outgoing]:
+        """End the sessions that have been silent for longer than the session timeout."""
+        deadline = self.clock() - self.session_timeout
+        out: list[Outgoing] = []
+        for session in [s for s in self.sessions.values() if s.last_seen < deadline]:
+            out += self._end(session, p.LEFT_TIMEOUT)
+        return out
+
+    def shutdown(self, reason: str = "the broker is shutting down") -> list[Outgoing]:
+        """Tell every client that the broker is going away."""
+        out: list[Outgoing] = [Reply(s.identity, p.Bye(reason)) for s in self.sessions.values()]
+        self.sessions.clear()
+        self.names.clear()
+        return out
+
+    # ------------------------------------------------------------------ messages
+
+    def _dispatch(self, session: Session, message: p.Message, now: float) -> list[Outgoing]:
+        if isinstance(message, p.Ping):
+            return [Reply(session.identity, p.Pong(self._room_seqs(session)))]
+        if isinstance(message, p.Say):
+            return self._say(session, message, now)
+        if isinstance(message, p.Pm):
+            return self._pm(session, message, now)
+        if isinstance(message, p.Who):
+            return self._who(session, message, now)
+        if isinstance(message, p.Fetch):
+            return self._fetch(session, message)
+        if isinstance(message, p.Leave):
+            return self._end(session, p.LEFT_QUIT) + [Reply(session.identity, p.Bye("goodbye"))]
+        raise RemoteProtocolError(p.BAD_TYPE, f"{message.TYPE.decode()} is not a request")
+
+    def _join(self, identity: bytes, session: Session | None, join: p.Join, now: float) -> list[Outgoing]:
+        key = p.name_key(join.name)
+        if session is not None:
+            if p.name_key(session.name) != key:
+                raise RemoteProtocolError(p.ALREADY_JOINED, f"this connection is already joined as {session.name}")
+            session.last_seen = now  # a retried JOIN: answer it again
+            return [Reply(identity, self._welcome(session))]
+        holder = self.names.get(key)
+        if holder is not None:
+            if join.token and secrets.compare_digest(join.token, holder.token):
+                # The same client on a new connection: move the session, no leave/join noise.
+                del self.sessions[holder.identity]
+                holder.identity, holder.last_seen = identity, now
+                self.sessions[identity] = holder
+                return [Reply(identity, self._welcome(holder))]
+            raise RemoteProtocolError(p.NAME_TAKEN, f"the name {holder.name} is taken; choose another")
+        if len(self.sessions) >= self.max_sessions:
+            raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more users")
+        session = Session(identity, join.name, secrets.token_hex(16), now)
+        self.sessions[identity] = session
+        self.names[key] = session
+        # WELCOME before the join event: its sequence numbers are the ones the client must follow on from.
+        out: list[Outgoing] = [Reply(identity, self._welcome(session))]
+        for room in sorted(session.rooms):
+            out.append(self._publish(room, p.KIND_JOIN, session.name, "", now))
+        return out
+
+    def _say(self, session: Session, say: p.Say, now: float) -> list[Outgoing]:
+        if say.room not in session.rooms:
+            raise RemoteProtocolError(p.NO_SUCH_ROOM, f"you are not in {say.room}")
+        done = self._acked(session, say.id)
+        if done is not None:  # a resend of a line already published: acknowledge, do not repeat
+            return [Reply(session.identity, done)]
+        event = self._publish(say.room, say.kind, session.name, p.neutralise(say.text), now)
+        ack = p.Ack(say.id, event.seq, event.ts)
+        self._remember(session, ack)
+        return [event, Reply(session.identity, ack)]
+
+    def _pm(self, session: Session, pm: p.Pm, now: float) -> list[Outgoing]:
+        target = self.names.get(p.name_key(pm.to))
+        if target is None:
+            raise RemoteProtocolError(p.NO_SUCH_USER, f"nobody called {p.neutralise(pm.to)} is online")
+        done = self._acked(session, pm.id)
+        if done is not None:
+            return [Reply(session.identity, done)]
+        ts = int(now * 1000)
+        ack = p.Ack(pm.id, 0, ts)
+        self._remember(session, ack)
+        private = p.Private(session.name, target.name, p.neutralise(pm.text), ts)
+        return [Reply(target.identity, private), Reply(session.identity, ack)]
+
+    def _who(self, session: Session, who: p.Who, now: float) -> list[Outgoing]:
+        if who.room and who.room not in self._seq and who.room not in session.rooms:
+            raise RemoteProtocolError(p.NO_SUCH_ROOM, f"there is no room {p.neutralise(who.room)}")
+        members = [s.name for s in self.sessions.values() if not who.room or who.room in s.rooms]
+        roster = p.Roster(who.room, sorted(members, key=p.name_key), int(now * 1000))
+        return [Reply(session.identity, roster)]
+
+    def _fetch(self, session: Session, fetch: p.Fetch) -> list[Outgoing]:
+        last_seq = self._last_seq(fetch.room)
+        if fetch.last > last_seq:
+            raise RemoteProtocolError(
+                p.HISTORY_RANGE, f"{fetch.room} has events 1 to {last_seq}; asked for up to {fetch.last}"
+            )
+        last = min(fetch.last, fetch.first + p.MAX_FETCH - 1)
+        events = self.history.fetch(fetch.room, fetch.first, last)
+        return [Reply(session.identity, p.History(fetch.room, [p.event_body(e) for e in events]))]
+
+    # ------------------------------------------------------------------ helpers
+
+    def _welcome(self, session: Session) -> p.Welcome:
+        timeout_ms = int(self.session_timeout * 1000)
+        return p.Welcome(
+            name=session.name,
+            pub_port=self.pub_port,
+            rooms=self._room_seqs(session),
+            heartbeat_ms=max(timeout_ms // HEARTBEATS_PER_TIMEOUT, 1),
+            timeout_ms=timeout_ms,
+            history_id=self.history.history_id,
+            token=session.token,
+        )
+
+    def _room_seqs(self, session: Session) -> dict[str, int]:
+        return {room: self._last_seq(room) for room in sorted(session.rooms)}
+
+    def _last_seq(self, room: str) -> int:
+        seq = self._seq.get(room)
+        if seq is None:
+            seq = self._seq[room] = self.history.last_seq(room)
+        return seq
+
+    def _publish(self, room: str, kind: str, name: str, text: str, now: float) -> p.Event:
+        seq = self._last_seq(room) + 1
+        self._seq[room] = seq
+        event = p.Event(seq=seq, ts=int(now * 1000), kind=kind, name=name, text=text, room=room)
+        self.history.append(event)
+        return event
+
+    def _end(self, session: Session, why: str) -> list[Outgoing]:
+        del self.sessions[session.identity]
+        del self.names[p.name_key(session.name)]
+        now = self.clock()
+        return [self._publish(room, p.KIND_LEAVE, session.name, why, now) for room in sorted(session.rooms)]
+
+    def _acked(self, session: Session, msg_id: str) -> p.Ack | None:
+        if not msg_id:
+            return None
+        ids = self._acks.get(p.name_key(session.name))
+        return ids.get(msg_id) if ids else None
+
+    def _remember(self, session: Session, ack: p.Ack) -> None:
+        if not ack.id:
+            return
+        key = p.name_key(session.name)
+        ids = self._acks.get(key)
+        if ids is None:
+            ids = self._acks[key] = OrderedDict()
+            if len(self._acks) > DEDUP_NAMES:
+                self._acks.popitem(last=False)
+        else:
+            self._acks.move_to_end(key)
+        ids[ack.id] = ack
+        if len(ids) > DEDUP_IDS_PER_NAME:
+            ids.popitem(last=False)

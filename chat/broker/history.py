@@ -1,0 +1,52 @@
+"""Where the broker keeps published events, so that clients can fetch what they missed."""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from typing import Protocol
+
+from chat.protocol import Event
+
+KEEP_EVENTS = 10_000  # per room, for the in-memory history
+
+
+class History(Protocol):
+    """What the broker core needs of a history store."""
+
+    history_id: str  # changes when the history is a different one (new store, wiped store)
+
+    def last_seq(self, room: str) -> int: ...
+
+    def append(self, event: Event) -> None: ...
+
+    def fetch(self, room: str, first: int, last: int) -> list[Event]: ...
+
+
+class MemoryHistory:
+    """The last ``keep`` events of each room, in memory; gone when the broker stops."""
+
+    def __init__(self, keep: int = KEEP_EVENTS) -> None:
+        self.history_id = secrets.token_hex(8)
+        self._keep = keep
+        self._rooms: dict[str, deque[Event]] = {}
+
+    def last_seq(self, room: str) -> int:
+        events = self._rooms.get(room)
+        return events[-1].seq if events else 0
+
+    def append(self, event: Event) -> None:
+        events = self._rooms.get(event.room)
+        if events is None:
+            events = self._rooms[event.room] = deque(maxlen=self._keep)
+        events.append(event)
+
+    def fetch(self, room: str, first: int, last: int) -> list[Event]:
+        events = self._rooms.get(room)
+        if not events:
+            return []
+        # Sequence numbers within a room are consecutive, so an index is a subtraction away.
+        base = events[0].seq
+        start = max(first - base, 0)
+        stop = min(last - base + 1, len(events))
+        return [events[i] for i in range(start, stop)]

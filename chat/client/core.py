@@ -1,0 +1,398 @@
+"""The client's decisions, with no sockets and no terminal: input in, actions out.
+
+States::
+
+    naming --name--> joining --WELCOME--> joined --broker silent / BYE--> lost --WELCOME--> joined
+       ^                |                    |                              |
+       +--name refused--+                    +--/quit, end of input--> closing --BYE or timeout--> (exit)
+
+Every public event carries a per-room sequence number. The core shows each exactly once, in order: an
+event that arrives early is held back, a gap is fetched over the DEALER (``FETCH``), a duplicate is
+dropped. ``PONG`` carries the broker's latest numbers, so a client also notices what it missed at the
+tail (the slow-joiner case: events published before its SUB was connected).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Union
+
+from chat import protocol as p
+from chat.client import events as ev
+from chat.errors import RemoteProtocolError
+
+CONNECT_TIMEOUT = 5.0  # seconds to wait for the first WELCOME before giving up
+RETRY_INTERVAL = 1.0  # seconds between attempts to get back in after the broker went away
+RESEND_AFTER = 3.0  # seconds before an unacknowledged line is sent again
+QUIT_TIMEOUT = 1.0  # seconds to wait for the broker's goodbye after LEAVE
+FETCH_RETRY = 2.0  # seconds before an unanswered FETCH is asked again
+MAX_HELD = 10_000  # early events held back per room while a gap is fetched
+DEFAULT_HEARTBEAT = 1.0
+DEFAULT_TIMEOUT = 5.0
+
+HELP = """commands:
+  /who, /whosonline      list everyone online
+  /pm NAME TEXT          private message to NAME (alias /msg); it never goes through the fan-out
+  /me ACTION             say what you are doing: * alice waves
+  /help                  this help
+  /quit                  leave the chat (so does end of input)
+  //text                 send a line that starts with '/'"""
+
+
+@dataclass
+class _Fetching:
+    first: int
+    last: int
+    sent_at: float
+
+
+Outgoing = Union[p.Say, p.Pm]
+
+
+class ClientCore:
+    """One user's view of the chat. ``interactive`` means a person can be asked again for a name."""
+
+    def __init__(self, name: str | None, *, interactive: bool, history_lines: int = 0) -> None:
+        self.name = name or ""
+        self.interactive = interactive
+        self.history_lines = history_lines
+        self.state = "naming"
+        self.token = ""
+        self.history_id = ""
+        self.heartbeat = DEFAULT_HEARTBEAT
+        self.timeout = DEFAULT_TIMEOUT
+        self.expected: dict[str, int] = {}  # room -> next sequence number to show
+        self.held: dict[str, dict[int, p.Event]] = {}
+        self.fetching: dict[str, _Fetching] = {}
+        self.reported: dict[str, int] = {}  # room -> last number a PONG reported
+        self.unacked: OrderedDict[str, tuple[Outgoing, float]] = OrderedDict()
+        self.quit_requested = False
+        self._id_prefix = secrets.token_hex(4)
+        self._counter = 0
+        self._deadline = 0.0  # meaning depends on the state: give up, retry, or quit
+        self._last_heard = 0.0
+        self._last_ping = 0.0
+
+    # ------------------------------------------------------------------ inputs
+
+    def start(self, now: float) -> list[ev.Action]:
+        if self.name:
+            return self._join(now)
+        return [ev.AskName()]
+
+    def on_input(self, line: str, now: float) -> list[ev.Action]:
+        """A line the user typed."""
+        line = line.rstrip("\r\n")
+        if self.state == "naming":
+            self.name = line.strip()
+            problem = p.name_problem(self.name)
+            if problem:
+                return self._refused(problem)
+            return self._join(now)
+        if not line.strip():
+            return []
+        if line.startswith("//"):
+            return self._say(line[1:], p.KIND_MSG, now)
+        if line.startswith("/"):
+            return self._command(line, now)
+        return self._say(line, p.KIND_MSG, now)
+
+    def on_eof(self, now: float) -> list[ev.Action]:
+        """End of input means /quit."""
+        return self._quit(now)
+
+    def on_direct(self, frames: list[bytes], now: float) -> list[ev.Action]:
+        """Frames received on the DEALER."""
+        try:
+            message = p.decode_broker(frames)
+        except RemoteProtocolError as exc:
+            return [ev.Notice(f"ignored a malformed message from the broker ({exc})", "error")]
+        self._last_heard = now
+        if isinstance(message, p.Welcome):
+            return self._welcome(message, now)
+        if isinstance(message, p.Error):
+            return self._error(message, now)
+        if isinstance(message, p.Ack):
+            return self._ack(message)
+        if isinstance(message, p.Pong):
+            return self._pong(message, now)
+        if isinstance(message, p.History):
+            return self._history(message, now)
+        if isinstance(message, p.Private):
+            return [ev.PrivateIn(message)]
+        if isinstance(message, p.Roster):
+            return [ev.RosterShown(message)]
+        if isinstance(message, p.Bye):
+            return self._bye(message, now)
+        return []  # pragma: no cover - decode_broker returns only the types above
+
+    def on_published(self, frames: list[bytes], now: float) -> list[ev.Action]:
+        """Frames received on the SUB."""
+        try:
+            event = p.decode_event(frames)
+        except RemoteProtocolError as exc:
+            return [ev.Notice(f"ignored a malformed event ({exc})", "error")]
+        return self._receive(event, now)
+
+    def tick(self, now: float) -> list[ev.Action]:
+        """Timers: heartbeats, broker loss, retries. Call at least every ``next_wakeup`` seconds."""
+        if self.state == "joining" and now >= self._deadline:
+            return [ev.Exit(ev.EXIT_UNREACHABLE, f"could not reach the broker within {CONNECT_TIMEOUT:g} s")]
+        if self.state == "closing" and now >= self._deadline:
+            return [ev.Exit(ev.EXIT_OK)]
+        if self.state == "lost" and now >= self._deadline:
+            self._deadline = now + RETRY_INTERVAL
+            return [ev.Reconnect(), ev.Send(p.Join(self.name, self.token))]
+        if self.state != "joined":
+            return []
+        if now - self._last_heard > self.timeout:
+            return self._lost("the broker stopped answering", now)
+        out: list[ev.Action] = []
+        if now - self._last_ping >= self.heartbeat:
+            self._last_ping = now
+            out.append(ev.Send(p.Ping()))
+        for msg_id, (message, sent_at) in list(self.unacked.items()):
+            if now - sent_at >= RESEND_AFTER:
+                self.unacked[msg_id] = (message, now)
+                out.append(ev.Send(message))
+        for room, fetching in list(self.fetching.items()):
+            if now - fetching.sent_at >= FETCH_RETRY:
+                out += self._fetch(room, fetching.first, fetching.last, now)
+        return out
+
+    def next_wakeup(self, now: float) -> float:
+        """Seconds until ``tick`` has something to do, at most."""
+        if self.state in ("joining", "closing", "lost"):
+            return max(0.0, self._deadline - now)
+        if self.state == "joined":
+            return max(0.0, min(self._last_ping + self.heartbeat, self._last_heard + self.timeout) - now)
+        return 1.0
+
+    # ------------------------------------------------------------------ commands
+
+    def _command(self, line: str, now: float) -> list[ev.Action]:
+        word, _, rest = line.partition(" ")
+        word = word.lower()
+        rest = rest.strip()
+        if word in ("/quit", "/exit"):
+            return self._quit(now)
+        if word in ("/who", "/whosonline"):
+            return self._send_when_joined(p.Who(rest))
+        if word in ("/pm", "/msg"):
+            to, _, text = rest.partition(" ")
+            if not to or not text.strip():
+                return [ev.Notice(f"usage: {word} NAME TEXT", "error")]
+            return self._send_line(p.Pm(self._next_id(), to, text), "pm", now)
+        if word == "/me":
+            if not rest:
+                return [ev.Notice("usage: /me ACTION", "error")]
+            return self._say(rest, p.KIND_ACTION, now)
+        if word == "/help":
+            return [ev.Notice(HELP)]
+        return [ev.Notice(f"unknown command {p.neutralise(word)}; type /help for the list", "error")]
+
+    def _say(self, text: str, kind: str, now: float) -> list[ev.Action]:
+        return self._send_line(p.Say(self._next_id(), text, p.DEFAULT_ROOM, kind), kind, now)
+
+    def _send_line(self, message: Outgoing, kind: str, now: float) -> list[ev.Action]:
+        problem = p.text_problem(message.text)
+        if problem:
+            return [ev.Notice(problem, "error")]
+        self.unacked[message.id] = (message, now)
+        shown = ev.Sent(message.id, kind, message.text, getattr(message, "to", ""))
+        if self.state != "joined":
+            return [shown]  # sent when (re)joined, in the order typed
+        return [shown, ev.Send(message)]
+
+    def _send_when_joined(self, message: p.Message) -> list[ev.Action]:
+        if self.state != "joined":
+            return [ev.Notice("not connected to the broker yet", "error")]
+        return [ev.Send(message)]
+
+    def _quit(self, now: float) -> list[ev.Action]:
+        if self.state == "naming":
+            return [ev.Exit(ev.EXIT_REFUSED if not self.interactive else ev.EXIT_OK, "no name given")]
+        if self.state == "joined":
+            self.state = "closing"
+            self._deadline = now + QUIT_TIMEOUT
+            return [ev.Send(p.Leave())]
+        if self.state == "joining":  # leave as soon as what was typed has been sent
+            self.quit_requested = True
+            return []
+        unsent = len(self.unacked)
+        reason = f"{unsent} line(s) were not delivered" if unsent and self.state == "lost" else ""
+        return [ev.Exit(ev.EXIT_OK, reason)]
+
+    # ------------------------------------------------------------------ joining
+
+    def _join(self, now: float) -> list[ev.Action]:
+        self.state = "joining"
+        self._deadline = now + CONNECT_TIMEOUT
+        self._last_heard = now
+        return [ev.Status("connecting"), ev.Send(p.Join(self.name, self.token))]
+
+    def _refused(self, reason: str) -> list[ev.Action]:
+        if self.interactive:
+            self.state = "naming"
+            return [ev.AskName(reason)]
+        return [ev.Exit(ev.EXIT_REFUSED, reason)]
+
+    def _welcome(self, welcome: p.Welcome, now: float) -> list[ev.Action]:
+        if self.state not in ("joining", "lost"):
+            return []  # a late answer to a retried JOIN
+        was_lost = self.state == "lost"
+        self.state = "joined"
+        self.name = welcome.name
+        self.token = welcome.token
+        self.heartbeat = welcome.heartbeat_ms / 1000
+        self.timeout = welcome.timeout_ms / 1000
+        self._last_ping = now
+        out: list[ev.Action] = [
+            ev.Subscribe(welcome.pub_port, tuple(welcome.rooms)),
+            ev.Status("connected", welcome.name),
+        ]
+        if was_lost:
+            out.append(ev.Notice("back in: reconnected to the broker"))
+        same_history = welcome.history_id == self.history_id
+        self.history_id = welcome.history_id
+        for room, last in welcome.rooms.items():
+            if not same_history or room not in self.expected:
+                self.expected[room] = max(1, last + 1 - self.history_lines)
+                self.held.pop(room, None)
+                self.fetching.pop(room, None)
+            if self.expected[room] <= last:
+                out += self._fetch(room, self.expected[room], last, now)
+        for message, _ in self.unacked.values():  # typed while away, or never acknowledged
+            out.append(ev.Send(message))
+        self.unacked = OrderedDict((k, (m, now)) for k, (m, _) in self.unacked.items())
+        if self.quit_requested:
+            out += self._quit(now)
+        return out
+
+    def _error(self, error: p.Error, now: float) -> list[ev.Action]:
+        if error.ref == p.Join.TYPE.decode() and self.state in ("joining", "lost"):
+            if error.code in (p.NAME_TAKEN, p.NAME_INVALID):
+                return self._refused(error.reason)
+            return [ev.Exit(ev.EXIT_REFUSED, error.reason)]
+        if error.code == p.NOT_JOINED and self.state == "joined":
+            # The broker forgot us (it restarted, or expired us): get back in at once.
+            return self._lost("the broker no longer knows this session", now, deadline=now)
+        if error.ref in self.unacked:
+            del self.unacked[error.ref]  # refused for good: resending would not help
+        if error.ref == p.Fetch.TYPE.decode():
+            return self._skip_unrecoverable(now)
+        return [ev.Notice(error.reason, "error")]
+
+    def _bye(self, bye: p.Bye, now: float) -> list[ev.Action]:
+        if self.state == "closing":
+            return [ev.Exit(ev.EXIT_OK)]
+        return self._lost(bye.reason, now)
+
+    def _lost(self, why: str, now: float, deadline: float | None = None) -> list[ev.Action]:
+        self.state = "lost"
+        self._deadline = now + RETRY_INTERVAL if deadline is None else deadline
+        self.reported.clear()
+        return [
+            ev.Status("reconnecting"),
+            ev.Notice(f"lost the broker: {why}; trying to get back in", "error"),
+        ]
+
+    def _ack(self, ack: p.Ack) -> list[ev.Action]:
+        if self.unacked.pop(ack.id, None) is None:
+            return []  # an ack for a resend we already had
+        return [ev.Acked(ack.id, ack.seq, ack.ts)]
+
+    # ------------------------------------------------------------------ ordering and gaps
+
+    def _receive(self, event: p.Event, now: float) -> list[ev.Action]:
+        expected = self.expected.get(event.room)
+        if expected is None or event.seq < expected:
+            return []  # not a room of ours, or a duplicate
+        if event.seq > expected:
+            held = self.held.setdefault(event.room, {})
+            if len(held) < MAX_HELD:
+                held[event.seq] = event
+            if event.room in self.fetching or self.state != "joined":
+                return []
+            return self._fetch(event.room, expected, event.seq - 1, now)
+        return self._deliver(event)
+
+    def _deliver(self, event: p.Event) -> list[ev.Action]:
+        """Show ``event`` (the expected one) and whatever was held back behind it."""
+        room = event.room
+        held = self.held.get(room, {})
+        out: list[ev.Action] = []
+        while True:
+            self.expected[room] = event.seq + 1
+            if not self._is_own(event):
+                out.append(ev.Public(event))
+            next_event = held.pop(event.seq + 1, None)
+            if next_event is None:
+                break
+            event = next_event
+        fetching = self.fetching.get(room)
+        if fetching and self.expected[room] > fetching.last:
+            del self.fetching[room]
+        return out
+
+    def _is_own(self, event: p.Event) -> bool:
+        """Our own events are not shown back to us: ACK and WELCOME stand for them."""
+        return p.name_key(event.name) == p.name_key(self.name)
+
+    def _fetch(self, room: str, first: int, last: int, now: float) -> list[ev.Action]:
+        self.fetching[room] = _Fetching(first, last, now)
+        return [ev.Send(p.Fetch(room, first, last))]
+
+    def _history(self, history: p.History, now: float) -> list[ev.Action]:
+        try:
+            events = p.history_events(history)
+        except RemoteProtocolError as exc:
+            return [ev.Notice(f"ignored a malformed history reply ({exc})", "error")]
+        room = history.room
+        before = self.expected.get(room)
+        out: list[ev.Action] = []
+        for event in events:
+            out += self._receive(event, now)
+        fetching = self.fetching.get(room)
+        if fetching is None or before is None:
+            return out
+        if self.expected[room] > before:
+            if self.expected[room] <= fetching.last:  # a partial answer: ask for the rest
+                out += self._fetch(room, self.expected[room], fetching.last, now)
+            return out
+        return out + self._skip_unrecoverable(now, room)
+
+    def _skip_unrecoverable(self, now: float, only: str | None = None) -> list[ev.Action]:
+        """The broker no longer has what we are missing: say so and move on to what we hold."""
+        out: list[ev.Action] = []
+        for room, fetching in list(self.fetching.items()):
+            if only is not None and room != only:
+                continue
+            del self.fetching[room]
+            held = self.held.get(room, {})
+            resume = min(held) if held else fetching.last + 1
+            lost = resume - self.expected[room]
+            if lost > 0:
+                out.append(ev.Notice(f"{lost} event(s) in {room} could not be recovered", "error"))
+                self.expected[room] = resume
+            if resume in held:
+                out += self._deliver(held.pop(resume))
+        return out
+
+    def _pong(self, pong: p.Pong, now: float) -> list[ev.Action]:
+        out: list[ev.Action] = []
+        for room, last in pong.rooms.items():
+            previous = self.reported.get(room)
+            self.reported[room] = last
+            expected = self.expected.get(room)
+            # Only what the previous PONG reported counts as missing: newer events may still be on the way.
+            if expected is not None and previous is not None and previous >= expected:
+                if room not in self.fetching:
+                    out += self._fetch(room, expected, previous, now)
+        return out
+
+    def _next_id(self) -> str:
+        self._counter += 1
+        return f"{self._id_prefix}-{self._counter}"

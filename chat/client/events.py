@@ -1,0 +1,109 @@
+"""What the client core asks of the world: things to send (for the driver) and things to show (for a UI).
+
+Every front end (plain line mode, the full-screen UI) consumes the same ``Show`` items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from chat import protocol as p
+
+# ---------------------------------------------------------------- for the network driver
+
+
+@dataclass(frozen=True)
+class Send:
+    message: p.Message
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """Throw the DEALER away and open a new one (the Lazy Pirate pattern: a fresh socket drops stale queues)."""
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    """Connect the SUB socket to the broker's PUB port (if not yet) and subscribe to these rooms."""
+
+    pub_port: int
+    rooms: tuple[str, ...]
+
+
+# ---------------------------------------------------------------- for a front end
+
+
+@dataclass(frozen=True)
+class Public:
+    """A public event to show: a line, an action, a join or a leave."""
+
+    event: p.Event
+
+
+@dataclass(frozen=True)
+class PrivateIn:
+    """A private message to us."""
+
+    private: p.Private
+
+
+@dataclass(frozen=True)
+class Sent:
+    """We sent a line (``kind`` msg, action or pm); it is pending until ``Acked`` with the same id."""
+
+    id: str
+    kind: str
+    text: str
+    to: str = ""
+
+
+@dataclass(frozen=True)
+class Acked:
+    id: str
+    seq: int
+    ts: int
+
+
+@dataclass(frozen=True)
+class RosterShown:
+    roster: p.Roster
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A line from the client itself. ``level`` is "info" or "error"."""
+
+    text: str
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class AskName:
+    """The front end should ask the user for a name; the next input line is taken as one."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Status:
+    """Connection state changed: "connecting", "connected" or "reconnecting"."""
+
+    state: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Exit:
+    code: int
+    reason: str = ""
+
+
+Show = Union[Public, PrivateIn, Sent, Acked, RosterShown, Notice, AskName, Status]
+Action = Union[Send, Reconnect, Subscribe, Show, Exit]
+
+# Exit codes of client.py (a public interface: scripts depend on them).
+EXIT_OK = 0
+EXIT_UNREACHABLE = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3

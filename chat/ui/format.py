@@ -1,0 +1,67 @@
+"""Plain-text rendering of what the client shows: the line formats scripts depend on.
+
+    [YYYY-MM-DD HH:MM:SS] alice: text
+    [YYYY-MM-DD HH:MM:SS] * alice waves
+    [YYYY-MM-DD HH:MM:SS] alice has joined the chat.
+    [YYYY-MM-DD HH:MM:SS] alice has left the chat.
+    [YYYY-MM-DD HH:MM:SS] alice has left the chat. (timed out)
+    [YYYY-MM-DD HH:MM:SS] alice (private): text
+    [YYYY-MM-DD HH:MM:SS] online (2): alice, bob
+
+Times are the broker's, shown in the viewer's local time zone. Everything from other people goes through
+``neutralise`` so that it cannot move the cursor, recolour the screen or reorder text.
+"""
+
+from __future__ import annotations
+
+import zlib
+from datetime import datetime
+
+from chat import protocol as p
+
+_NAME_COLOURS = (31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96)
+
+
+def stamp(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def name_colour(name: str) -> int:
+    """An ANSI colour for a name, the same for everyone and every run."""
+    return _NAME_COLOURS[zlib.crc32(p.name_key(name).encode()) % len(_NAME_COLOURS)]
+
+
+class LineFormatter:
+    """Turns events into single lines, with colour only when asked."""
+
+    def __init__(self, colour: bool = False) -> None:
+        self.colour = colour
+
+    def name(self, name: str) -> str:
+        safe = p.neutralise(name)
+        return f"\x1b[{name_colour(name)}m{safe}\x1b[0m" if self.colour else safe
+
+    def dim(self, text: str) -> str:
+        return f"\x1b[2m{text}\x1b[0m" if self.colour else text
+
+    def event(self, event: p.Event) -> str:
+        when = f"[{stamp(event.ts)}]"
+        text = p.neutralise(event.text)
+        if event.kind == p.KIND_MSG:
+            return f"{when} {self.name(event.name)}: {text}"
+        if event.kind == p.KIND_ACTION:
+            return f"{when} * {self.name(event.name)} {text}"
+        if event.kind == p.KIND_JOIN:
+            return self.dim(f"{when} {p.neutralise(event.name)} has joined the chat.")
+        if event.kind == p.KIND_LEAVE:
+            why = " (timed out)" if event.text == p.LEFT_TIMEOUT else ""
+            return self.dim(f"{when} {p.neutralise(event.name)} has left the chat.{why}")
+        return f"{when} {p.neutralise(event.name)} ({p.neutralise(event.kind)}): {text}"
+
+    def private(self, private: p.Private) -> str:
+        return f"[{stamp(private.ts)}] {self.name(private.name)} (private): {p.neutralise(private.text)}"
+
+    def roster(self, roster: p.Roster) -> str:
+        where = f" in {roster.room}" if roster.room else ""
+        names = ", ".join(p.neutralise(n) for n in roster.names)
+        return f"[{stamp(roster.ts)}] online{where} ({len(roster.names)}): {names}"

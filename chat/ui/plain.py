@@ -1,0 +1,113 @@
+"""Line-mode front ends: plain (pipes, scripts, bots) and a simple interactive prompt on a terminal.
+
+Plain mode writes one line per event to stdout and the client's own notices to stderr, so that a
+script reading stdout sees only the chat. Interactive mode writes everything to the terminal and keeps
+what the user is typing intact: an incoming line erases the prompt line, prints, and redraws the prompt
+with the text typed so far.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import TextIO
+
+from chat.client import events as ev
+from chat.client.net import Connection
+from chat.ui.format import LineFormatter
+
+PROMPT = "> "
+NAME_PROMPT = "Your name: "
+
+
+class LineFrontEnd:
+    """Shows ``events.Show`` items as lines. ``show`` is called from the network thread."""
+
+    def __init__(self, out: TextIO, err: TextIO, *, colour: bool, interactive: bool) -> None:
+        self.out = out
+        self.err = err
+        self.fmt = LineFormatter(colour)
+        self.interactive = interactive
+        self.prompt = NAME_PROMPT
+        self._lock = threading.Lock()
+
+    def show(self, item: ev.Show) -> None:
+        if isinstance(item, ev.Public):
+            self._line(self.fmt.event(item.event))
+        elif isinstance(item, ev.PrivateIn):
+            self._line(self.fmt.private(item.private))
+        elif isinstance(item, ev.RosterShown):
+            self._line(self.fmt.roster(item.roster))
+        elif isinstance(item, ev.Notice):
+            self._notice(item.text)
+        elif isinstance(item, ev.AskName):
+            self.prompt = NAME_PROMPT
+            if item.reason:
+                self._notice(f"{item.reason}")
+            if not self.interactive and item.reason == "":
+                self._notice("reading the name from the first input line")
+        elif isinstance(item, ev.Status) and item.state == "connected":
+            self.prompt = PROMPT
+            self._notice(f"joined as {item.name}; type /help for commands")
+        # Sent and Acked: our own lines are not echoed in line mode.
+
+    def _notice(self, text: str) -> None:
+        lines = [f"*** {line}" for line in text.splitlines()]
+        if self.interactive:
+            for line in lines:
+                self._line(self.fmt.dim(line))
+        else:
+            with self._lock:
+                self.err.write("\n".join(lines) + "\n")
+                self.err.flush()
+
+    def fail(self, text: str) -> None:
+        """The client's last words, always on stderr."""
+        with self._lock:
+            self.err.write(f"client: {text}\n")
+            self.err.flush()
+
+    def _line(self, line: str) -> None:
+        with self._lock:
+            if self.interactive:
+                # Erase the prompt line, print, then redraw the prompt and what was typed so far.
+                self.out.write(f"\r\x1b[K{line}\n{self.prompt}{_typed_so_far()}")
+            else:
+                self.out.write(line + "\n")
+            self.out.flush()
+
+
+def _typed_so_far() -> str:
+    try:
+        import readline
+    except ImportError:  # pragma: no cover - readline is missing on some platforms
+        return ""
+    return readline.get_line_buffer()
+
+
+def read_input(conn: Connection, front: LineFrontEnd, stdin: TextIO) -> None:
+    """Feed lines from ``stdin`` to the connection until end of input (run in a daemon thread)."""
+    if front.interactive:
+        try:
+            import readline  # noqa: F401 - enables line editing and Up/Down recall in input()
+        except ImportError:  # pragma: no cover
+            pass
+        while True:
+            try:
+                line = input(front.prompt)
+            except (EOFError, KeyboardInterrupt):
+                break
+            conn.submit(line)
+    else:
+        for line in stdin:
+            conn.submit(line)
+    conn.submit_eof()
+
+
+def run_line_mode(conn: Connection, front: LineFrontEnd, stdin: TextIO = sys.stdin) -> int:
+    reader = threading.Thread(target=read_input, args=(conn, front, stdin), daemon=True)
+    reader.start()
+    result = conn.run()
+    if result.reason:
+        front.fail(result.reason)
+    return result.code
