@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -14,6 +15,12 @@ from chat.client.core import ClientCore
 DEFAULT_PORT = 5555
 DEFAULT_PUB_PORT = 5556
 DEFAULT_HISTORY_LINES = 20
+
+
+def default_db() -> str:
+    """Where the broker keeps its history unless told otherwise: the user's data folder (XDG)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "lanchat", "history.db")
 
 
 def _port(text: str) -> int:
@@ -53,7 +60,12 @@ def broker_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0: every interface)")
     parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help="ROUTER port (default 5555; 0: any)")
     parser.add_argument("--pub-port", type=_port, default=DEFAULT_PUB_PORT, help="PUB port (default 5556; 0: any)")
-    parser.add_argument("--db", type=_db_path, default=":memory:", help="history database file (:memory: keeps none)")
+    parser.add_argument(
+        "--db",
+        type=_db_path,
+        default=None,
+        help=f"history database file (default {default_db()}; :memory: keeps none after a stop)",
+    )
     parser.add_argument(
         "--timeout",
         type=_seconds,
@@ -81,9 +93,26 @@ def client_parser() -> argparse.ArgumentParser:
 
 def broker_main(argv: list[str] | None = None) -> int:
     args = broker_parser().parse_args(argv)
+    from chat.broker.history import MemoryHistory
     from chat.broker.server import serve
+    from chat.store import SqliteHistory
 
-    return serve(args.host, args.port, args.pub_port, session_timeout=args.timeout)
+    if args.db == ":memory:":
+        history: MemoryHistory | SqliteHistory = MemoryHistory()
+    else:
+        path = args.db or default_db()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        try:
+            history = SqliteHistory(path)
+        except sqlite3.Error as exc:
+            print(f"broker: cannot open the history database {path}: {exc}", file=sys.stderr)
+            return 1
+        print(f"broker: history in {path}", flush=True)
+    try:
+        return serve(args.host, args.port, args.pub_port, session_timeout=args.timeout, history=history)
+    finally:
+        if isinstance(history, SqliteHistory):
+            history.close()
 
 
 def client_main(argv: list[str] | None = None) -> int:

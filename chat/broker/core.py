@@ -8,7 +8,7 @@ Session states, all of them, in one place::
 
 An identity without a session costs no memory: the broker answers it and forgets it. A session is bound
 to one ROUTER identity; the name shown on everything it sends comes from the session, never from the
-message. A client that reconnects (new identity) can take its session back with the token of its WELCOME.
+message. A client that reconnects (new identity) can take its session back with the token it joined with.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ class Broker:
         self.names: dict[str, Session] = {}  # by name_key
         self._seq: dict[str, int] = {}
         self._acks: OrderedDict[str, OrderedDict[str, p.Ack]] = OrderedDict()
+        for key, ack in self.history.recent_acks():
+            self._remember(key, ack)
 
     # ------------------------------------------------------------------ entry points
 
@@ -135,7 +137,7 @@ class Broker:
             return [Reply(identity, self._welcome(session))]
         holder = self.names.get(key)
         if holder is not None:
-            if join.token and secrets.compare_digest(join.token, holder.token):
+            if join.token and holder.token and secrets.compare_digest(join.token.encode(), holder.token.encode()):
                 # The same client on a new connection: move the session, no leave/join noise.
                 del self.sessions[holder.identity]
                 holder.identity, holder.last_seen = identity, now
@@ -144,7 +146,7 @@ class Broker:
             raise RemoteProtocolError(p.NAME_TAKEN, f"the name {holder.name} is taken; choose another")
         if len(self.sessions) >= self.max_sessions:
             raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more users")
-        session = Session(identity, join.name, secrets.token_hex(16), now)
+        session = Session(identity, join.name, join.token, now)
         self.sessions[identity] = session
         self.names[key] = session
         # WELCOME before the join event: its sequence numbers are the ones the client must follow on from.
@@ -159,9 +161,9 @@ class Broker:
         done = self._acked(session, say.id)
         if done is not None:  # a resend of a line already published: acknowledge, do not repeat
             return [Reply(session.identity, done)]
-        event = self._publish(say.room, say.kind, session.name, p.neutralise(say.text), now)
+        event = self._publish(say.room, say.kind, session.name, p.neutralise(say.text), now, say.id)
         ack = p.Ack(say.id, event.seq, event.ts)
-        self._remember(session, ack)
+        self._remember(p.name_key(session.name), ack)
         return [event, Reply(session.identity, ack)]
 
     def _pm(self, session: Session, pm: p.Pm, now: float) -> list[Outgoing]:
@@ -173,7 +175,7 @@ class Broker:
             return [Reply(session.identity, done)]
         ts = int(now * 1000)
         ack = p.Ack(pm.id, 0, ts)
-        self._remember(session, ack)
+        self._remember(p.name_key(session.name), ack)
         private = p.Private(session.name, target.name, p.neutralise(pm.text), ts)
         return [Reply(target.identity, private), Reply(session.identity, ack)]
 
@@ -186,6 +188,8 @@ class Broker:
 
     def _fetch(self, session: Session, fetch: p.Fetch) -> list[Outgoing]:
         last_seq = self._last_seq(fetch.room)
+        if not 1 <= fetch.first <= fetch.last:
+            raise RemoteProtocolError(p.HISTORY_RANGE, "a range needs 1 <= first <= last")
         if fetch.last > last_seq:
             raise RemoteProtocolError(
                 p.HISTORY_RANGE, f"{fetch.room} has events 1 to {last_seq}; asked for up to {fetch.last}"
@@ -205,7 +209,6 @@ class Broker:
             heartbeat_ms=max(timeout_ms // HEARTBEATS_PER_TIMEOUT, 1),
             timeout_ms=timeout_ms,
             history_id=self.history.history_id,
-            token=session.token,
         )
 
     def _room_seqs(self, session: Session) -> dict[str, int]:
@@ -217,11 +220,11 @@ class Broker:
             seq = self._seq[room] = self.history.last_seq(room)
         return seq
 
-    def _publish(self, room: str, kind: str, name: str, text: str, now: float) -> p.Event:
+    def _publish(self, room: str, kind: str, name: str, text: str, now: float, msg_id: str = "") -> p.Event:
         seq = self._last_seq(room) + 1
         self._seq[room] = seq
         event = p.Event(seq=seq, ts=int(now * 1000), kind=kind, name=name, text=text, room=room)
-        self.history.append(event)
+        self.history.append(event, msg_id)
         return event
 
     def _end(self, session: Session, why: str) -> list[Outgoing]:
@@ -236,10 +239,9 @@ class Broker:
         ids = self._acks.get(p.name_key(session.name))
         return ids.get(msg_id) if ids else None
 
-    def _remember(self, session: Session, ack: p.Ack) -> None:
+    def _remember(self, key: str, ack: p.Ack) -> None:
         if not ack.id:
             return
-        key = p.name_key(session.name)
         ids = self._acks.get(key)
         if ids is None:
             ids = self._acks[key] = OrderedDict()

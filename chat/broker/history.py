@@ -6,7 +6,7 @@ import secrets
 from collections import deque
 from typing import Protocol
 
-from chat.protocol import Event
+from chat.protocol import Ack, Event
 
 KEEP_EVENTS = 10_000  # per room, for the in-memory history
 
@@ -18,9 +18,16 @@ class History(Protocol):
 
     def last_seq(self, room: str) -> int: ...
 
-    def append(self, event: Event) -> None: ...
+    def append(self, event: Event, msg_id: str = "") -> None:
+        """Keep ``event``; ``msg_id`` is the client's id of the line, to recognise resends later."""
+
+    def flush(self) -> None:
+        """Make what was appended durable. The broker calls it before it sends anything of a batch."""
 
     def fetch(self, room: str, first: int, last: int) -> list[Event]: ...
+
+    def recent_acks(self) -> list[tuple[str, Ack]]:
+        """(sender name key, ACK) of recently acknowledged lines, oldest first, to seed duplicate detection."""
 
 
 class MemoryHistory:
@@ -35,7 +42,7 @@ class MemoryHistory:
         events = self._rooms.get(room)
         return events[-1].seq if events else 0
 
-    def append(self, event: Event) -> None:
+    def append(self, event: Event, msg_id: str = "") -> None:
         events = self._rooms.get(event.room)
         if events is None:
             events = self._rooms[event.room] = deque(maxlen=self._keep)
@@ -50,3 +57,9 @@ class MemoryHistory:
         start = max(first - base, 0)
         stop = min(last - base + 1, len(events))
         return [events[i] for i in range(start, stop)]
+
+    def flush(self) -> None:
+        pass  # nothing to make durable
+
+    def recent_acks(self) -> list[tuple[str, Ack]]:
+        return []  # a new memory history has seen nothing

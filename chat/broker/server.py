@@ -71,20 +71,28 @@ class BrokerServer:
         next_expiry = clock() + EXPIRE_EVERY
         while not self.stopping:
             timeout = max(0, min(POLL_MS, int((next_expiry - clock()) * 1000)))
-            if poller.poll(timeout):
-                self._drain()
+            outgoing = self._drain() if poller.poll(timeout) else []
             if clock() >= next_expiry:
-                self.send(self.broker.expire_idle())
+                outgoing += self.broker.expire_idle()
                 next_expiry = clock() + EXPIRE_EVERY
-        self.send(self.broker.shutdown())
+            self._commit(outgoing)
+        self._commit(self.broker.shutdown())
 
-    def _drain(self) -> None:
+    def _drain(self) -> list[Outgoing]:
+        """Handle what the ROUTER holds, up to a batch."""
+        outgoing: list[Outgoing] = []
         for _ in range(DRAIN_BATCH):
             try:
                 frames = self.router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
-            self.send(self.broker.handle(frames[0], frames[1:]))
+                break
+            outgoing += self.broker.handle(frames[0], frames[1:])
+        return outgoing
+
+    def _commit(self, outgoing: list[Outgoing]) -> None:
+        """Store the batch's events in one write, then send: nothing is acknowledged before it is stored."""
+        self.broker.history.flush()
+        self.send(outgoing)
 
     def stop(self, *_: object) -> None:
         self.stopping = True

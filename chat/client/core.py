@@ -31,11 +31,13 @@ FETCH_RETRY = 2.0  # seconds before an unanswered FETCH is asked again
 MAX_HELD = 10_000  # early events held back per room while a gap is fetched
 DEFAULT_HEARTBEAT = 1.0
 DEFAULT_TIMEOUT = 5.0
+DEFAULT_OLDER = 20  # lines shown by /history without a number
 
 HELP = """commands:
   /who, /whosonline      list everyone online
   /pm NAME TEXT          private message to NAME (alias /msg); it never goes through the fan-out
   /me ACTION             say what you are doing: * alice waves
+  /history [N]           show N older lines (default 20)
   /help                  this help
   /quit                  leave the chat (so does end of input)
   //text                 send a line that starts with '/'"""
@@ -59,7 +61,7 @@ class ClientCore:
         self.interactive = interactive
         self.history_lines = history_lines
         self.state = "naming"
-        self.token = ""
+        self.token = secrets.token_hex(16)  # lets a JOIN on a new connection take this session back
         self.history_id = ""
         self.heartbeat = DEFAULT_HEARTBEAT
         self.timeout = DEFAULT_TIMEOUT
@@ -67,6 +69,9 @@ class ClientCore:
         self.held: dict[str, dict[int, p.Event]] = {}
         self.fetching: dict[str, _Fetching] = {}
         self.reported: dict[str, int] = {}  # room -> last number a PONG reported
+        self.live_from: dict[str, int] = {}  # room -> first number of this session: our own from here are not shown
+        self.oldest: dict[str, int] = {}  # room -> oldest number shown so far, for /history
+        self.browsing: dict[str, tuple[int, int]] = {}  # room -> range asked for by /history
         self.unacked: OrderedDict[str, tuple[Outgoing, float]] = OrderedDict()
         self.quit_requested = False
         self._id_prefix = secrets.token_hex(4)
@@ -189,6 +194,8 @@ class ClientCore:
             if not rest:
                 return [ev.Notice("usage: /me ACTION", "error")]
             return self._say(rest, p.KIND_ACTION, now)
+        if word == "/history":
+            return self._older(rest, now)
         if word == "/help":
             return [ev.Notice(HELP)]
         return [ev.Notice(f"unknown command {p.neutralise(word)}; type /help for the list", "error")]
@@ -210,6 +217,20 @@ class ClientCore:
         if self.state != "joined":
             return [ev.Notice("not connected to the broker yet", "error")]
         return [ev.Send(message)]
+
+    def _older(self, arg: str, now: float) -> list[ev.Action]:
+        if arg and not arg.isdigit() or arg == "0":
+            return [ev.Notice("usage: /history [N], N a number of lines", "error")]
+        if self.state != "joined":
+            return [ev.Notice("not connected to the broker yet", "error")]
+        room = p.DEFAULT_ROOM
+        oldest = self.oldest.get(room, 1)
+        if oldest <= 1:
+            return [ev.Notice(f"there is nothing older in {room}")]
+        first = max(1, oldest - int(arg or DEFAULT_OLDER))
+        self.browsing[room] = (first, oldest - 1)
+        self.oldest[room] = first
+        return [ev.Send(p.Fetch(room, first, oldest - 1))]
 
     def _quit(self, now: float) -> list[ev.Action]:
         if self.state == "naming":
@@ -245,7 +266,6 @@ class ClientCore:
         was_lost = self.state == "lost"
         self.state = "joined"
         self.name = welcome.name
-        self.token = welcome.token
         self.heartbeat = welcome.heartbeat_ms / 1000
         self.timeout = welcome.timeout_ms / 1000
         self._last_ping = now
@@ -259,9 +279,11 @@ class ClientCore:
         self.history_id = welcome.history_id
         for room, last in welcome.rooms.items():
             if not same_history or room not in self.expected:
-                self.expected[room] = max(1, last + 1 - self.history_lines)
+                self.expected[room] = self.oldest[room] = max(1, last + 1 - self.history_lines)
+                self.live_from[room] = last + 1
                 self.held.pop(room, None)
                 self.fetching.pop(room, None)
+                self.browsing.pop(room, None)
             if self.expected[room] <= last:
                 out += self._fetch(room, self.expected[room], last, now)
         for message, _ in self.unacked.values():  # typed while away, or never acknowledged
@@ -276,9 +298,12 @@ class ClientCore:
             if error.code in (p.NAME_TAKEN, p.NAME_INVALID):
                 return self._refused(error.reason)
             return [ev.Exit(ev.EXIT_REFUSED, error.reason)]
-        if error.code == p.NOT_JOINED and self.state == "joined":
-            # The broker forgot us (it restarted, or expired us): get back in at once.
-            return self._lost("the broker no longer knows this session", now, deadline=now)
+        if error.code == p.NOT_JOINED:
+            # The broker forgot us (it restarted, or expired us): get back in at once. What it refused
+            # stays unacknowledged and is sent again after the WELCOME.
+            if self.state == "joined":
+                return self._lost("the broker no longer knows this session", now)
+            return []
         if error.ref in self.unacked:
             del self.unacked[error.ref]  # refused for good: resending would not help
         if error.ref == p.Fetch.TYPE.decode():
@@ -290,13 +315,16 @@ class ClientCore:
             return [ev.Exit(ev.EXIT_OK)]
         return self._lost(bye.reason, now)
 
-    def _lost(self, why: str, now: float, deadline: float | None = None) -> list[ev.Action]:
+    def _lost(self, why: str, now: float) -> list[ev.Action]:
+        """Start getting back in: a fresh DEALER at once (the old one may hold stale requests), then retries."""
         self.state = "lost"
-        self._deadline = now + RETRY_INTERVAL if deadline is None else deadline
+        self._deadline = now + RETRY_INTERVAL
         self.reported.clear()
         return [
             ev.Status("reconnecting"),
             ev.Notice(f"lost the broker: {why}; trying to get back in", "error"),
+            ev.Reconnect(),
+            ev.Send(p.Join(self.name, self.token)),
         ]
 
     def _ack(self, ack: p.Ack) -> list[ev.Action]:
@@ -338,8 +366,9 @@ class ClientCore:
         return out
 
     def _is_own(self, event: p.Event) -> bool:
-        """Our own events are not shown back to us: ACK and WELCOME stand for them."""
-        return p.name_key(event.name) == p.name_key(self.name)
+        """Our own events since we joined are not shown back to us: ACK and WELCOME stand for them."""
+        live_from = self.live_from.get(event.room, 0)
+        return event.seq >= live_from and p.name_key(event.name) == p.name_key(self.name)
 
     def _fetch(self, room: str, first: int, last: int, now: float) -> list[ev.Action]:
         self.fetching[room] = _Fetching(first, last, now)
@@ -351,6 +380,10 @@ class ClientCore:
         except RemoteProtocolError as exc:
             return [ev.Notice(f"ignored a malformed history reply ({exc})", "error")]
         room = history.room
+        browsing = self.browsing.get(room)
+        if browsing is not None and all(browsing[0] <= e.seq <= browsing[1] for e in events):
+            del self.browsing[room]
+            return [ev.Older(tuple(events))] if events else [ev.Notice(f"nothing older is kept in {room}")]
         before = self.expected.get(room)
         out: list[ev.Action] = []
         for event in events:

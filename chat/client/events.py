@@ -42,6 +42,13 @@ class Public:
 
 
 @dataclass(frozen=True)
+class Older:
+    """Older public events the user asked for with /history, oldest first (shown above the rest)."""
+
+    events: tuple[p.Event, ...]
+
+
+@dataclass(frozen=True)
 class PrivateIn:
     """A private message to us."""
 
@@ -99,7 +106,7 @@ class Exit:
     reason: str = ""
 
 
-Show = Union[Public, PrivateIn, Sent, Acked, RosterShown, Notice, AskName, Status]
+Show = Union[Public, Older, PrivateIn, Sent, Acked, RosterShown, Notice, AskName, Status]
 Action = Union[Send, Reconnect, Subscribe, Show, Exit]
 
 # Exit codes of client.py (a public interface: scripts depend on them).

@@ -34,6 +34,9 @@ class LineFrontEnd:
     def show(self, item: ev.Show) -> None:
         if isinstance(item, ev.Public):
             self._line(self.fmt.event(item.event))
+        elif isinstance(item, ev.Older):
+            for event in item.events:
+                self._line(self.fmt.event(event))
         elif isinstance(item, ev.PrivateIn):
             self._line(self.fmt.private(item.private))
         elif isinstance(item, ev.RosterShown):
