@@ -27,6 +27,7 @@ CONNECT_TIMEOUT = 5.0  # seconds to wait for the first WELCOME before giving up
 RETRY_INTERVAL = 1.0  # seconds between attempts to get back in after the broker went away
 RESEND_AFTER = 3.0  # seconds before an unacknowledged line is sent again
 QUIT_TIMEOUT = 1.0  # seconds to wait for the broker's goodbye after LEAVE
+DRAIN_TIMEOUT = 15.0  # seconds /quit waits for what was typed to be acknowledged (reconnecting if need be)
 FETCH_RETRY = 2.0  # seconds before an unanswered FETCH is asked again
 MAX_HELD = 10_000  # early events held back per room while a gap is fetched
 DEFAULT_HEARTBEAT = 1.0
@@ -73,7 +74,9 @@ class ClientCore:
         self.oldest: dict[str, int] = {}  # room -> oldest number shown so far, for /history
         self.browsing: dict[str, tuple[int, int]] = {}  # room -> range asked for by /history
         self.unacked: OrderedDict[str, tuple[Outgoing, float]] = OrderedDict()
+        self.deferred: list[str] = []  # commands typed before the WELCOME
         self.quit_requested = False
+        self._quit_deadline = 0.0
         self._id_prefix = secrets.token_hex(4)
         self._counter = 0
         self._deadline = 0.0  # meaning depends on the state: give up, retry, or quit
@@ -120,7 +123,7 @@ class ClientCore:
         if isinstance(message, p.Error):
             return self._error(message, now)
         if isinstance(message, p.Ack):
-            return self._ack(message)
+            return self._ack(message, now)
         if isinstance(message, p.Pong):
             return self._pong(message, now)
         if isinstance(message, p.History):
@@ -143,6 +146,9 @@ class ClientCore:
 
     def tick(self, now: float) -> list[ev.Action]:
         """Timers: heartbeats, broker loss, retries. Call at least every ``next_wakeup`` seconds."""
+        if self.quit_requested and self.state != "closing" and now >= self._quit_deadline:
+            unsent = len(self.unacked)
+            return [ev.Exit(ev.EXIT_UNREACHABLE, f"leaving with {unsent} line(s) not delivered")]
         if self.state == "joining" and now >= self._deadline:
             return [ev.Exit(ev.EXIT_UNREACHABLE, f"could not reach the broker within {CONNECT_TIMEOUT:g} s")]
         if self.state == "closing" and now >= self._deadline:
@@ -169,11 +175,14 @@ class ClientCore:
 
     def next_wakeup(self, now: float) -> float:
         """Seconds until ``tick`` has something to do, at most."""
+        wakeup = 1.0
         if self.state in ("joining", "closing", "lost"):
-            return max(0.0, self._deadline - now)
-        if self.state == "joined":
-            return max(0.0, min(self._last_ping + self.heartbeat, self._last_heard + self.timeout) - now)
-        return 1.0
+            wakeup = self._deadline - now
+        elif self.state == "joined":
+            wakeup = min(self._last_ping + self.heartbeat, self._last_heard + self.timeout) - now
+        if self.quit_requested:
+            wakeup = min(wakeup, self._quit_deadline - now)
+        return max(0.0, wakeup)
 
     # ------------------------------------------------------------------ commands
 
@@ -181,10 +190,13 @@ class ClientCore:
         word, _, rest = line.partition(" ")
         word = word.lower()
         rest = rest.strip()
+        if word in ("/who", "/whosonline", "/history") and self.state != "joined":
+            self.deferred.append(line)  # answered once (re)joined, in the order typed
+            return []
         if word in ("/quit", "/exit"):
             return self._quit(now)
         if word in ("/who", "/whosonline"):
-            return self._send_when_joined(p.Who(rest))
+            return [ev.Send(p.Who(rest))]
         if word in ("/pm", "/msg"):
             to, _, text = rest.partition(" ")
             if not to or not text.strip():
@@ -213,16 +225,9 @@ class ClientCore:
             return [shown]  # sent when (re)joined, in the order typed
         return [shown, ev.Send(message)]
 
-    def _send_when_joined(self, message: p.Message) -> list[ev.Action]:
-        if self.state != "joined":
-            return [ev.Notice("not connected to the broker yet", "error")]
-        return [ev.Send(message)]
-
     def _older(self, arg: str, now: float) -> list[ev.Action]:
         if arg and not arg.isdigit() or arg == "0":
             return [ev.Notice("usage: /history [N], N a number of lines", "error")]
-        if self.state != "joined":
-            return [ev.Notice("not connected to the broker yet", "error")]
         room = p.DEFAULT_ROOM
         oldest = self.oldest.get(room, 1)
         if oldest <= 1:
@@ -233,18 +238,17 @@ class ClientCore:
         return [ev.Send(p.Fetch(room, first, oldest - 1))]
 
     def _quit(self, now: float) -> list[ev.Action]:
+        """Leave, but only once every line typed has been acknowledged (or DRAIN_TIMEOUT has passed)."""
         if self.state == "naming":
             return [ev.Exit(ev.EXIT_REFUSED if not self.interactive else ev.EXIT_OK, "no name given")]
-        if self.state == "joined":
+        if not self.quit_requested:
+            self.quit_requested = True
+            self._quit_deadline = now + DRAIN_TIMEOUT
+        if self.state == "joined" and not self.unacked:
             self.state = "closing"
             self._deadline = now + QUIT_TIMEOUT
             return [ev.Send(p.Leave())]
-        if self.state == "joining":  # leave as soon as what was typed has been sent
-            self.quit_requested = True
-            return []
-        unsent = len(self.unacked)
-        reason = f"{unsent} line(s) were not delivered" if unsent and self.state == "lost" else ""
-        return [ev.Exit(ev.EXIT_OK, reason)]
+        return []  # _ack, _welcome and tick come back here
 
     # ------------------------------------------------------------------ joining
 
@@ -289,6 +293,9 @@ class ClientCore:
         for message, _ in self.unacked.values():  # typed while away, or never acknowledged
             out.append(ev.Send(message))
         self.unacked = OrderedDict((k, (m, now)) for k, (m, _) in self.unacked.items())
+        deferred, self.deferred = self.deferred, []
+        for line in deferred:
+            out += self._command(line, now)
         if self.quit_requested:
             out += self._quit(now)
         return out
@@ -327,10 +334,13 @@ class ClientCore:
             ev.Send(p.Join(self.name, self.token)),
         ]
 
-    def _ack(self, ack: p.Ack) -> list[ev.Action]:
+    def _ack(self, ack: p.Ack, now: float) -> list[ev.Action]:
         if self.unacked.pop(ack.id, None) is None:
             return []  # an ack for a resend we already had
-        return [ev.Acked(ack.id, ack.seq, ack.ts)]
+        out: list[ev.Action] = [ev.Acked(ack.id, ack.seq, ack.ts)]
+        if self.quit_requested and not self.unacked:
+            out += self._quit(now)
+        return out
 
     # ------------------------------------------------------------------ ordering and gaps
 
