@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from chat.broker.core import SESSION_TIMEOUT
+from chat.broker.server import PUB_HWM
 from chat.client.core import ClientCore
 
 DEFAULT_PORT = 5555
@@ -72,6 +73,13 @@ def broker_parser() -> argparse.ArgumentParser:
         default=SESSION_TIMEOUT,
         help=f"seconds of silence before a client is dropped as gone (default {SESSION_TIMEOUT:g})",
     )
+    parser.add_argument(
+        "--pub-hwm",
+        type=_count,
+        default=PUB_HWM,
+        metavar="N",
+        help=f"events queued per slow subscriber before it must fetch them again (default {PUB_HWM})",
+    )
     return parser
 
 
@@ -109,7 +117,9 @@ def broker_main(argv: list[str] | None = None) -> int:
             return 1
         print(f"broker: history in {path}", flush=True)
     try:
-        return serve(args.host, args.port, args.pub_port, session_timeout=args.timeout, history=history)
+        return serve(
+            args.host, args.port, args.pub_port, session_timeout=args.timeout, history=history, pub_hwm=args.pub_hwm
+        )
     finally:
         if isinstance(history, SqliteHistory):
             history.close()

@@ -17,6 +17,7 @@ DRAIN_BATCH = 1000  # messages read from the ROUTER before the loop looks at tim
 EXPIRE_EVERY = 0.25  # seconds between checks for silent sessions
 POLL_MS = 200  # longest wait in poll, which bounds how late a stop request is seen
 SHUTDOWN_LINGER_MS = 1000  # time given to the goodbye messages to leave
+PUB_HWM = 1000  # events queued per subscriber; a slower one loses the rest and fetches it (bounded memory)
 
 
 def bound_port(sock: zmq.Socket) -> int:
@@ -35,6 +36,7 @@ class BrokerServer:
         *,
         session_timeout: float,
         history: History | None = None,
+        pub_hwm: int = PUB_HWM,
         ctx: zmq.Context | None = None,
     ) -> None:
         self.ctx = ctx or zmq.Context.instance()
@@ -43,6 +45,7 @@ class BrokerServer:
         self.router.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME_BYTES)
         self.router.bind(p.endpoint(host, port))
         self.pub = self._socket(zmq.PUB, host)
+        self.pub.setsockopt(zmq.SNDHWM, pub_hwm)
         self.pub.bind(p.endpoint(host, pub_port))
         self.host = host
         self.port = bound_port(self.router)
@@ -109,11 +112,14 @@ def serve(
     *,
     session_timeout: float,
     history: History | None = None,
+    pub_hwm: int = PUB_HWM,
     out: TextIO = sys.stdout,
 ) -> int:
     """Run a broker in this process until SIGINT or SIGTERM. Returns the exit code."""
     try:
-        server = BrokerServer(host, port, pub_port, session_timeout=session_timeout, history=history)
+        server = BrokerServer(
+            host, port, pub_port, session_timeout=session_timeout, history=history, pub_hwm=pub_hwm
+        )
     except zmq.ZMQError as exc:
         print(f"broker: cannot listen on {host} ports {port} and {pub_port}: {exc}", file=sys.stderr)
         return 1
