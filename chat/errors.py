@@ -14,10 +14,11 @@ class ProtocolError(ChatError):
     peer as an ``ERROR`` reply.
     """
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: str, reason: str, ref: str = "") -> None:
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
+        self.ref = ref  # the request it is about (its id, else its type), when known
 
 
 class RemoteProtocolError(ProtocolError):

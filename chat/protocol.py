@@ -15,6 +15,7 @@ Receivers ignore JSON fields they do not know; that is how the protocol grows wi
 """
 
 import json
+import re
 import typing
 import unicodedata
 from dataclasses import MISSING, dataclass, field, fields
@@ -32,7 +33,8 @@ MAX_FRAME_BYTES = 64 * 1024
 MAX_TEXT_CHARS = 2000
 MAX_NAME_CHARS = 32
 MAX_ID_CHARS = 64
-MAX_FETCH = 1000  # events in one HISTORY reply
+MAX_FETCH = 1000  # events in one HISTORY reply (fewer when they would not fit in one frame)
+FRAME_OVERHEAD = 1024  # bytes kept free in a frame for what wraps a list of events
 
 DEFAULT_ROOM = "#general"
 TOPIC_END = b"\x00"  # ends every topic frame, so that "#dev\0" never prefix-matches "#devops\0"
@@ -52,6 +54,8 @@ NO_SUCH_USER = "no_such_user"
 NO_SUCH_ROOM = "no_such_room"
 HISTORY_RANGE = "history_range"
 SERVER_FULL = "server_full"
+NAME_OWNED = "name_owned"
+RATE_LIMITED = "rate_limited"
 
 # Event kinds on the PUB socket.
 KIND_MSG = "msg"
@@ -249,6 +253,11 @@ def encode_event(event: Event) -> list[bytes]:
     return [topic_frame(event.room), PROTOCOL_TAG, Event.TYPE, _dump(_body(event))]
 
 
+def encoded_size(body: dict[str, Any]) -> int:
+    """Bytes that ``body`` takes in a frame."""
+    return len(_dump(body))
+
+
 def event_body(event: Event) -> dict[str, Any]:
     """An event as it appears inside a HISTORY reply."""
     return _body(event)
@@ -292,8 +301,12 @@ def _from_body(cls: type[Message], raw: bytes, **extra: Any) -> Message:
         raise RemoteProtocolError(BAD_JSON, f"body is not valid UTF-8 ({exc.reason})") from None
     except ValueError as exc:
         raise RemoteProtocolError(BAD_JSON, f"body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise RemoteProtocolError(BAD_JSON, "body is nested too deeply") from None
     if not isinstance(body, dict):
         raise RemoteProtocolError(BAD_JSON, "body must be a JSON object")
+    if _SURROGATE_ESCAPE.search(raw):
+        _check_encodable(body)
     hints = _HINTS.get(cls)
     if hints is None:
         hints = _HINTS[cls] = _hints(cls)
@@ -308,6 +321,18 @@ def _from_body(cls: type[Message], raw: bytes, **extra: Any) -> Message:
             raise RemoteProtocolError(BAD_FIELD, f"{cls.TYPE.decode()} needs field {f.name!r}")
     kwargs.update(extra)
     return cls(**kwargs)
+
+
+# JSON can smuggle lone UTF-16 surrogates in as \uD800-\uDFFF escapes; raw UTF-8 cannot. A string
+# holding one cannot be encoded again, so such bodies are refused (rare: checked only on this match).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _check_encodable(body: dict[str, Any]) -> None:
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RemoteProtocolError(BAD_JSON, "body holds a lone UTF-16 surrogate escape") from None
 
 
 def _check_version(tag: bytes) -> None:
@@ -342,8 +367,17 @@ def decode(frames: list[bytes], table: dict[bytes, type[Message]]) -> Message:
     if cls is None:
         raise RemoteProtocolError(BAD_TYPE, f"unknown message type {bytes(kind)[:32]!r}")
     message = _from_body(cls, raw)
-    validate(message)
+    try:
+        validate(message)
+    except RemoteProtocolError as exc:
+        exc.ref = reference(message)
+        raise
     return message
+
+
+def reference(message: Message) -> str:
+    """How an ERROR names the request it answers: the request's id, or else its type."""
+    return getattr(message, "id", "") or message.TYPE.decode()
 
 
 def decode_client(frames: list[bytes]) -> Message:
@@ -433,8 +467,8 @@ def validate(message: Message) -> None:
 def neutralise(text: str) -> str:
     """Make ``text`` safe to write to a terminal.
 
-    Control characters (which start ANSI/OSC escape sequences) become visible caret notation, other
-    C1 controls and bidirectional overrides become U+FFFD, newlines and tabs become spaces.
+    Control characters (which start ANSI/OSC escape sequences) become visible caret notation, C1
+    controls, lone surrogates and bidirectional overrides become U+FFFD, newlines and tabs become spaces.
     """
     if text.isprintable() and not _BIDI_CONTROLS.intersection(text):
         return text
@@ -447,7 +481,7 @@ def neutralise(text: str) -> str:
             out.append("^" + chr(code + 0x40))
         elif code == 0x7F:
             out.append("^?")
-        elif 0x80 <= code < 0xA0 or ch in _BIDI_CONTROLS:
+        elif 0x80 <= code < 0xA0 or 0xD800 <= code <= 0xDFFF or ch in _BIDI_CONTROLS:
             out.append("\ufffd")
         else:
             out.append(ch)

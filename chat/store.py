@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS events (
     msg_id TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS owners (name_key TEXT PRIMARY KEY, public_key TEXT NOT NULL);
 """
 RECENT_IDS = 20_000  # acknowledged ids loaded at start, so that resends after a restart are recognised
 
@@ -88,6 +89,13 @@ class SqliteHistory:
             (limit,),
         ).fetchall()
         return [(key, p.Ack(msg_id, seq, ts)) for key, msg_id, seq, ts in reversed(rows)]
+
+    def name_owner(self, name_key: str) -> str:
+        row = self.db.execute("SELECT public_key FROM owners WHERE name_key = ?", (name_key,)).fetchone()
+        return row[0] if row else ""
+
+    def set_name_owner(self, name_key: str, public_key: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (name_key, public_key))
 
     def close(self) -> None:
         self.flush()

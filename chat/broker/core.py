@@ -24,6 +24,8 @@ from chat.broker.history import History, MemoryHistory
 from chat.errors import RemoteProtocolError
 
 SESSION_TIMEOUT = 5.0  # seconds of silence after which a session is expired
+RATE = 5.0  # lines a session may send per second, on average (SAY, PM and WHO count)
+BURST = 20  # lines a session may send at once before RATE applies
 HEARTBEATS_PER_TIMEOUT = 3  # clients are told to ping this many times per timeout
 MAX_SESSIONS = 10_000
 DEDUP_IDS_PER_NAME = 1000  # acknowledged ids remembered per user, to drop resent duplicates
@@ -47,6 +49,9 @@ class Session:
     name: str
     token: str
     last_seen: float
+    key: str = ""  # the client's CURVE public key (Z85) when the broker runs --secure
+    allowance: float = BURST  # the flood-control token bucket
+    allowance_at: float = 0.0
     rooms: set[str] = field(default_factory=lambda: {p.DEFAULT_ROOM})
 
 
@@ -61,8 +66,14 @@ class Broker:
         clock: Callable[[], float] = time.time,
         session_timeout: float = SESSION_TIMEOUT,
         max_sessions: int = MAX_SESSIONS,
+        max_text: int = p.MAX_TEXT_CHARS,
+        rate: float = RATE,
+        burst: int = BURST,
     ) -> None:
         self.pub_port = pub_port
+        self.max_text = max_text
+        self.rate = rate
+        self.burst = burst
         self.history = history if history is not None else MemoryHistory()
         self.clock = clock
         self.session_timeout = session_timeout
@@ -76,25 +87,26 @@ class Broker:
 
     # ------------------------------------------------------------------ entry points
 
-    def handle(self, identity: bytes, frames: list[bytes]) -> list[Outgoing]:
-        """Everything that follows from one message received on the ROUTER."""
+    def handle(self, identity: bytes, frames: list[bytes], peer_key: str = "") -> list[Outgoing]:
+        """Everything that follows from one message received on the ROUTER.
+
+        ``peer_key`` is the sender's CURVE public key as authenticated by ZAP, or "" without encryption.
+        """
         try:
             message = p.decode_client(frames)
         except RemoteProtocolError as exc:
-            return [Reply(identity, p.Error(exc.code, exc.reason))]
+            return [Reply(identity, p.Error(exc.code, exc.reason, exc.ref))]
         now = self.clock()
         session = self.sessions.get(identity)
         try:
             if isinstance(message, p.Join):
-                return self._join(identity, session, message, now)
+                return self._join(identity, session, message, now, peer_key)
             if session is None:
                 raise RemoteProtocolError(p.NOT_JOINED, "join first (send JOIN with a name)")
             session.last_seen = now
             return self._dispatch(session, message, now)
         except RemoteProtocolError as exc:
-            # ref lets the client tell which request failed: its id, or else its type.
-            ref = getattr(message, "id", "") or message.TYPE.decode()
-            return [Reply(identity, p.Error(exc.code, exc.reason, ref))]
+            return [Reply(identity, p.Error(exc.code, exc.reason, p.reference(message)))]
 
     def expire_idle(self) -> list[Outgoing]:
         """End the sessions that have been silent for longer than the session timeout."""
@@ -128,8 +140,13 @@ class Broker:
             return self._end(session, p.LEFT_QUIT) + [Reply(session.identity, p.Bye("goodbye"))]
         raise RemoteProtocolError(p.BAD_TYPE, f"{message.TYPE.decode()} is not a request")
 
-    def _join(self, identity: bytes, session: Session | None, join: p.Join, now: float) -> list[Outgoing]:
+    def _join(
+        self, identity: bytes, session: Session | None, join: p.Join, now: float, peer_key: str
+    ) -> list[Outgoing]:
         key = p.name_key(join.name)
+        owner = self.history.name_owner(key) if peer_key else ""
+        if owner and owner != peer_key:
+            raise RemoteProtocolError(p.NAME_OWNED, f"the name {join.name} belongs to another key; choose another")
         if session is not None:
             if p.name_key(session.name) != key:
                 raise RemoteProtocolError(p.ALREADY_JOINED, f"this connection is already joined as {session.name}")
@@ -137,7 +154,8 @@ class Broker:
             return [Reply(identity, self._welcome(session))]
         holder = self.names.get(key)
         if holder is not None:
-            if join.token and holder.token and secrets.compare_digest(join.token.encode(), holder.token.encode()):
+            same_token = join.token and holder.token and secrets.compare_digest(join.token.encode(), holder.token.encode())
+            if same_token and holder.key == peer_key:
                 # The same client on a new connection: move the session, no leave/join noise.
                 del self.sessions[holder.identity]
                 holder.identity, holder.last_seen = identity, now
@@ -146,7 +164,9 @@ class Broker:
             raise RemoteProtocolError(p.NAME_TAKEN, f"the name {holder.name} is taken; choose another")
         if len(self.sessions) >= self.max_sessions:
             raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more users")
-        session = Session(identity, join.name, join.token, now)
+        session = Session(identity, join.name, join.token, now, key=peer_key, allowance_at=now)
+        if peer_key and not owner:
+            self.history.set_name_owner(key, peer_key)  # first use: the name is this key's from now on
         self.sessions[identity] = session
         self.names[key] = session
         # WELCOME before the join event: its sequence numbers are the ones the client must follow on from.
@@ -161,18 +181,22 @@ class Broker:
         done = self._acked(session, say.id)
         if done is not None:  # a resend of a line already published: acknowledge, do not repeat
             return [Reply(session.identity, done)]
+        self._check_text(say.text)
+        self._spend(session, now)
         event = self._publish(say.room, say.kind, session.name, p.neutralise(say.text), now, say.id)
         ack = p.Ack(say.id, event.seq, event.ts)
         self._remember(p.name_key(session.name), ack)
         return [event, Reply(session.identity, ack)]
 
     def _pm(self, session: Session, pm: p.Pm, now: float) -> list[Outgoing]:
+        done = self._acked(session, pm.id)
+        if done is not None:  # delivered before, even if the target has left since
+            return [Reply(session.identity, done)]
         target = self.names.get(p.name_key(pm.to))
         if target is None:
             raise RemoteProtocolError(p.NO_SUCH_USER, f"nobody called {p.neutralise(pm.to)} is online")
-        done = self._acked(session, pm.id)
-        if done is not None:
-            return [Reply(session.identity, done)]
+        self._check_text(pm.text)
+        self._spend(session, now)
         ts = int(now * 1000)
         ack = p.Ack(pm.id, 0, ts)
         self._remember(p.name_key(session.name), ack)
@@ -180,6 +204,7 @@ class Broker:
         return [Reply(target.identity, private), Reply(session.identity, ack)]
 
     def _who(self, session: Session, who: p.Who, now: float) -> list[Outgoing]:
+        self._spend(session, now)
         if who.room and who.room not in self._seq and who.room not in session.rooms:
             raise RemoteProtocolError(p.NO_SUCH_ROOM, f"there is no room {p.neutralise(who.room)}")
         members = [s.name for s in self.sessions.values() if not who.room or who.room in s.rooms]
@@ -187,6 +212,8 @@ class Broker:
         return [Reply(session.identity, roster)]
 
     def _fetch(self, session: Session, fetch: p.Fetch) -> list[Outgoing]:
+        if fetch.room not in session.rooms and fetch.room not in self._seq:
+            raise RemoteProtocolError(p.NO_SUCH_ROOM, f"there is no room {p.neutralise(fetch.room)}")
         last_seq = self._last_seq(fetch.room)
         if not 1 <= fetch.first <= fetch.last:
             raise RemoteProtocolError(p.HISTORY_RANGE, "a range needs 1 <= first <= last")
@@ -195,10 +222,35 @@ class Broker:
                 p.HISTORY_RANGE, f"{fetch.room} has events 1 to {last_seq}; asked for up to {fetch.last}"
             )
         last = min(fetch.last, fetch.first + p.MAX_FETCH - 1)
-        events = self.history.fetch(fetch.room, fetch.first, last)
-        return [Reply(session.identity, p.History(fetch.room, [p.event_body(e) for e in events]))]
+        # Cut the answer short where it would not fit in one frame; the client asks for the rest.
+        bodies: list[dict[str, object]] = []
+        room_left = p.MAX_FRAME_BYTES - p.FRAME_OVERHEAD
+        for event in self.history.fetch(fetch.room, fetch.first, last):
+            body = p.event_body(event)
+            room_left -= p.encoded_size(body) + 1
+            if room_left < 0 and bodies:
+                break
+            bodies.append(body)
+        return [Reply(session.identity, p.History(fetch.room, bodies))]
 
     # ------------------------------------------------------------------ helpers
+
+    def _check_text(self, text: str) -> None:
+        if len(text) > self.max_text:
+            raise RemoteProtocolError(p.BAD_FIELD, f"a message can be at most {self.max_text} characters long")
+
+    def _spend(self, session: Session, now: float) -> None:
+        """Flood control: a token bucket of ``burst`` lines, refilled at ``rate`` lines a second (0: off)."""
+        if self.rate <= 0:
+            return
+        elapsed = max(0.0, now - session.allowance_at)
+        session.allowance = min(float(self.burst), session.allowance + elapsed * self.rate)
+        session.allowance_at = now
+        if session.allowance < 1.0:
+            raise RemoteProtocolError(
+                p.RATE_LIMITED, f"slow down: at most {self.rate:g} lines a second (bursts of {self.burst})"
+            )
+        session.allowance -= 1.0
 
     def _welcome(self, session: Session) -> p.Welcome:
         timeout_ms = int(self.session_timeout * 1000)

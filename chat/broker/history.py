@@ -29,6 +29,11 @@ class History(Protocol):
     def recent_acks(self) -> list[tuple[str, Ack]]:
         """(sender name key, ACK) of recently acknowledged lines, oldest first, to seed duplicate detection."""
 
+    def name_owner(self, name_key: str) -> str:
+        """The public key that owns a name ("" when none does)."""
+
+    def set_name_owner(self, name_key: str, public_key: str) -> None: ...
+
 
 class MemoryHistory:
     """The last ``keep`` events of each room, in memory; gone when the broker stops."""
@@ -37,6 +42,7 @@ class MemoryHistory:
         self.history_id = secrets.token_hex(8)
         self._keep = keep
         self._rooms: dict[str, deque[Event]] = {}
+        self._owners: dict[str, str] = {}
 
     def last_seq(self, room: str) -> int:
         events = self._rooms.get(room)
@@ -63,3 +69,9 @@ class MemoryHistory:
 
     def recent_acks(self) -> list[tuple[str, Ack]]:
         return []  # a new memory history has seen nothing
+
+    def name_owner(self, name_key: str) -> str:
+        return self._owners.get(name_key, "")
+
+    def set_name_owner(self, name_key: str, public_key: str) -> None:
+        self._owners[name_key] = public_key
