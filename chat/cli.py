@@ -9,9 +9,12 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from chat.broker.core import SESSION_TIMEOUT
+from chat import protocol as p
+from chat.broker.core import BURST, MAX_SESSIONS, RATE, SESSION_TIMEOUT
 from chat.broker.server import PUB_HWM
 from chat.client.core import ClientCore
+from chat.client.net import ClientCurve
+from chat.keys import BROKER_KEY, CLIENT_KEY, KeyFileError, default_key_dir, ensure_keypair, parse_public_key
 
 DEFAULT_PORT = 5555
 DEFAULT_PUB_PORT = 5556
@@ -80,7 +83,31 @@ def broker_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"events queued per slow subscriber before it must fetch them again (default {PUB_HWM})",
     )
+    limits = parser.add_argument_group("limits and flood control")
+    limits.add_argument("--max-sessions", type=_count, default=MAX_SESSIONS, metavar="N", help="users at once (default %(default)s)")
+    limits.add_argument(
+        "--max-text",
+        type=_text_limit,
+        default=p.MAX_TEXT_CHARS,
+        metavar="N",
+        help=f"characters in one message (default and most {p.MAX_TEXT_CHARS})",
+    )
+    limits.add_argument("--rate", type=float, default=RATE, help="lines a user may send per second (default %(default)g; 0: no limit)")
+    limits.add_argument("--burst", type=_count, default=BURST, help="lines a user may send at once (default %(default)s)")
+    security = parser.add_argument_group("encryption (CurveZMQ)")
+    security.add_argument("--secure", action="store_true", help="encrypt both sockets; clients need the broker's public key")
+    security.add_argument(
+        "--key-dir", type=Path, default=None, help=f"where the broker's key pair is kept (default {default_key_dir()})"
+    )
+    security.add_argument("--allow", type=Path, metavar="DIR", help="admit only the client public keys (*.key) in DIR")
     return parser
+
+
+def _text_limit(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= p.MAX_TEXT_CHARS:
+        raise argparse.ArgumentTypeError(f"give a number from 1 to {p.MAX_TEXT_CHARS}")
+    return value
 
 
 def client_parser() -> argparse.ArgumentParser:
@@ -96,14 +123,43 @@ def client_parser() -> argparse.ArgumentParser:
         help=f"recent lines to show on joining (default {DEFAULT_HISTORY_LINES}; 0 for none)",
     )
     parser.add_argument("--plain", action="store_true", help="plain line mode even on a terminal")
+    parser.add_argument(
+        "--server-key",
+        metavar="KEY_OR_FILE",
+        help="encrypt (CURVE): the broker's public key, or its .key file (the broker prints it with --secure)",
+    )
+    parser.add_argument(
+        "--key-dir",
+        type=Path,
+        default=None,
+        help=f"where this client's key pair is kept, made on first use (default {default_key_dir()})",
+    )
     return parser
 
 
 def broker_main(argv: list[str] | None = None) -> int:
-    args = broker_parser().parse_args(argv)
+    parser = broker_parser()
+    args = parser.parse_args(argv)
+    from chat.broker.core import Broker
     from chat.broker.history import MemoryHistory
-    from chat.broker.server import serve
+    from chat.broker.server import Curve, serve
     from chat.store import SqliteHistory
+
+    curve = None
+    if args.allow and not args.secure:
+        parser.error("--allow needs --secure")
+    if args.allow and not args.allow.is_dir():
+        parser.error(f"--allow: the folder {args.allow} does not exist")
+    if args.secure:
+        key_dir = args.key_dir or default_key_dir()
+        try:
+            public, secret, created = ensure_keypair(key_dir, BROKER_KEY)
+        except (OSError, KeyFileError) as exc:
+            print(f"broker: cannot get a key pair in {key_dir}: {exc}", file=sys.stderr)
+            return 1
+        made = "made" if created else "kept"
+        print(f"broker: key pair {made} in {key_dir}; public key {public.decode()}", flush=True)
+        curve = Curve(public, secret, args.allow)
 
     if args.db == ":memory:":
         history: MemoryHistory | SqliteHistory = MemoryHistory()
@@ -116,25 +172,59 @@ def broker_main(argv: list[str] | None = None) -> int:
             print(f"broker: cannot open the history database {path}: {exc}", file=sys.stderr)
             return 1
         print(f"broker: history in {path}", flush=True)
+    broker = Broker(
+        pub_port=0,  # set once the PUB socket is bound
+        history=history,
+        session_timeout=args.timeout,
+        max_sessions=args.max_sessions,
+        max_text=args.max_text,
+        rate=args.rate,
+        burst=args.burst,
+    )
     try:
-        return serve(
-            args.host, args.port, args.pub_port, session_timeout=args.timeout, history=history, pub_hwm=args.pub_hwm
-        )
+        return serve(args.host, args.port, args.pub_port, broker, pub_hwm=args.pub_hwm, curve=curve)
     finally:
         if isinstance(history, SqliteHistory):
             history.close()
 
 
+def client_curve(args: argparse.Namespace) -> ClientCurve | None:
+    """CURVE keys for the client: the broker's public key, and our own pair (made on first use)."""
+    if not args.server_key:
+        return None
+    server_key = parse_public_key(args.server_key)
+    public, secret, created = ensure_keypair(args.key_dir or default_key_dir(), CLIENT_KEY)
+    if created:
+        print(f"client: made this client's key pair; public key {public.decode()}", file=sys.stderr)
+    return ClientCurve(server_key, public, secret)
+
+
 def client_main(argv: list[str] | None = None) -> int:
-    args = client_parser().parse_args(argv)
+    parser = client_parser()
+    args = parser.parse_args(argv)
     from chat.client.net import Connection
     from chat.ui.plain import LineFrontEnd, run_line_mode
 
-    interactive = sys.stdin.isatty() and not args.plain
+    try:
+        curve = client_curve(args)
+    except (OSError, KeyFileError) as exc:
+        parser.error(str(exc))
+
+    interactive = sys.stdin.isatty()
+    if interactive and sys.stdout.isatty() and not args.plain:
+        # A person at a terminal: the full-screen client. --plain on a terminal gives the line prompt below.
+        from chat.ui.tui import run_tui
+
+        tui_core = ClientCore(args.name, interactive=True, history_lines=args.history)
+        return run_tui(
+            lambda show: Connection(tui_core, args.host, args.port, show, curve=curve),
+            address=p.endpoint(args.host, args.port).removeprefix("tcp://"),
+            encrypted=curve is not None,
+        )
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     front = LineFrontEnd(sys.stdout, sys.stderr, colour=colour, interactive=interactive)
     core = ClientCore(args.name, interactive=interactive, history_lines=args.history)
-    conn = Connection(core, args.host, args.port, front.show)
+    conn = Connection(core, args.host, args.port, front.show, curve=curve)
     # Ctrl-C and SIGTERM leave cleanly, like /quit.
     signal.signal(signal.SIGINT, lambda *_: conn.submit_eof())
     signal.signal(signal.SIGTERM, lambda *_: conn.submit_eof())

@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
+import socket
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, TextIO
 
 import zmq
+from zmq.auth import CURVE_ALLOW_ANY
+from zmq.auth.thread import ThreadAuthenticator
 
 from chat import protocol as p
 from chat.broker.core import Broker, Outgoing, Reply
-from chat.broker.history import History
 
 DRAIN_BATCH = 1000  # messages read from the ROUTER before the loop looks at timers again
 EXPIRE_EVERY = 0.25  # seconds between checks for silent sessions
 POLL_MS = 200  # longest wait in poll, which bounds how late a stop request is seen
 SHUTDOWN_LINGER_MS = 1000  # time given to the goodbye messages to leave
 PUB_HWM = 1000  # events queued per subscriber; a slower one loses the rest and fetches it (bounded memory)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """The broker's CURVE key pair, and the folder of client public keys it admits (None: any key)."""
+
+    public: bytes
+    secret: bytes
+    allow: Path | None = None
 
 
 def bound_port(sock: zmq.Socket) -> int:
@@ -33,13 +47,20 @@ class BrokerServer:
         host: str,
         port: int,
         pub_port: int,
+        broker: Broker,
         *,
-        session_timeout: float,
-        history: History | None = None,
         pub_hwm: int = PUB_HWM,
+        curve: Curve | None = None,
         ctx: zmq.Context | None = None,
     ) -> None:
         self.ctx = ctx or zmq.Context.instance()
+        self.curve = curve
+        self.auth: ThreadAuthenticator | None = None
+        if curve is not None:
+            # ZAP (zmq.auth) checks every client key during the CURVE handshake, on both sockets.
+            self.auth = ThreadAuthenticator(self.ctx)
+            self.auth.start()
+            self.reload_allowed()
         self.router = self._socket(zmq.ROUTER, host)
         # libzmq disconnects a peer that sends a frame larger than this, before Python sees it.
         self.router.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME_BYTES)
@@ -50,15 +71,27 @@ class BrokerServer:
         self.host = host
         self.port = bound_port(self.router)
         self.pub_port = bound_port(self.pub)
-        self.broker = Broker(pub_port=self.pub_port, history=history, session_timeout=session_timeout)
+        self.broker = broker
+        broker.pub_port = self.pub_port
         self.stopping = False
+        self.reload_requested = False
 
     def _socket(self, kind: int, host: str) -> zmq.Socket:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         if ":" in host:
             sock.setsockopt(zmq.IPV6, 1)
+        if self.curve is not None:
+            sock.curve_server = True
+            sock.curve_publickey = self.curve.public
+            sock.curve_secretkey = self.curve.secret
         return sock
+
+    def reload_allowed(self) -> None:
+        """(Re-)read the folder of admitted client keys (at start, and on SIGHUP)."""
+        assert self.auth is not None and self.curve is not None
+        location = str(self.curve.allow) if self.curve.allow is not None else CURVE_ALLOW_ANY
+        self.auth.configure_curve(domain="*", location=location)
 
     def send(self, outgoing: list[Outgoing]) -> None:
         for item in outgoing:
@@ -78,18 +111,28 @@ class BrokerServer:
             if clock() >= next_expiry:
                 outgoing += self.broker.expire_idle()
                 next_expiry = clock() + EXPIRE_EVERY
+            if self.reload_requested and self.auth is not None:
+                self.reload_requested = False
+                self.reload_allowed()
             self._commit(outgoing)
         self._commit(self.broker.shutdown())
 
     def _drain(self) -> list[Outgoing]:
         """Handle what the ROUTER holds, up to a batch."""
         outgoing: list[Outgoing] = []
+        secure = self.curve is not None
         for _ in range(DRAIN_BATCH):
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
+                if secure:
+                    # Frames, not bytes: the ZAP User-Id (the client's public key) rides on them.
+                    parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    key = parts[-1].get("User-Id") or ""
+                    frames = [part.bytes for part in parts]
+                else:
+                    frames, key = self.router.recv_multipart(zmq.NOBLOCK), ""
             except zmq.Again:
                 break
-            outgoing += self.broker.handle(frames[0], frames[1:])
+            outgoing += self.broker.handle(frames[0], frames[1:], key)
         return outgoing
 
     def _commit(self, outgoing: list[Outgoing]) -> None:
@@ -100,38 +143,55 @@ class BrokerServer:
     def stop(self, *_: object) -> None:
         self.stopping = True
 
+    def request_reload(self, *_: object) -> None:
+        self.reload_requested = True
+
     def close(self) -> None:
         self.router.close(linger=SHUTDOWN_LINGER_MS)
         self.pub.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
+
+
+def client_command(host: str, port: int, curve: Curve | None) -> str:
+    """The exact command a user on another machine runs to join this broker."""
+    if host in ("0.0.0.0", "::", "*", ""):
+        host = socket.gethostname()
+    command = f"python client.py --host {shlex.quote(host)} --port {port}"
+    if curve is not None:
+        command += f" --server-key {shlex.quote(curve.public.decode())}"
+    return command
 
 
 def serve(
     host: str,
     port: int,
     pub_port: int,
+    broker: Broker,
     *,
-    session_timeout: float,
-    history: History | None = None,
     pub_hwm: int = PUB_HWM,
+    curve: Curve | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
     """Run a broker in this process until SIGINT or SIGTERM. Returns the exit code."""
     try:
-        server = BrokerServer(
-            host, port, pub_port, session_timeout=session_timeout, history=history, pub_hwm=pub_hwm
-        )
+        server = BrokerServer(host, port, pub_port, broker, pub_hwm=pub_hwm, curve=curve)
     except zmq.ZMQError as exc:
         print(f"broker: cannot listen on {host} ports {port} and {pub_port}: {exc}", file=sys.stderr)
         return 1
     signal.signal(signal.SIGINT, server.stop)
     signal.signal(signal.SIGTERM, server.stop)
+    signal.signal(signal.SIGHUP, server.request_reload)
     print(
         f"broker: listening on {p.endpoint(host, server.port)} (ROUTER: joins, commands, chat) "
         f"and {p.endpoint(host, server.pub_port)} (PUB: fan-out)",
         file=out,
         flush=True,
     )
-    print(f"broker: clients join with: python client.py --host HOST --port {server.port}", file=out, flush=True)
+    if curve is not None:
+        admitted = f"client keys in {curve.allow} only (SIGHUP re-reads it)" if curve.allow else "any client key"
+        print(f"broker: encrypted (CURVE), admitting {admitted}", file=out, flush=True)
+    print(f"broker: clients join with: {client_command(host, server.port, curve)}", file=out, flush=True)
     try:
         server.run()
     finally:

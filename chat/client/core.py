@@ -29,6 +29,7 @@ RESEND_AFTER = 3.0  # seconds before an unacknowledged line is sent again
 QUIT_TIMEOUT = 1.0  # seconds to wait for the broker's goodbye after LEAVE
 DRAIN_TIMEOUT = 15.0  # seconds /quit waits for what was typed to be acknowledged (reconnecting if need be)
 FETCH_RETRY = 2.0  # seconds before an unanswered FETCH is asked again
+HANDSHAKE_FAILURES = 3  # unexplained failed handshakes in a row that mean "refused"
 MAX_HELD = 10_000  # early events held back per room while a gap is fetched
 DEFAULT_HEARTBEAT = 1.0
 DEFAULT_TIMEOUT = 5.0
@@ -77,6 +78,8 @@ class ClientCore:
         self.deferred: list[str] = []  # commands typed before the WELCOME
         self.quit_requested = False
         self._quit_deadline = 0.0
+        self._slowed_at = -RESEND_AFTER  # when we last told the user to slow down
+        self._handshake_failures = 0
         self._id_prefix = secrets.token_hex(4)
         self._counter = 0
         self._deadline = 0.0  # meaning depends on the state: give up, retry, or quit
@@ -118,6 +121,7 @@ class ClientCore:
         except RemoteProtocolError as exc:
             return [ev.Notice(f"ignored a malformed message from the broker ({exc})", "error")]
         self._last_heard = now
+        self._handshake_failures = 0
         if isinstance(message, p.Welcome):
             return self._welcome(message, now)
         if isinstance(message, p.Error):
@@ -143,6 +147,20 @@ class ClientCore:
         except RemoteProtocolError as exc:
             return [ev.Notice(f"ignored a malformed event ({exc})", "error")]
         return self._receive(event, now)
+
+    def on_handshake_failed(self, reason: str, certain: bool, now: float) -> list[ev.Action]:
+        """The connection itself was refused (CURVE: wrong key, no key, key not admitted).
+
+        ``certain`` failures (the broker said no) end the client at once. Others also happen when a
+        broker stops in the middle of a handshake, so only HANDSHAKE_FAILURES of them in a row, with
+        nothing heard from the broker in between, do.
+        """
+        if self.state == "closing":
+            return []
+        self._handshake_failures = self._handshake_failures + 1
+        if certain or self._handshake_failures >= HANDSHAKE_FAILURES:
+            return [ev.Exit(ev.EXIT_REFUSED, reason)]
+        return []
 
     def tick(self, now: float) -> list[ev.Action]:
         """Timers: heartbeats, broker loss, retries. Call at least every ``next_wakeup`` seconds."""
@@ -248,6 +266,8 @@ class ClientCore:
             self.state = "closing"
             self._deadline = now + QUIT_TIMEOUT
             return [ev.Send(p.Leave())]
+        if self.state == "lost" and not self.unacked:
+            return [ev.Exit(ev.EXIT_OK)]  # nothing to deliver, nobody to say goodbye to
         return []  # _ack, _welcome and tick come back here
 
     # ------------------------------------------------------------------ joining
@@ -302,7 +322,7 @@ class ClientCore:
 
     def _error(self, error: p.Error, now: float) -> list[ev.Action]:
         if error.ref == p.Join.TYPE.decode() and self.state in ("joining", "lost"):
-            if error.code in (p.NAME_TAKEN, p.NAME_INVALID):
+            if error.code in (p.NAME_TAKEN, p.NAME_INVALID, p.NAME_OWNED):
                 return self._refused(error.reason)
             return [ev.Exit(ev.EXIT_REFUSED, error.reason)]
         if error.code == p.NOT_JOINED:
@@ -311,6 +331,12 @@ class ClientCore:
             if self.state == "joined":
                 return self._lost("the broker no longer knows this session", now)
             return []
+        if error.code == p.RATE_LIMITED and error.ref in self.unacked:
+            # Kept, and sent again after RESEND_AFTER: a paste goes out at the broker's pace.
+            if now - self._slowed_at < RESEND_AFTER:
+                return []
+            self._slowed_at = now
+            return [ev.Notice(f"{error.reason}; your lines will follow", "error")]
         if error.ref in self.unacked:
             del self.unacked[error.ref]  # refused for good: resending would not help
         if error.ref == p.Fetch.TYPE.decode():

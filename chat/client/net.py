@@ -9,16 +9,60 @@ from __future__ import annotations
 import os
 import queue
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from chat import protocol as p
 from chat.client import events as ev
 from chat.client.core import ClientCore
 
 SUB_RCVHWM = 100_000  # events queued for a slow reader before libzmq drops (and the core fetches them)
+HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 _EOF = object()
+
+
+@dataclass(frozen=True)
+class ClientCurve:
+    """CURVE keys of a client: the broker's public key, and our own pair."""
+
+    server_key: bytes
+    public: bytes
+    secret: bytes
+
+
+def handshake_certain(event: int, value: int) -> bool:
+    """Whether a failed handshake is the broker saying no (rather than, say, a broker stopping)."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return True
+    return event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+
+
+def handshake_problem(event: int, value: int, encrypted: bool) -> str:
+    """Plain words for a failed ZMTP handshake, as seen by the client's socket monitor."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return (
+            "the broker refused this client's key (not in its --allow folder); "
+            "send the broker's admin your public key: python -m chat.keys show"
+        )
+    mismatch = event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+    if encrypted and mismatch:
+        return "the broker does not use encryption: run without --server-key, or start it with --secure"
+    if encrypted:
+        return (
+            "the encrypted handshake failed: --server-key is not this broker's public key, "
+            "or the broker does not use encryption"
+        )
+    if mismatch:
+        return "the broker requires encryption: run with --server-key KEY (the broker prints the command at start)"
+    return (
+        "the handshake with the broker failed; it probably requires encryption: "
+        "run with --server-key KEY (the broker prints the command at start)"
+    )
 
 
 class Connection:
@@ -31,10 +75,13 @@ class Connection:
         port: int,
         show: Callable[[ev.Show], None],
         *,
+        curve: ClientCurve | None = None,
         ctx: zmq.Context | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.core = core
+        self.curve = curve
+        self.monitor: zmq.Socket | None = None
         self.host = host
         self.port = port
         self.show = show
@@ -69,12 +116,16 @@ class Connection:
             while self.exit is None:
                 timeout_ms = int(self.core.next_wakeup(self.clock()) * 1000) + 1
                 for sock, _ in self.poller.poll(timeout_ms):
+                    if isinstance(sock, zmq.Socket) and sock.closed:
+                        continue  # replaced by a reconnect while this batch was handled
                     if sock is self.dealer:
                         self._drain(self.dealer, self.core.on_direct)
                     elif sock is self.sub:
                         self._drain(self.sub, self.core.on_published)
                     elif sock == self._wake_r:
                         self._read_inbox()
+                    elif sock is self.monitor:
+                        self._read_monitor()
                     if self.exit is not None:
                         break
                 if self.exit is None:
@@ -85,6 +136,8 @@ class Connection:
 
     def _drain(self, sock: zmq.Socket, handle: Callable[[list[bytes], float], list[ev.Action]]) -> None:
         for _ in range(1000):  # bounded, so that one busy socket cannot starve the others
+            if sock.closed:  # what we just handled replaced it (a reconnect)
+                return
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -92,6 +145,16 @@ class Connection:
             self._apply(handle(frames, self.clock()))
             if self.exit is not None:
                 return
+
+    def _read_monitor(self) -> None:
+        while self.exit is None and self.monitor is not None:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind, value = int(event["event"]), int(event["value"])
+            problem = handshake_problem(kind, value, self.curve is not None)
+            self._apply(self.core.on_handshake_failed(problem, handshake_certain(kind, value), self.clock()))
 
     def _read_inbox(self) -> None:
         os.read(self._wake_r, 4096)
@@ -128,24 +191,45 @@ class Connection:
     # ------------------------------------------------------------------ sockets
 
     def _new_dealer(self) -> None:
-        if self.dealer is not None:
-            self.poller.unregister(self.dealer)
-            self.dealer.close(linger=0)
-        self.dealer = self.ctx.socket(zmq.DEALER)
-        self.dealer.setsockopt(zmq.LINGER, 0)
-        self._ipv6(self.dealer)
+        self._close_dealer()
+        self.dealer = self._socket(zmq.DEALER)
+        # The monitor reports a refused handshake (wrong key, no key, key not allowed), which would
+        # otherwise look like a broker that never answers.
+        self.monitor = self.dealer.get_monitor_socket(HANDSHAKE_EVENTS)
         self.dealer.connect(p.endpoint(self.host, self.port))
         self.poller.register(self.dealer, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
+
+    def _close_dealer(self) -> None:
+        if self.dealer is None:
+            return
+        self.poller.unregister(self.dealer)
+        if self.monitor is not None:
+            self.poller.unregister(self.monitor)
+            self.dealer.disable_monitor()
+            self.monitor.close(linger=0)
+            self.monitor = None
+        self.dealer.close(linger=0)
+        self.dealer = None
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if ":" in self.host:
+            sock.setsockopt(zmq.IPV6, 1)
+        if self.curve is not None:
+            sock.curve_serverkey = self.curve.server_key
+            sock.curve_publickey = self.curve.public
+            sock.curve_secretkey = self.curve.secret
+        return sock
 
     def _subscribe(self, action: ev.Subscribe) -> None:
         if self.sub is None or self.sub_port != action.pub_port:
             if self.sub is not None:
                 self.poller.unregister(self.sub)
                 self.sub.close(linger=0)
-            self.sub = self.ctx.socket(zmq.SUB)
-            self.sub.setsockopt(zmq.LINGER, 0)
+            self.sub = self._socket(zmq.SUB)
             self.sub.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
-            self._ipv6(self.sub)
             self.sub.connect(p.endpoint(self.host, action.pub_port))
             self.poller.register(self.sub, zmq.POLLIN)
             self.sub_port = action.pub_port
@@ -154,14 +238,10 @@ class Connection:
             self.sub.setsockopt(zmq.SUBSCRIBE, p.topic_frame(room))
         self.rooms |= set(action.rooms)
 
-    def _ipv6(self, sock: zmq.Socket) -> None:
-        if ":" in self.host:
-            sock.setsockopt(zmq.IPV6, 1)
-
     def close(self) -> None:
-        for sock in (self.dealer, self.sub):
-            if sock is not None:
-                sock.close(linger=0)
-        self.dealer = self.sub = None
+        self._close_dealer()
+        if self.sub is not None:
+            self.sub.close(linger=0)
+            self.sub = None
         os.close(self._wake_r)
         os.close(self._wake_w)
