@@ -208,6 +208,8 @@ class History(Message):
     TYPE: ClassVar[bytes] = b"HISTORY"
     room: str
     events: list[dict[str, Any]]
+    first: int = 0  # the range of the FETCH this answers
+    last: int = 0
 
 
 @dataclass(frozen=True)

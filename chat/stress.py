@@ -156,6 +156,9 @@ def run(senders: int, lines: int, receivers: int, restart: bool) -> int:
                     )
                 )
                 label = " (paused)" if r is slow else ""
+                for line in r.errors:
+                    if not line.startswith("*** joined as"):
+                        print(f"  {name} said: {line}")
                 print(f"  {name}{label}: delivered {sum(seen.values())}, lost {lost}, duplicated {dup}, "
                       f"in order per sender: {order_ok}")
                 worst = max(worst, lost, dup, 0 if order_ok else 1)

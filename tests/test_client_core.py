@@ -31,8 +31,11 @@ def event(seq: int, name: str = "bob", text: str | None = None, kind: str = p.KI
                    text=f"line {seq}" if text is None else text, room=GENERAL)
 
 
-def history(*events: p.Event) -> p.History:
-    return p.History(GENERAL, [p.event_body(e) for e in events])
+def history(*events: p.Event, first: int = 0, last: int = 0) -> p.History:
+    """A HISTORY reply; ``first`` and ``last`` echo the FETCH it answers (by default its events' range)."""
+    if events and not first:
+        first, last = events[0].seq, events[-1].seq
+    return p.History(GENERAL, [p.event_body(e) for e in events], first, last)
 
 
 def sent(actions: list[ev.Action]) -> list[p.Message]:
@@ -214,7 +217,7 @@ def test_events_the_broker_no_longer_has_are_reported_and_skipped() -> None:
     core = joined()
     publish(core, event(4, name="alice", kind=p.KIND_JOIN, text=""))
     publish(core, event(8), now=1.0)  # 5 to 7 missing
-    actions = direct(core, history(), 1.1)  # the broker has none of them
+    actions = direct(core, history(first=5, last=7), 1.1)  # the broker has none of them
     assert shown(actions) == [8]
     assert any("3 event(s)" in n for n in notices(actions))
 
@@ -223,9 +226,25 @@ def test_a_partial_history_asks_for_the_rest() -> None:
     core = joined()
     publish(core, event(4, name="alice", kind=p.KIND_JOIN, text=""))
     publish(core, event(9), now=1.0)  # fetch 5..8
-    actions = direct(core, history(event(5), event(6)), 1.1)
+    actions = direct(core, history(event(5), event(6), first=5, last=8), 1.1)
     assert shown(actions) == [5, 6] and sent(actions) == [p.Fetch(GENERAL, 7, 8)]
     assert shown(direct(core, history(event(7), event(8)), 1.2)) == [7, 8, 9]
+
+
+def test_a_late_answer_to_a_retried_fetch_does_not_skip_the_next_gap() -> None:
+    """Found by python -m chat.stress: the second answer to a retried FETCH came after a new gap had
+    opened, made "no progress", and the client wrongly gave the new gap up as unrecoverable."""
+    core = joined()
+    publish(core, event(4, name="alice", kind=p.KIND_JOIN, text=""))
+    assert sent(publish(core, event(7), now=1.0)) == [p.Fetch(GENERAL, 5, 6)]
+    retry = 1.0 + client_core.FETCH_RETRY
+    direct(core, p.Pong({GENERAL: 7}), retry - 0.1)
+    assert p.Fetch(GENERAL, 5, 6) in sent(core.tick(retry))
+    assert shown(direct(core, history(event(5), event(6)), retry + 0.1)) == [5, 6, 7]
+    assert sent(publish(core, event(10), now=retry + 0.2)) == [p.Fetch(GENERAL, 8, 9)]
+    late = direct(core, history(event(5), event(6)), retry + 0.3)  # the retry's answer
+    assert shown(late) == [] and notices(late) == [] and sent(late) == []
+    assert shown(direct(core, history(event(8), event(9)), retry + 0.4)) == [8, 9, 10]
 
 
 def test_pong_reporting_more_than_we_have_fetches_the_tail_on_the_second_pong() -> None:

@@ -231,7 +231,7 @@ class Broker:
             if room_left < 0 and bodies:
                 break
             bodies.append(body)
-        return [Reply(session.identity, p.History(fetch.room, bodies))]
+        return [Reply(session.identity, p.History(fetch.room, bodies, fetch.first, fetch.last))]
 
     # ------------------------------------------------------------------ helpers
 

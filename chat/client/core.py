@@ -15,7 +15,7 @@ tail (the slow-joiner case: events published before its SUB was connected).
 from __future__ import annotations
 
 import secrets
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Union
 
@@ -30,6 +30,7 @@ QUIT_TIMEOUT = 1.0  # seconds to wait for the broker's goodbye after LEAVE
 DRAIN_TIMEOUT = 15.0  # seconds /quit waits for what was typed to be acknowledged (reconnecting if need be)
 FETCH_RETRY = 2.0  # seconds before an unanswered FETCH is asked again
 HANDSHAKE_FAILURES = 3  # unexplained failed handshakes in a row that mean "refused"
+MAX_IN_FLIGHT = 500  # unacknowledged lines at once; below the broker's DEDUP_IDS_PER_NAME
 MAX_HELD = 10_000  # early events held back per room while a gap is fetched
 DEFAULT_HEARTBEAT = 1.0
 DEFAULT_TIMEOUT = 5.0
@@ -74,7 +75,8 @@ class ClientCore:
         self.live_from: dict[str, int] = {}  # room -> first number of this session: our own from here are not shown
         self.oldest: dict[str, int] = {}  # room -> oldest number shown so far, for /history
         self.browsing: dict[str, tuple[int, int]] = {}  # room -> range asked for by /history
-        self.unacked: OrderedDict[str, tuple[Outgoing, float]] = OrderedDict()
+        self.unacked: OrderedDict[str, tuple[Outgoing, float]] = OrderedDict()  # sent, in flight
+        self.waiting: deque[Outgoing] = deque()  # typed, not sent yet (away, or the window is full)
         self.deferred: list[str] = []  # commands typed before the WELCOME
         self.quit_requested = False
         self._quit_deadline = 0.0
@@ -165,7 +167,7 @@ class ClientCore:
     def tick(self, now: float) -> list[ev.Action]:
         """Timers: heartbeats, broker loss, retries. Call at least every ``next_wakeup`` seconds."""
         if self.quit_requested and self.state != "closing" and now >= self._quit_deadline:
-            unsent = len(self.unacked)
+            unsent = self._pending()
             return [ev.Exit(ev.EXIT_UNREACHABLE, f"leaving with {unsent} line(s) not delivered")]
         if self.state == "joining" and now >= self._deadline:
             return [ev.Exit(ev.EXIT_UNREACHABLE, f"could not reach the broker within {CONNECT_TIMEOUT:g} s")]
@@ -237,11 +239,26 @@ class ClientCore:
         problem = p.text_problem(message.text)
         if problem:
             return [ev.Notice(problem, "error")]
-        self.unacked[message.id] = (message, now)
+        self.waiting.append(message)
         shown = ev.Sent(message.id, kind, message.text, getattr(message, "to", ""))
+        return [shown, *self._pump(now)]
+
+    def _pump(self, now: float) -> list[ev.Action]:
+        """Send waiting lines, in the order typed, while fewer than MAX_IN_FLIGHT are unacknowledged.
+
+        The window keeps every resend within the ids the broker remembers, so none is shown twice.
+        """
         if self.state != "joined":
-            return [shown]  # sent when (re)joined, in the order typed
-        return [shown, ev.Send(message)]
+            return []
+        out: list[ev.Action] = []
+        while self.waiting and len(self.unacked) < MAX_IN_FLIGHT:
+            message = self.waiting.popleft()
+            self.unacked[message.id] = (message, now)
+            out.append(ev.Send(message))
+        return out
+
+    def _pending(self) -> int:
+        return len(self.unacked) + len(self.waiting)
 
     def _older(self, arg: str, now: float) -> list[ev.Action]:
         if arg and not arg.isdigit() or arg == "0":
@@ -262,11 +279,11 @@ class ClientCore:
         if not self.quit_requested:
             self.quit_requested = True
             self._quit_deadline = now + DRAIN_TIMEOUT
-        if self.state == "joined" and not self.unacked:
+        if self.state == "joined" and not self._pending():
             self.state = "closing"
             self._deadline = now + QUIT_TIMEOUT
             return [ev.Send(p.Leave())]
-        if self.state == "lost" and not self.unacked:
+        if self.state == "lost" and not self._pending():
             return [ev.Exit(ev.EXIT_OK)]  # nothing to deliver, nobody to say goodbye to
         return []  # _ack, _welcome and tick come back here
 
@@ -310,9 +327,10 @@ class ClientCore:
                 self.browsing.pop(room, None)
             if self.expected[room] <= last:
                 out += self._fetch(room, self.expected[room], last, now)
-        for message, _ in self.unacked.values():  # typed while away, or never acknowledged
-            out.append(ev.Send(message))
-        self.unacked = OrderedDict((k, (m, now)) for k, (m, _) in self.unacked.items())
+        # What was never acknowledged goes again first, then what was typed while away, in order.
+        self.waiting.extendleft(reversed([m for m, _ in self.unacked.values()]))
+        self.unacked.clear()
+        out += self._pump(now)
         deferred, self.deferred = self.deferred, []
         for line in deferred:
             out += self._command(line, now)
@@ -339,6 +357,7 @@ class ClientCore:
             return [ev.Notice(f"{error.reason}; your lines will follow", "error")]
         if error.ref in self.unacked:
             del self.unacked[error.ref]  # refused for good: resending would not help
+            return [ev.Notice(error.reason, "error"), *self._pump(now)]
         if error.ref == p.Fetch.TYPE.decode():
             return self._skip_unrecoverable(now)
         return [ev.Notice(error.reason, "error")]
@@ -363,8 +382,8 @@ class ClientCore:
     def _ack(self, ack: p.Ack, now: float) -> list[ev.Action]:
         if self.unacked.pop(ack.id, None) is None:
             return []  # an ack for a resend we already had
-        out: list[ev.Action] = [ev.Acked(ack.id, ack.seq, ack.ts)]
-        if self.quit_requested and not self.unacked:
+        out: list[ev.Action] = [ev.Acked(ack.id, ack.seq, ack.ts), *self._pump(now)]
+        if self.quit_requested and not self._pending():
             out += self._quit(now)
         return out
 
@@ -416,22 +435,21 @@ class ClientCore:
         except RemoteProtocolError as exc:
             return [ev.Notice(f"ignored a malformed history reply ({exc})", "error")]
         room = history.room
-        browsing = self.browsing.get(room)
-        if browsing is not None and all(browsing[0] <= e.seq <= browsing[1] for e in events):
+        asked = (history.first, history.last)  # the range this answers, echoed by the broker
+        if self.browsing.get(room) == asked:
             del self.browsing[room]
             return [ev.Older(tuple(events))] if events else [ev.Notice(f"nothing older is kept in {room}")]
-        before = self.expected.get(room)
         out: list[ev.Action] = []
         for event in events:
             out += self._receive(event, now)
         fetching = self.fetching.get(room)
-        if fetching is None or before is None:
+        if fetching is None or (fetching.first, fetching.last) != asked:
+            return out  # the answer to an earlier request (a retry): its events are used, nothing more
+        if self.expected[room] > fetching.last:
             return out
-        if self.expected[room] > before:
-            if self.expected[room] <= fetching.last:  # a partial answer: ask for the rest
-                out += self._fetch(room, self.expected[room], fetching.last, now)
-            return out
-        return out + self._skip_unrecoverable(now, room)
+        if events and self.expected[room] > events[-1].seq:  # cut short to fit a frame: ask for the rest
+            return out + self._fetch(room, self.expected[room], fetching.last, now)
+        return out + self._skip_unrecoverable(now, room)  # the broker no longer has the start of the range
 
     def _skip_unrecoverable(self, now: float, only: str | None = None) -> list[ev.Action]:
         """The broker no longer has what we are missing: say so and move on to what we hold."""
