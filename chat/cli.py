@@ -48,6 +48,13 @@ def _count(text: str) -> int:
     return value
 
 
+def _room(text: str) -> str:
+    problem = p.room_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return p.room_key(text)
+
+
 def _db_path(text: str) -> str:
     if text == ":memory:":
         return text
@@ -123,6 +130,9 @@ def client_parser() -> argparse.ArgumentParser:
         help=f"recent lines to show on joining (default {DEFAULT_HISTORY_LINES}; 0 for none)",
     )
     parser.add_argument("--plain", action="store_true", help="plain line mode even on a terminal")
+    parser.add_argument(
+        "--room", type=_room, default=p.DEFAULT_ROOM, help=f"the room to start in (default {p.DEFAULT_ROOM})"
+    )
     parser.add_argument(
         "--server-key",
         metavar="KEY_OR_FILE",
@@ -215,7 +225,7 @@ def client_main(argv: list[str] | None = None) -> int:
         # A person at a terminal: the full-screen client. --plain on a terminal gives the line prompt below.
         from chat.ui.tui import run_tui
 
-        tui_core = ClientCore(args.name, interactive=True, history_lines=args.history)
+        tui_core = ClientCore(args.name, interactive=True, history_lines=args.history, room=args.room)
         return run_tui(
             lambda show: Connection(tui_core, args.host, args.port, show, curve=curve),
             address=p.endpoint(args.host, args.port).removeprefix("tcp://"),
@@ -223,7 +233,7 @@ def client_main(argv: list[str] | None = None) -> int:
         )
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     front = LineFrontEnd(sys.stdout, sys.stderr, colour=colour, interactive=interactive)
-    core = ClientCore(args.name, interactive=interactive, history_lines=args.history)
+    core = ClientCore(args.name, interactive=interactive, history_lines=args.history, room=args.room)
     conn = Connection(core, args.host, args.port, front.show, curve=curve)
     # Ctrl-C and SIGTERM leave cleanly, like /quit.
     signal.signal(signal.SIGINT, lambda *_: conn.submit_eof())

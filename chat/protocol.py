@@ -54,6 +54,7 @@ NO_SUCH_USER = "no_such_user"
 NO_SUCH_ROOM = "no_such_room"
 HISTORY_RANGE = "history_range"
 SERVER_FULL = "server_full"
+ROOM_INVALID = "room_invalid"
 NAME_OWNED = "name_owned"
 RATE_LIMITED = "rate_limited"
 
@@ -62,7 +63,15 @@ KIND_MSG = "msg"
 KIND_ACTION = "action"
 KIND_JOIN = "join"
 KIND_LEAVE = "leave"
+KIND_ENTER = "enter"  # joined one room with /join (text: empty)
+KIND_PART = "part"  # left one room with /leave (text: empty)
+KIND_TOPIC = "topic"  # set the room's topic (text: the new topic)
 SAY_KINDS = (KIND_MSG, KIND_ACTION)
+
+MAX_ROOM_CHARS = 32  # after the '#'
+MAX_ROOMS_PER_SESSION = 32
+MAX_TOPIC_CHARS = 300
+_ROOM_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 # Why a session ended, carried in a leave event's text.
 LEFT_QUIT = "quit"
@@ -90,6 +99,7 @@ class Join(Message):
     TYPE: ClassVar[bytes] = b"JOIN"
     name: str
     token: str = ""  # the client's secret: a later JOIN with the same name and token takes the session back
+    rooms: list[str] = field(default_factory=list)  # rooms to be in; none: the default room
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,39 @@ class Pm(Message):
 class Who(Message):
     TYPE: ClassVar[bytes] = b"WHO"
     room: str = ""
+
+
+@dataclass(frozen=True)
+class Enter(Message):
+    """Join one more room (``/join``), creating it when new."""
+
+    TYPE: ClassVar[bytes] = b"ENTER"
+    room: str
+
+
+@dataclass(frozen=True)
+class Part(Message):
+    """Leave one room (``/leave``)."""
+
+    TYPE: ClassVar[bytes] = b"PART"
+    room: str
+
+
+@dataclass(frozen=True)
+class Rooms(Message):
+    """Ask for every room with its member count and topic."""
+
+    TYPE: ClassVar[bytes] = b"ROOMS"
+
+
+@dataclass(frozen=True)
+class Topic(Message):
+    """Set a room's topic."""
+
+    TYPE: ClassVar[bytes] = b"TOPIC"
+    id: str
+    room: str
+    text: str
 
 
 @dataclass(frozen=True)
@@ -149,6 +192,31 @@ class Welcome(Message):
     heartbeat_ms: int
     timeout_ms: int
     history_id: str
+
+
+@dataclass(frozen=True)
+class Entered(Message):
+    """Answer to ENTER: ``last_seq`` is the room's last event before our own enter event."""
+
+    TYPE: ClassVar[bytes] = b"ENTERED"
+    room: str
+    last_seq: int
+    topic: str = ""
+
+
+@dataclass(frozen=True)
+class Parted(Message):
+    TYPE: ClassVar[bytes] = b"PARTED"
+    room: str
+
+
+@dataclass(frozen=True)
+class RoomList(Message):
+    """Answer to ROOMS: ``rooms`` holds {"room": str, "members": int, "topic": str} objects."""
+
+    TYPE: ClassVar[bytes] = b"ROOM_LIST"
+    rooms: list[dict[str, Any]]
+    ts: int
 
 
 @dataclass(frozen=True)
@@ -218,9 +286,11 @@ class Bye(Message):
     reason: str
 
 
-CLIENT_MESSAGES: dict[bytes, type[Message]] = {m.TYPE: m for m in (Join, Say, Pm, Who, Ping, Leave, Fetch)}
+CLIENT_MESSAGES: dict[bytes, type[Message]] = {
+    m.TYPE: m for m in (Join, Say, Pm, Who, Ping, Leave, Fetch, Enter, Part, Rooms, Topic)
+}
 BROKER_MESSAGES: dict[bytes, type[Message]] = {
-    m.TYPE: m for m in (Welcome, Ack, Error, Roster, Private, Pong, History, Bye)
+    m.TYPE: m for m in (Welcome, Ack, Error, Roster, Private, Pong, History, Bye, Entered, Parted, RoomList)
 }
 
 
@@ -440,6 +510,26 @@ def name_key(name: str) -> str:
     return unicodedata.normalize("NFKC", name).casefold()
 
 
+def room_problem(room: str) -> str | None:
+    """Why ``room`` cannot be a room name, or None when it can."""
+    if not room.startswith("#") or not 1 <= len(room) - 1 <= MAX_ROOM_CHARS:
+        return f"a room name is '#' and 1 to {MAX_ROOM_CHARS} letters, digits, '-' or '_', like #general"
+    if not _ROOM_CHARS.issuperset(room[1:]):
+        return "a room name can hold only letters, digits, '-' and '_' after the '#'"
+    return None
+
+
+def room_key(room: str) -> str:
+    """Rooms are case-insensitive: #Dev and #dev are one room, known by this form."""
+    return room.lower()
+
+
+def _check_room(room: str) -> None:
+    problem = room_problem(room)
+    if problem:
+        raise RemoteProtocolError(ROOM_INVALID, problem)
+
+
 def text_problem(text: str) -> str | None:
     if not text.strip():
         return "a message cannot be empty"
@@ -456,6 +546,17 @@ def validate(message: Message) -> None:
             raise RemoteProtocolError(NAME_INVALID, problem)
         if len(message.token) > MAX_ID_CHARS:
             raise RemoteProtocolError(BAD_FIELD, f"a token can be at most {MAX_ID_CHARS} characters long")
+        if len(message.rooms) > MAX_ROOMS_PER_SESSION:
+            raise RemoteProtocolError(BAD_FIELD, f"one can be in at most {MAX_ROOMS_PER_SESSION} rooms")
+        for room in message.rooms:
+            _check_room(room)
+    if isinstance(message, (Enter, Part, Topic)) or isinstance(message, (Say, Fetch)) and message.room:
+        _check_room(message.room)  # type: ignore[union-attr]
+    if isinstance(message, Who) and message.room:
+        _check_room(message.room)
+    if isinstance(message, Topic):
+        if len(message.text) > MAX_TOPIC_CHARS:
+            raise RemoteProtocolError(BAD_FIELD, f"a topic can be at most {MAX_TOPIC_CHARS} characters long")
     if isinstance(message, (Say, Pm)):
         if len(message.id) > MAX_ID_CHARS:
             raise RemoteProtocolError(BAD_FIELD, f"an id can be at most {MAX_ID_CHARS} characters long")

@@ -78,7 +78,7 @@ def test_start_with_a_name_sends_join_with_a_random_token() -> None:
     core = ClientCore("alice", interactive=False)
     actions = core.start(0.0)
     assert ev.Status("connecting") in actions
-    assert sent(actions) == [p.Join("alice", core.token)]
+    assert sent(actions) == [p.Join("alice", core.token, [GENERAL])]
     assert len(core.token) >= 16 and core.token != ClientCore("alice", interactive=False).token
 
 
@@ -86,7 +86,7 @@ def test_start_without_a_name_asks_for_one_and_takes_the_next_line() -> None:
     core = ClientCore(None, interactive=True)
     assert core.start(0.0) == [ev.AskName()]
     actions = core.on_input("alice\n", 0.5)
-    assert sent(actions) == [p.Join("alice", core.token)]
+    assert sent(actions) == [p.Join("alice", core.token, [GENERAL])]
 
 
 def test_a_typed_name_that_breaks_the_rules_is_asked_again_without_sending() -> None:
@@ -136,7 +136,7 @@ def test_name_taken_interactive_asks_again_and_uses_the_next_line() -> None:
     assert actions == [ev.AskName("the name alice is taken; choose another")]
     assert exits(core.tick(client_core.CONNECT_TIMEOUT + 1)) == []  # a person is being asked: no time-out
     actions = core.on_input("alice2", 10.0)
-    assert sent(actions) == [p.Join("alice2", core.token)]
+    assert sent(actions) == [p.Join("alice2", core.token, [GENERAL])]
     assert ev.Status("connected", "alice2") in direct(core, dataclasses.replace(WELCOME, name="alice2"), 10.1)
 
 
@@ -460,8 +460,8 @@ def test_broker_silence_beyond_the_timeout_means_reconnecting() -> None:
     retry = core.tick(t + client_core.RETRY_INTERVAL)
     everything = actions + retry
     assert ev.Reconnect() in everything
-    assert p.Join("alice", first_token) in sent(everything)
-    assert retry == [ev.Reconnect(), ev.Send(p.Join("alice", first_token))]  # and again, every RETRY_INTERVAL
+    assert p.Join("alice", first_token, [GENERAL]) in sent(everything)
+    assert retry == [ev.Reconnect(), ev.Send(p.Join("alice", first_token, [GENERAL]))]  # and again, every RETRY_INTERVAL
 
 
 def test_bye_from_a_stopping_broker_means_reconnecting() -> None:
@@ -498,7 +498,7 @@ def test_not_joined_while_joined_rejoins_at_once() -> None:
     core = joined()
     actions = direct(core, p.Error(p.NOT_JOINED, "join first", "PING"), 1.0)
     assert ev.Status("reconnecting") in actions
-    assert p.Join("alice", core.token) in sent(actions + core.tick(1.0))
+    assert p.Join("alice", core.token, [GENERAL]) in sent(actions + core.tick(1.0))
 
 
 # --------------------------------------------------------------------------- recent history on joining

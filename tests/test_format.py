@@ -71,7 +71,7 @@ def test_roster_line_of_a_room() -> None:
 
 
 def test_unknown_kind_is_shown_generically() -> None:
-    assert line("topic", text="lunch at noon") == f"{WHEN} alice (topic): lunch at noon"
+    assert line("dance", text="lunch at noon") == f"{WHEN} alice (dance): lunch at noon"
 
 
 # --------------------------------------------------------------------------- time

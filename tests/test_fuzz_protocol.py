@@ -109,6 +109,7 @@ def decode_fully(decoder: typing.Callable[[list[bytes]], p.Message], frames: lis
 
 CODES = {
     p.BAD_FRAMES, p.BAD_VERSION, p.BAD_TYPE, p.BAD_JSON, p.BAD_FIELD, p.TOO_LARGE, p.NAME_INVALID, p.HISTORY_RANGE,
+    p.ROOM_INVALID,
 }
 
 
@@ -161,17 +162,24 @@ room_seqs = st.dictionaries(strs, st.integers(min_value=0), max_size=4)
 events = st.builds(p.Event, seq=st.integers(1), ts=st.integers(0), kind=strs, name=strs, text=strs, room=strs)
 
 
+rooms = st.from_regex(r"#[A-Za-z0-9_-]{1,32}", fullmatch=True)
+
+
 @st.composite
 def fetches(draw: st.DrawFn) -> p.Fetch:
     first = draw(st.integers(1, 10**9))
-    return p.Fetch(draw(strs), first, draw(st.integers(first, 10**9 + 1)))
+    return p.Fetch(draw(rooms), first, draw(st.integers(first, 10**9 + 1)))
 
 
 client_messages = st.one_of(
-    st.builds(p.Join, name=names, token=st.text(max_size=p.MAX_ID_CHARS)),
-    st.builds(p.Say, id=ids, text=texts, room=strs, kind=st.sampled_from(p.SAY_KINDS)),
+    st.builds(p.Join, name=names, token=st.text(max_size=p.MAX_ID_CHARS), rooms=st.lists(rooms, max_size=4)),
+    st.builds(p.Say, id=ids, text=texts, room=rooms, kind=st.sampled_from(p.SAY_KINDS)),
     st.builds(p.Pm, id=ids, to=strs, text=texts),
-    st.builds(p.Who, room=strs),
+    st.builds(p.Who, room=st.one_of(st.just(""), rooms)),
+    st.builds(p.Enter, room=rooms),
+    st.builds(p.Part, room=rooms),
+    st.just(p.Rooms()),
+    st.builds(p.Topic, id=ids, room=rooms, text=st.text(max_size=p.MAX_TOPIC_CHARS)),
     st.just(p.Ping()),
     st.just(p.Leave()),
     fetches(),
@@ -186,6 +194,13 @@ broker_messages = st.one_of(
     st.builds(p.Pong, rooms=room_seqs),
     st.builds(p.History, room=strs, events=st.lists(events.map(p.event_body), max_size=5)),
     st.builds(p.Bye, reason=strs),
+    st.builds(p.Entered, room=strs, last_seq=st.integers(0), topic=strs),
+    st.builds(p.Parted, room=strs),
+    st.builds(
+        p.RoomList,
+        rooms=st.lists(st.fixed_dictionaries({"room": strs, "members": st.integers(0), "topic": strs}), max_size=4),
+        ts=st.integers(0),
+    ),
 )
 
 

@@ -30,6 +30,7 @@ HEARTBEATS_PER_TIMEOUT = 3  # clients are told to ping this many times per timeo
 MAX_SESSIONS = 10_000
 DEDUP_IDS_PER_NAME = 1000  # acknowledged ids remembered per user, to drop resent duplicates
 DEDUP_NAMES = 2 * MAX_SESSIONS
+MAX_ROOMS = 10_000  # rooms that can exist at once (with members or with a topic)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ class Broker:
         self.sessions: dict[bytes, Session] = {}  # by ROUTER identity
         self.names: dict[str, Session] = {}  # by name_key
         self._seq: dict[str, int] = {}
+        self.topics: dict[str, str] = {}  # room -> topic (kept in memory only)
+        self.members: dict[str, int] = {}  # room -> sessions in it; a room with none is not listed
         self._acks: OrderedDict[str, OrderedDict[str, p.Ack]] = OrderedDict()
         for key, ack in self.history.recent_acks():
             self._remember(key, ack)
@@ -121,6 +124,7 @@ class Broker:
         out: list[Outgoing] = [Reply(s.identity, p.Bye(reason)) for s in self.sessions.values()]
         self.sessions.clear()
         self.names.clear()
+        self.members.clear()
         return out
 
     # ------------------------------------------------------------------ messages
@@ -136,6 +140,14 @@ class Broker:
             return self._who(session, message, now)
         if isinstance(message, p.Fetch):
             return self._fetch(session, message)
+        if isinstance(message, p.Enter):
+            return self._enter(session, message, now)
+        if isinstance(message, p.Part):
+            return self._part(session, message, now)
+        if isinstance(message, p.Rooms):
+            return self._rooms(session, now)
+        if isinstance(message, p.Topic):
+            return self._topic(session, message, now)
         if isinstance(message, p.Leave):
             return self._end(session, p.LEFT_QUIT) + [Reply(session.identity, p.Bye("goodbye"))]
         raise RemoteProtocolError(p.BAD_TYPE, f"{message.TYPE.decode()} is not a request")
@@ -164,7 +176,12 @@ class Broker:
             raise RemoteProtocolError(p.NAME_TAKEN, f"the name {holder.name} is taken; choose another")
         if len(self.sessions) >= self.max_sessions:
             raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more users")
-        session = Session(identity, join.name, join.token, now, key=peer_key, allowance_at=now)
+        rooms = {p.room_key(room) for room in join.rooms} or {p.DEFAULT_ROOM}
+        if len(self.members) + len(rooms - self.members.keys()) > MAX_ROOMS:
+            raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more rooms")
+        session = Session(identity, join.name, join.token, now, key=peer_key, allowance_at=now, rooms=set())
+        for room in rooms:
+            self._add_member(session, room)
         if peer_key and not owner:
             self.history.set_name_owner(key, peer_key)  # first use: the name is this key's from now on
         self.sessions[identity] = session
@@ -176,14 +193,15 @@ class Broker:
         return out
 
     def _say(self, session: Session, say: p.Say, now: float) -> list[Outgoing]:
-        if say.room not in session.rooms:
-            raise RemoteProtocolError(p.NO_SUCH_ROOM, f"you are not in {say.room}")
+        room = p.room_key(say.room)
+        if room not in session.rooms:
+            raise RemoteProtocolError(p.NO_SUCH_ROOM, f"you are not in {room}")
         done = self._acked(session, say.id)
         if done is not None:  # a resend of a line already published: acknowledge, do not repeat
             return [Reply(session.identity, done)]
         self._check_text(say.text)
         self._spend(session, now)
-        event = self._publish(say.room, say.kind, session.name, p.neutralise(say.text), now, say.id)
+        event = self._publish(room, say.kind, session.name, p.neutralise(say.text), now, say.id)
         ack = p.Ack(say.id, event.seq, event.ts)
         self._remember(p.name_key(session.name), ack)
         return [event, Reply(session.identity, ack)]
@@ -205,33 +223,85 @@ class Broker:
 
     def _who(self, session: Session, who: p.Who, now: float) -> list[Outgoing]:
         self._spend(session, now)
-        if who.room and who.room not in self._seq and who.room not in session.rooms:
-            raise RemoteProtocolError(p.NO_SUCH_ROOM, f"there is no room {p.neutralise(who.room)}")
-        members = [s.name for s in self.sessions.values() if not who.room or who.room in s.rooms]
-        roster = p.Roster(who.room, sorted(members, key=p.name_key), int(now * 1000))
+        room = p.room_key(who.room)
+        if room and room not in self.members:
+            raise RemoteProtocolError(p.NO_SUCH_ROOM, f"there is no room {room}")
+        members = [s.name for s in self.sessions.values() if not room or room in s.rooms]
+        roster = p.Roster(room, sorted(members, key=p.name_key), int(now * 1000))
         return [Reply(session.identity, roster)]
 
     def _fetch(self, session: Session, fetch: p.Fetch) -> list[Outgoing]:
-        if fetch.room not in session.rooms and fetch.room not in self._seq:
-            raise RemoteProtocolError(p.NO_SUCH_ROOM, f"there is no room {p.neutralise(fetch.room)}")
-        last_seq = self._last_seq(fetch.room)
+        room = p.room_key(fetch.room)
+        if room not in session.rooms and room not in self._seq:
+            raise RemoteProtocolError(p.NO_SUCH_ROOM, f"there is no room {room}")
+        last_seq = self._last_seq(room)
         if not 1 <= fetch.first <= fetch.last:
             raise RemoteProtocolError(p.HISTORY_RANGE, "a range needs 1 <= first <= last")
         if fetch.last > last_seq:
             raise RemoteProtocolError(
-                p.HISTORY_RANGE, f"{fetch.room} has events 1 to {last_seq}; asked for up to {fetch.last}"
+                p.HISTORY_RANGE, f"{room} has events 1 to {last_seq}; asked for up to {fetch.last}"
             )
         last = min(fetch.last, fetch.first + p.MAX_FETCH - 1)
         # Cut the answer short where it would not fit in one frame; the client asks for the rest.
         bodies: list[dict[str, object]] = []
-        room_left = p.MAX_FRAME_BYTES - p.FRAME_OVERHEAD
-        for event in self.history.fetch(fetch.room, fetch.first, last):
+        space_left = p.MAX_FRAME_BYTES - p.FRAME_OVERHEAD
+        for event in self.history.fetch(room, fetch.first, last):
             body = p.event_body(event)
-            room_left -= p.encoded_size(body) + 1
-            if room_left < 0 and bodies:
+            space_left -= p.encoded_size(body) + 1
+            if space_left < 0 and bodies:
                 break
             bodies.append(body)
-        return [Reply(session.identity, p.History(fetch.room, bodies, fetch.first, fetch.last))]
+        return [Reply(session.identity, p.History(room, bodies, fetch.first, fetch.last))]
+
+    def _enter(self, session: Session, enter: p.Enter, now: float) -> list[Outgoing]:
+        room = p.room_key(enter.room)
+        if room in session.rooms:  # already there: the client switches to it
+            return [Reply(session.identity, p.Entered(room, self._last_seq(room), self.topics.get(room, "")))]
+        if len(session.rooms) >= p.MAX_ROOMS_PER_SESSION:
+            raise RemoteProtocolError(p.BAD_FIELD, f"one can be in at most {p.MAX_ROOMS_PER_SESSION} rooms")
+        if room not in self.members and len(self.members) >= MAX_ROOMS:
+            raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more rooms")
+        entered = p.Entered(room, self._last_seq(room), self.topics.get(room, ""))
+        self._add_member(session, room)
+        return [Reply(session.identity, entered), self._publish(room, p.KIND_ENTER, session.name, "", now)]
+
+    def _part(self, session: Session, part: p.Part, now: float) -> list[Outgoing]:
+        room = p.room_key(part.room)
+        if room not in session.rooms:
+            raise RemoteProtocolError(p.NO_SUCH_ROOM, f"you are not in {room}")
+        self._remove_member(session, room)
+        event = self._publish(room, p.KIND_PART, session.name, "", now)
+        return [event, Reply(session.identity, p.Parted(room))]
+
+    def _rooms(self, session: Session, now: float) -> list[Outgoing]:
+        rooms = [{"room": r, "members": n, "topic": self.topics.get(r, "")} for r, n in sorted(self.members.items())]
+        return [Reply(session.identity, p.RoomList(rooms, int(now * 1000)))]
+
+    def _topic(self, session: Session, topic: p.Topic, now: float) -> list[Outgoing]:
+        room = p.room_key(topic.room)
+        if room not in session.rooms:
+            raise RemoteProtocolError(p.NO_SUCH_ROOM, f"you are not in {room}")
+        done = self._acked(session, topic.id)
+        if done is not None:
+            return [Reply(session.identity, done)]
+        self._spend(session, now)
+        text = p.neutralise(topic.text)
+        self.topics[room] = text
+        event = self._publish(room, p.KIND_TOPIC, session.name, text, now, topic.id)
+        ack = p.Ack(topic.id, event.seq, event.ts)
+        self._remember(p.name_key(session.name), ack)
+        return [event, Reply(session.identity, ack)]
+
+    def _add_member(self, session: Session, room: str) -> None:
+        session.rooms.add(room)
+        self.members[room] = self.members.get(room, 0) + 1
+
+    def _remove_member(self, session: Session, room: str) -> None:
+        session.rooms.discard(room)
+        self.members[room] -= 1
+        if not self.members[room]:  # an empty room is forgotten; its history is not
+            del self.members[room]
+            self.topics.pop(room, None)
 
     # ------------------------------------------------------------------ helpers
 
@@ -283,7 +353,10 @@ class Broker:
         del self.sessions[session.identity]
         del self.names[p.name_key(session.name)]
         now = self.clock()
-        return [self._publish(room, p.KIND_LEAVE, session.name, why, now) for room in sorted(session.rooms)]
+        rooms = sorted(session.rooms)
+        for room in rooms:
+            self._remove_member(session, room)
+        return [self._publish(room, p.KIND_LEAVE, session.name, why, now) for room in rooms]
 
     def _acked(self, session: Session, msg_id: str) -> p.Ack | None:
         if not msg_id:

@@ -37,7 +37,12 @@ DEFAULT_TIMEOUT = 5.0
 DEFAULT_OLDER = 20  # lines shown by /history without a number
 
 HELP = """commands:
-  /who, /whosonline      list everyone online
+  /who, /whosonline      list everyone online; /who #room: the members of a room
+  /join #room            join a room (made when new), or switch to it if you are in it
+  /switch #room          type into another of your rooms
+  /leave [#room]         leave a room (default: the current one)
+  /rooms                 every room, with its member count and topic
+  /topic [#room] [text]  show or set a room's topic
   /pm NAME TEXT          private message to NAME (alias /msg); it never goes through the fan-out
   /me ACTION             say what you are doing: * alice waves
   /history [N]           show N older lines (default 20)
@@ -59,8 +64,14 @@ Outgoing = Union[p.Say, p.Pm]
 class ClientCore:
     """One user's view of the chat. ``interactive`` means a person can be asked again for a name."""
 
-    def __init__(self, name: str | None, *, interactive: bool, history_lines: int = 0) -> None:
+    def __init__(
+        self, name: str | None, *, interactive: bool, history_lines: int = 0, room: str = p.DEFAULT_ROOM
+    ) -> None:
         self.name = name or ""
+        self.rooms: list[str] = [p.room_key(room)]  # our rooms, in the order joined
+        self.current = self.rooms[0]  # the room we type into
+        self.pub_port = 0
+        self.room_queries: deque[str] = deque()  # per ROOMS request: "" to list rooms, or a room's topic
         self.interactive = interactive
         self.history_lines = history_lines
         self.state = "naming"
@@ -140,6 +151,12 @@ class ClientCore:
             return [ev.RosterShown(message)]
         if isinstance(message, p.Bye):
             return self._bye(message, now)
+        if isinstance(message, p.Entered):
+            return self._entered(message, now)
+        if isinstance(message, p.Parted):
+            return self._parted(message)
+        if isinstance(message, p.RoomList):
+            return self._room_list(message)
         return []  # pragma: no cover - decode_broker returns only the types above
 
     def on_published(self, frames: list[bytes], now: float) -> list[ev.Action]:
@@ -175,7 +192,7 @@ class ClientCore:
             return [ev.Exit(ev.EXIT_OK)]
         if self.state == "lost" and now >= self._deadline:
             self._deadline = now + RETRY_INTERVAL
-            return [ev.Reconnect(), ev.Send(p.Join(self.name, self.token))]
+            return [ev.Reconnect(), ev.Send(self._join_message())]
         if self.state != "joined":
             return []
         if now - self._last_heard > self.timeout:
@@ -210,13 +227,27 @@ class ClientCore:
         word, _, rest = line.partition(" ")
         word = word.lower()
         rest = rest.strip()
-        if word in ("/who", "/whosonline", "/history") and self.state != "joined":
+        if word in ("/who", "/whosonline", "/history", "/join", "/leave", "/rooms", "/topic") and self.state != "joined":
             self.deferred.append(line)  # answered once (re)joined, in the order typed
             return []
         if word in ("/quit", "/exit"):
             return self._quit(now)
         if word in ("/who", "/whosonline"):
+            if rest and p.room_problem(rest):
+                return [ev.Notice(p.room_problem(rest) or "", "error")]
             return [ev.Send(p.Who(rest))]
+        if word in ("/join", "/switch"):
+            return self._join_room(word, rest)
+        if word == "/leave":
+            room = rest or self.current
+            if room not in self.rooms and p.room_key(room) not in self.rooms:
+                return [ev.Notice(f"you are not in {p.neutralise(room) or 'any room'}", "error")]
+            return [ev.Send(p.Part(room))]
+        if word == "/rooms":
+            self.room_queries.append("")
+            return [ev.Send(p.Rooms())]
+        if word == "/topic":
+            return self._topic(rest)
         if word in ("/pm", "/msg"):
             to, _, text = rest.partition(" ")
             if not to or not text.strip():
@@ -233,7 +264,74 @@ class ClientCore:
         return [ev.Notice(f"unknown command {p.neutralise(word)}; type /help for the list", "error")]
 
     def _say(self, text: str, kind: str, now: float) -> list[ev.Action]:
-        return self._send_line(p.Say(self._next_id(), text, p.DEFAULT_ROOM, kind), kind, now)
+        if not self.current:
+            return [ev.Notice("you are in no room: /join one first", "error")]
+        return self._send_line(p.Say(self._next_id(), text, self.current, kind), kind, now)
+
+    def _join_room(self, word: str, arg: str) -> list[ev.Action]:
+        problem = p.room_problem(arg)
+        if problem:
+            return [ev.Notice(f"usage: {word} #room ({problem})", "error")]
+        room = p.room_key(arg)
+        if room in self.rooms:
+            self.current = room
+            return [self._rooms_changed(), ev.Notice(f"now talking in {room}")]
+        if word == "/switch":
+            return [ev.Notice(f"you are not in {room}: /join it first", "error")]
+        return [ev.Send(p.Enter(room))]
+
+    def _topic(self, rest: str) -> list[ev.Action]:
+        first, _, text = rest.partition(" ")
+        if first.startswith("#"):
+            room, text = first, text.strip()
+            if p.room_problem(room):
+                return [ev.Notice(p.room_problem(room) or "", "error")]
+        else:
+            room, text = self.current, rest
+        if not room:
+            return [ev.Notice("usage: /topic [#room] [text]", "error")]
+        if text:
+            return [ev.Send(p.Topic(self._next_id(), room, text))]
+        self.room_queries.append(p.room_key(room))
+        return [ev.Send(p.Rooms())]
+
+    def _rooms_changed(self) -> ev.RoomsChanged:
+        return ev.RoomsChanged(tuple(self.rooms), self.current)
+
+    def _entered(self, entered: p.Entered, now: float) -> list[ev.Action]:
+        room = entered.room
+        self.current = room
+        topic = f" (topic: {p.neutralise(entered.topic)})" if entered.topic else ""
+        if room in self.rooms:
+            return [self._rooms_changed(), ev.Notice(f"now talking in {room}{topic}")]
+        self.rooms.append(room)
+        out: list[ev.Action] = [
+            ev.Subscribe(self.pub_port, (room,)),
+            self._rooms_changed(),
+            ev.Notice(f"joined {room}{topic}; now talking there"),
+        ]
+        return out + self._follow(room, entered.last_seq, now)
+
+    def _parted(self, parted: p.Parted) -> list[ev.Action]:
+        room = parted.room
+        if room in self.rooms:
+            self.rooms.remove(room)
+        for table in (self.expected, self.held, self.fetching, self.reported, self.live_from, self.oldest, self.browsing):
+            table.pop(room, None)  # type: ignore[attr-defined]
+        if self.current == room:
+            self.current = self.rooms[0] if self.rooms else ""
+        where = f"; now talking in {self.current}" if self.current else "; you are in no room now"
+        return [ev.Unsubscribe(room), self._rooms_changed(), ev.Notice(f"left {room}{where}")]
+
+    def _room_list(self, listing: p.RoomList) -> list[ev.Action]:
+        query = self.room_queries.popleft() if self.room_queries else ""
+        if not query:
+            return [ev.RoomsListed(listing)]
+        for entry in listing.rooms:
+            if entry.get("room") == query:
+                topic = str(entry.get("topic") or "")
+                return [ev.Notice(f"topic of {query}: {p.neutralise(topic)}" if topic else f"{query} has no topic")]
+        return [ev.Notice(f"there is no room {query}", "error")]
 
     def _send_line(self, message: Outgoing, kind: str, now: float) -> list[ev.Action]:
         problem = p.text_problem(message.text)
@@ -263,7 +361,7 @@ class ClientCore:
     def _older(self, arg: str, now: float) -> list[ev.Action]:
         if arg and not arg.isdigit() or arg == "0":
             return [ev.Notice("usage: /history [N], N a number of lines", "error")]
-        room = p.DEFAULT_ROOM
+        room = self.current
         oldest = self.oldest.get(room, 1)
         if oldest <= 1:
             return [ev.Notice(f"there is nothing older in {room}")]
@@ -293,7 +391,11 @@ class ClientCore:
         self.state = "joining"
         self._deadline = now + CONNECT_TIMEOUT
         self._last_heard = now
-        return [ev.Status("connecting"), ev.Send(p.Join(self.name, self.token))]
+        return [ev.Status("connecting"), ev.Send(self._join_message())]
+
+    def _join_message(self) -> p.Join:
+        """JOIN names our rooms too, so that a restarted broker puts us back in all of them."""
+        return p.Join(self.name, self.token, list(self.rooms))
 
     def _refused(self, reason: str) -> list[ev.Action]:
         if self.interactive:
@@ -310,23 +412,22 @@ class ClientCore:
         self.heartbeat = welcome.heartbeat_ms / 1000
         self.timeout = welcome.timeout_ms / 1000
         self._last_ping = now
+        self.pub_port = welcome.pub_port
+        self.rooms = list(welcome.rooms)
+        if self.current not in self.rooms:
+            self.current = self.rooms[0] if self.rooms else ""
         out: list[ev.Action] = [
             ev.Subscribe(welcome.pub_port, tuple(welcome.rooms)),
             ev.Status("connected", welcome.name),
+            self._rooms_changed(),
         ]
         if was_lost:
             out.append(ev.Notice("back in: reconnected to the broker"))
-        same_history = welcome.history_id == self.history_id
+        if welcome.history_id != self.history_id:
+            self.expected.clear()  # another history: its numbers are not ours
         self.history_id = welcome.history_id
         for room, last in welcome.rooms.items():
-            if not same_history or room not in self.expected:
-                self.expected[room] = self.oldest[room] = max(1, last + 1 - self.history_lines)
-                self.live_from[room] = last + 1
-                self.held.pop(room, None)
-                self.fetching.pop(room, None)
-                self.browsing.pop(room, None)
-            if self.expected[room] <= last:
-                out += self._fetch(room, self.expected[room], last, now)
+            out += self._follow(room, last, now)
         # What was never acknowledged goes again first, then what was typed while away, in order.
         self.waiting.extendleft(reversed([m for m, _ in self.unacked.values()]))
         self.unacked.clear()
@@ -336,6 +437,21 @@ class ClientCore:
             out += self._command(line, now)
         if self.quit_requested:
             out += self._quit(now)
+        return out
+
+    def _follow(self, room: str, last: int, now: float) -> list[ev.Action]:
+        """Start (or go on) showing ``room`` from its event ``last``, with history_lines before it."""
+        if room not in self.expected:
+            self.expected[room] = self.oldest[room] = max(1, last + 1 - self.history_lines)
+            self.live_from[room] = last + 1
+            for table in (self.held, self.fetching, self.browsing):
+                table.pop(room, None)  # type: ignore[attr-defined]
+        out: list[ev.Action] = []
+        held = self.held.get(room, {})
+        if self.expected[room] in held:  # heard while getting back in, and now known to follow on
+            out += self._deliver(held.pop(self.expected[room]))
+        if self.expected[room] <= last:
+            out += self._fetch(room, self.expected[room], last, now)
         return out
 
     def _error(self, error: p.Error, now: float) -> list[ev.Action]:
@@ -376,7 +492,7 @@ class ClientCore:
             ev.Status("reconnecting"),
             ev.Notice(f"lost the broker: {why}; trying to get back in", "error"),
             ev.Reconnect(),
-            ev.Send(p.Join(self.name, self.token)),
+            ev.Send(self._join_message()),
         ]
 
     def _ack(self, ack: p.Ack, now: float) -> list[ev.Action]:
@@ -393,7 +509,9 @@ class ClientCore:
         expected = self.expected.get(event.room)
         if expected is None or event.seq < expected:
             return []  # not a room of ours, or a duplicate
-        if event.seq > expected:
+        if event.seq > expected or self.state != "joined":
+            # Early, or heard while getting back in: until the WELCOME names the broker's history,
+            # a restarted broker's numbers cannot be trusted to follow on from ours.
             held = self.held.setdefault(event.room, {})
             if len(held) < MAX_HELD:
                 held[event.seq] = event
@@ -410,7 +528,7 @@ class ClientCore:
         while True:
             self.expected[room] = event.seq + 1
             if not self._is_own(event):
-                out.append(ev.Public(event))
+                out.append(ev.Public(event, show_room=len(self.rooms) > 1))
             next_event = held.pop(event.seq + 1, None)
             if next_event is None:
                 break
@@ -421,9 +539,11 @@ class ClientCore:
         return out
 
     def _is_own(self, event: p.Event) -> bool:
-        """Our own events since we joined are not shown back to us: ACK and WELCOME stand for them."""
+        """Our own events since we joined are not shown back to us: ACK, WELCOME and ENTERED stand for
+        them. A topic we set is shown: it is how the change is confirmed."""
         live_from = self.live_from.get(event.room, 0)
-        return event.seq >= live_from and p.name_key(event.name) == p.name_key(self.name)
+        own = p.name_key(event.name) == p.name_key(self.name)
+        return own and event.seq >= live_from and event.kind != p.KIND_TOPIC
 
     def _fetch(self, room: str, first: int, last: int, now: float) -> list[ev.Action]:
         self.fetching[room] = _Fetching(first, last, now)

@@ -24,6 +24,13 @@ class Reconnect:
 
 
 @dataclass(frozen=True)
+class Unsubscribe:
+    """Stop receiving a room's events (libzmq then filters them out at the broker's PUB)."""
+
+    room: str
+
+
+@dataclass(frozen=True)
 class Subscribe:
     """Connect the SUB socket to the broker's PUB port (if not yet) and subscribe to these rooms."""
 
@@ -39,6 +46,22 @@ class Public:
     """A public event to show: a line, an action, a join or a leave."""
 
     event: p.Event
+    show_room: bool = False  # we are in several rooms: say which room it is from
+
+
+@dataclass(frozen=True)
+class RoomsChanged:
+    """Our rooms, or the one we type into, changed."""
+
+    rooms: tuple[str, ...]
+    current: str
+
+
+@dataclass(frozen=True)
+class RoomsListed:
+    """The answer to /rooms."""
+
+    listing: p.RoomList
 
 
 @dataclass(frozen=True)
@@ -106,8 +129,8 @@ class Exit:
     reason: str = ""
 
 
-Show = Union[Public, Older, PrivateIn, Sent, Acked, RosterShown, Notice, AskName, Status]
-Action = Union[Send, Reconnect, Subscribe, Show, Exit]
+Show = Union[Public, RoomsChanged, RoomsListed, Older, PrivateIn, Sent, Acked, RosterShown, Notice, AskName, Status]
+Action = Union[Send, Reconnect, Subscribe, Unsubscribe, Show, Exit]
 
 # Exit codes of client.py (a public interface: scripts depend on them).
 EXIT_OK = 0

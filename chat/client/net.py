@@ -182,6 +182,10 @@ class Connection:
                 self._new_dealer()
             elif isinstance(action, ev.Subscribe):
                 self._subscribe(action)
+            elif isinstance(action, ev.Unsubscribe):
+                if self.sub is not None and action.room in self.rooms:
+                    self.sub.setsockopt(zmq.UNSUBSCRIBE, p.topic_frame(action.room))
+                    self.rooms.discard(action.room)
             elif isinstance(action, ev.Exit):
                 self.exit = action
                 return

@@ -7,6 +7,11 @@
     [YYYY-MM-DD HH:MM:SS] alice has left the chat. (timed out)
     [YYYY-MM-DD HH:MM:SS] alice (private): text
     [YYYY-MM-DD HH:MM:SS] online (2): alice, bob
+    [YYYY-MM-DD HH:MM:SS] #dev alice: text          (in several rooms: the room after the time)
+    [YYYY-MM-DD HH:MM:SS] alice has joined #dev.
+    [YYYY-MM-DD HH:MM:SS] alice has left #dev.
+    [YYYY-MM-DD HH:MM:SS] alice set the topic of #dev: text
+    [YYYY-MM-DD HH:MM:SS] rooms (2): #dev (1) - topic, #general (3)
 
 Times are the broker's, shown in the viewer's local time zone. Everything from other people goes through
 ``neutralise`` so that it cannot move the cursor, recolour the screen or reorder text.
@@ -44,9 +49,18 @@ class LineFormatter:
     def dim(self, text: str) -> str:
         return f"\x1b[2m{text}\x1b[0m" if self.colour else text
 
-    def event(self, event: p.Event) -> str:
+    def event(self, event: p.Event, show_room: bool = False) -> str:
         when = f"[{stamp(event.ts)}]"
         text = p.neutralise(event.text)
+        room = p.neutralise(event.room)
+        if event.kind == p.KIND_ENTER:
+            return self.dim(f"{when} {p.neutralise(event.name)} has joined {room}.")
+        if event.kind == p.KIND_PART:
+            return self.dim(f"{when} {p.neutralise(event.name)} has left {room}.")
+        if event.kind == p.KIND_TOPIC:
+            return f"{when} {p.neutralise(event.name)} set the topic of {room}: {text}"
+        if show_room:
+            when = f"{when} {room}"
         if event.kind == p.KIND_MSG:
             return f"{when} {self.name(event.name)}: {text}"
         if event.kind == p.KIND_ACTION:
@@ -60,6 +74,14 @@ class LineFormatter:
 
     def private(self, private: p.Private) -> str:
         return f"[{stamp(private.ts)}] {self.name(private.name)} (private): {p.neutralise(private.text)}"
+
+    def room_list(self, listing: p.RoomList) -> str:
+        rooms = []
+        for entry in listing.rooms:
+            room, members, topic = entry.get("room"), entry.get("members"), entry.get("topic")
+            about = f" - {p.neutralise(str(topic))}" if topic else ""
+            rooms.append(f"{p.neutralise(str(room))} ({members}){about}")
+        return f"[{stamp(listing.ts)}] rooms ({len(rooms)}): {', '.join(rooms)}"
 
     def roster(self, roster: p.Roster) -> str:
         where = f" in {roster.room}" if roster.room else ""

@@ -33,7 +33,9 @@ class LineFrontEnd:
 
     def show(self, item: ev.Show) -> None:
         if isinstance(item, ev.Public):
-            self._line(self.fmt.event(item.event))
+            self._line(self.fmt.event(item.event, item.show_room))
+        elif isinstance(item, ev.RoomsListed):
+            self._line(self.fmt.room_list(item.listing))
         elif isinstance(item, ev.Older):
             for event in item.events:
                 self._line(self.fmt.event(event))
