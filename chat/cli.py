@@ -13,7 +13,9 @@ from chat import protocol as p
 from chat.broker.core import BURST, MAX_SESSIONS, RATE, SESSION_TIMEOUT
 from chat.broker.server import PUB_HWM
 from chat.client.core import ClientCore
+from chat.client.events import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
 from chat.client.net import ClientCurve
+from chat.discovery import BEACON_PORT, LISTEN_TIME
 from chat.keys import BROKER_KEY, CLIENT_KEY, KeyFileError, default_key_dir, ensure_keypair, parse_public_key
 
 DEFAULT_PORT = 5555
@@ -107,6 +109,16 @@ def broker_parser() -> argparse.ArgumentParser:
         "--key-dir", type=Path, default=None, help=f"where the broker's key pair is kept (default {default_key_dir()})"
     )
     security.add_argument("--allow", type=Path, metavar="DIR", help="admit only the client public keys (*.key) in DIR")
+    lan = parser.add_argument_group("discovery on the LAN")
+    lan.add_argument("--announce", action="store_true", help="send a UDP beacon about once a second so clients find this broker")
+    lan.add_argument(
+        "--announce-to",
+        default="255.255.255.255",
+        metavar="ADDR",
+        help="where the beacon goes: a broadcast address such as 192.168.1.255 (default %(default)s)",
+    )
+    lan.add_argument("--beacon-port", type=_port, default=BEACON_PORT, help="UDP port of the beacon (default %(default)s)")
+    lan.add_argument("--name", default=None, help="the broker's name in its beacon (default: the host name)")
     return parser
 
 
@@ -119,8 +131,12 @@ def _text_limit(text: str) -> int:
 
 def client_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="client.py", description="Join a chat broker.")
-    parser.add_argument("--host", default="127.0.0.1", help="the broker's host name or address (default 127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help="the broker's ROUTER port (default 5555)")
+    parser.add_argument(
+        "--host",
+        default=None,
+        help="the broker's host name or address (default: a broker heard announcing itself on the LAN, else 127.0.0.1)",
+    )
+    parser.add_argument("--port", type=_port, default=None, help="the broker's ROUTER port (default 5555)")
     parser.add_argument("--name", help="your user name (asked for when not given)")
     parser.add_argument(
         "--history",
@@ -133,6 +149,12 @@ def client_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--room", type=_room, default=p.DEFAULT_ROOM, help=f"the room to start in (default {p.DEFAULT_ROOM})"
     )
+    parser.add_argument("--list-brokers", action="store_true", help="print the brokers heard on the LAN and exit")
+    parser.add_argument(
+        "--listen", type=_seconds, default=LISTEN_TIME, metavar="SECONDS",
+        help=f"how long to listen for brokers without --host (default {LISTEN_TIME:g})",
+    )
+    parser.add_argument("--beacon-port", type=_port, default=BEACON_PORT, help="UDP port of the beacons (default %(default)s)")
     parser.add_argument(
         "--server-key",
         metavar="KEY_OR_FILE",
@@ -152,7 +174,7 @@ def broker_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from chat.broker.core import Broker
     from chat.broker.history import MemoryHistory
-    from chat.broker.server import Curve, serve
+    from chat.broker.server import Announce, Curve, serve
     from chat.store import SqliteHistory
 
     curve = None
@@ -182,6 +204,11 @@ def broker_main(argv: list[str] | None = None) -> int:
             print(f"broker: cannot open the history database {path}: {exc}", file=sys.stderr)
             return 1
         print(f"broker: history in {path}", flush=True)
+    announce = None
+    if args.announce:
+        import socket
+
+        announce = Announce(args.announce_to, args.beacon_port, args.name or socket.gethostname())
     broker = Broker(
         pub_port=0,  # set once the PUB socket is bound
         history=history,
@@ -192,7 +219,9 @@ def broker_main(argv: list[str] | None = None) -> int:
         burst=args.burst,
     )
     try:
-        return serve(args.host, args.port, args.pub_port, broker, pub_hwm=args.pub_hwm, curve=curve)
+        return serve(
+            args.host, args.port, args.pub_port, broker, pub_hwm=args.pub_hwm, curve=curve, announce=announce
+        )
     finally:
         if isinstance(history, SqliteHistory):
             history.close()
@@ -209,12 +238,68 @@ def client_curve(args: argparse.Namespace) -> ClientCurve | None:
     return ClientCurve(server_key, public, secret)
 
 
+def find_broker(args: argparse.Namespace, interactive: bool) -> int | None:
+    """Settle args.host and args.port, from the LAN's beacons when no --host was given (and
+    args.server_key from a beacon's key, trusted on first use). An exit code to stop with, or None."""
+    from chat.discovery import KeyChanged, known_brokers_file, listen, trust
+    from chat.keys import fingerprint
+
+    if args.host is not None and not args.list_brokers:
+        args.port = args.port or DEFAULT_PORT
+        return None
+    found = listen(args.listen, args.beacon_port)
+    if args.list_brokers:
+        for broker in found:
+            print(broker.describe())
+        if not found:
+            print(f"client: heard no broker announcing itself within {args.listen:g} s", file=sys.stderr)
+        return EXIT_OK if found else EXIT_UNREACHABLE
+    if not found:
+        print(f"client: heard no broker on the LAN within {args.listen:g} s; trying 127.0.0.1", file=sys.stderr)
+        args.host, args.port = "127.0.0.1", args.port or DEFAULT_PORT
+        return None
+    chosen = found[0]
+    if len(found) > 1:
+        listing = "\n".join(f"  {i}. {b.describe()}" for i, b in enumerate(found, 1))
+        if not interactive:
+            print(f"client: several brokers announce themselves; choose one with --host:\n{listing}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        print(f"brokers on the LAN:\n{listing}")
+        answer = input(f"which one [1-{len(found)}]? ").strip()
+        if not answer.isdigit() or not 1 <= int(answer) <= len(found):
+            print("client: no broker chosen", file=sys.stderr)
+            return EXIT_USAGE
+        chosen = found[int(answer) - 1]
+    print(f"client: found {chosen.describe()}", file=sys.stderr)
+    args.host, args.port = chosen.host, args.port or chosen.port
+    if chosen.key and not args.server_key:
+        path = known_brokers_file()
+        try:
+            key, first_time = trust(chosen, path)
+        except KeyChanged as exc:
+            print(f"client: REFUSING TO CONNECT: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+        if first_time:
+            print(
+                f"client: first time with this broker: its key has fingerprint {fingerprint(key.encode())}; "
+                f"trusting it from now on (remembered in {path})",
+                file=sys.stderr,
+            )
+            if interactive and input("connect? [y/N] ").strip().lower() not in ("y", "yes"):
+                return EXIT_REFUSED
+        args.server_key = key
+    return None
+
+
 def client_main(argv: list[str] | None = None) -> int:
     parser = client_parser()
     args = parser.parse_args(argv)
     from chat.client.net import Connection
     from chat.ui.plain import LineFrontEnd, run_line_mode
 
+    stop = find_broker(args, sys.stdin.isatty() and not args.list_brokers)
+    if stop is not None:
+        return stop
     try:
         curve = client_curve(args)
     except (OSError, KeyFileError) as exc:

@@ -17,12 +17,22 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from chat import protocol as p
 from chat.broker.core import Broker, Outgoing, Reply
+from chat.discovery import Announcer, beacon
 
 DRAIN_BATCH = 1000  # messages read from the ROUTER before the loop looks at timers again
 EXPIRE_EVERY = 0.25  # seconds between checks for silent sessions
 POLL_MS = 200  # longest wait in poll, which bounds how late a stop request is seen
 SHUTDOWN_LINGER_MS = 1000  # time given to the goodbye messages to leave
 PUB_HWM = 1000  # events queued per subscriber; a slower one loses the rest and fetches it (bounded memory)
+
+
+@dataclass(frozen=True)
+class Announce:
+    """Where the broker's LAN beacon goes (--announce), and the name it carries."""
+
+    target: str
+    beacon_port: int
+    name: str
 
 
 @dataclass(frozen=True)
@@ -171,6 +181,7 @@ def serve(
     *,
     pub_hwm: int = PUB_HWM,
     curve: Curve | None = None,
+    announce: Announce | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
     """Run a broker in this process until SIGINT or SIGTERM. Returns the exit code."""
@@ -192,9 +203,21 @@ def serve(
         admitted = f"client keys in {curve.allow} only (SIGHUP re-reads it)" if curve.allow else "any client key"
         print(f"broker: encrypted (CURVE), admitting {admitted}", file=out, flush=True)
     print(f"broker: clients join with: {client_command(host, server.port, curve)}", file=out, flush=True)
+    announcer = None
+    if announce is not None:
+        key = curve.public.decode() if curve is not None else ""
+        announcer = Announcer(announce.target, announce.beacon_port, beacon(server.port, announce.name, key))
+        announcer.start()
+        print(
+            f"broker: announcing itself as {announce.name!r} to {announce.target} UDP port {announce.beacon_port}",
+            file=out,
+            flush=True,
+        )
     try:
         server.run()
     finally:
+        if announcer is not None:
+            announcer.stop()
         server.close()
     print("broker: stopped", file=out, flush=True)
     return 0
