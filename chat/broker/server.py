@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import shlex
 import signal
 import socket
@@ -24,6 +25,10 @@ EXPIRE_EVERY = 0.25  # seconds between checks for silent sessions
 POLL_MS = 200  # longest wait in poll, which bounds how late a stop request is seen
 SHUTDOWN_LINGER_MS = 1000  # time given to the goodbye messages to leave
 PUB_HWM = 1000  # events queued per subscriber; a slower one loses the rest and fetches it (bounded memory)
+BACKLOG = 4096  # pending TCP connections per socket (libzmq's default, 100, refuses a crowd joining at once)
+FILES_PER_CLIENT = 2  # a client holds two connections: DEALER and SUB
+WANTED_FILES = 65536  # open files the broker asks for at start (about 30,000 clients)
+ENOUGH_CLIENTS = 4000  # below room for this many clients, the broker warns at start
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class BrokerServer:
     def _socket(self, kind: int, host: str) -> zmq.Socket:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.BACKLOG, BACKLOG)
         if ":" in host:
             sock.setsockopt(zmq.IPV6, 1)
         if self.curve is not None:
@@ -163,6 +169,25 @@ class BrokerServer:
             self.auth.stop()
 
 
+def raise_file_limit(wanted: int = WANTED_FILES) -> str:
+    """Raise the soft open-file limit towards ``wanted`` (up to the hard limit); say what came of it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            return f"could not raise the open-file limit from {soft} ({exc})"
+    clients = soft // FILES_PER_CLIENT - 16 if soft != resource.RLIM_INFINITY else None
+    if clients is not None and clients < ENOUGH_CLIENTS:
+        return (
+            f"the open-file limit is {soft} (hard limit {hard}): room for about {clients} clients; "
+            f"raise it with 'ulimit -n {wanted}' before starting the broker for more"
+        )
+    return ""
+
+
 def client_command(host: str, port: int, curve: Curve | None) -> str:
     """The exact command a user on another machine runs to join this broker."""
     if host in ("0.0.0.0", "::", "*", ""):
@@ -185,6 +210,9 @@ def serve(
     out: TextIO = sys.stdout,
 ) -> int:
     """Run a broker in this process until SIGINT or SIGTERM. Returns the exit code."""
+    warning = raise_file_limit()
+    if warning:
+        print(f"broker: warning: {warning}", file=sys.stderr, flush=True)
     try:
         server = BrokerServer(host, port, pub_port, broker, pub_hwm=pub_hwm, curve=curve)
     except zmq.ZMQError as exc:
