@@ -1,0 +1,108 @@
+"""The frames the load generator sends and checks, written straight from docs/PROTOCOL.md.
+
+The load generator is a client of the wire contract, not of the reference client: it builds its frames
+with byte formatting (cheap, so that the generator is not what limits a run) and checks every event it
+receives. Towards the baselines, which do not parse anything, it sends frames shaped like the broker's
+events and numbers them itself.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import zmq
+
+from chat.protocol import DEFAULT_ROOM, PROTOCOL_TAG, topic_frame
+
+TOPIC = topic_frame(DEFAULT_ROOM)
+EVENT = b"EVENT"
+# Plain ints: pyzmq's constants are enum flags, and ``int & flag`` costs microseconds in a hot loop.
+EVENTS, POLLIN, RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
+SEQ_PREFIX = b'{"seq":'  # how the broker's event bodies start (it writes the fields in PROTOCOL.md's order)
+
+
+class WireError(Exception):
+    """A frame that breaks the contract: the run reports it instead of counting the message."""
+
+
+def request(kind: bytes, body: dict[str, Any]) -> list[bytes]:
+    """A direct message (DEALER -> ROUTER)."""
+    return [PROTOCOL_TAG, kind, json.dumps(body, separators=(",", ":")).encode()]
+
+
+def join(name: str, token: str) -> list[bytes]:
+    return request(b"JOIN", {"name": name, "token": token})
+
+
+PING = request(b"PING", {})
+
+
+def say(msg_id: str, text: str) -> list[bytes]:
+    """A SAY; ``text`` is plain ASCII chosen by the bench, so no JSON escaping is needed."""
+    return [PROTOCOL_TAG, b"SAY", b'{"id":"%s","text":"%s"}' % (msg_id.encode(), text.encode())]
+
+
+def raw_event(seq: int, text: str, src: int = 0, n: int = 0) -> list[bytes]:
+    """What a baseline relays: an event like the broker's, numbered by the sender (``src``, ``n``: per sender)."""
+    body = b'{"seq":%d,"src":%d,"n":%d,"ts":0,"kind":"msg","name":"bench","text":"%s"}' % (
+        seq, src, n, text.encode()
+    )
+    return [TOPIC, PROTOCOL_TAG, EVENT, body]
+
+
+def reply(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
+    """(type, body) of a direct message from the broker."""
+    if len(frames) != 3 or frames[0] != PROTOCOL_TAG:
+        raise WireError(f"a reply of {len(frames)} frames starting {frames[0][:16]!r}")
+    body = json.loads(frames[2])
+    if not isinstance(body, dict):
+        raise WireError("a reply body that is not an object")
+    return frames[1], body
+
+
+def body_seq(body: bytes) -> int:
+    """The ``seq`` of an event body (the fast path skips a full JSON parse)."""
+    if body.startswith(SEQ_PREFIX):
+        try:
+            return int(body[7 : body.index(b",", 7)])
+        except ValueError:
+            pass
+    seq = json.loads(body).get("seq")
+    if not isinstance(seq, int):
+        raise WireError(f"an event without an integer seq: {body[:60]!r}")
+    return seq
+
+
+def recv_event(sock: zmq.Socket) -> bytes:
+    """The body of the next published event on ``sock``, its frames checked (``zmq.Again``: none queued).
+
+    Four plain ``recv`` calls and one RCVMORE check: half the cost of ``recv_multipart`` (which asks
+    RCVMORE after every frame), so that the receivers keep up. A message of another shape raises
+    ``WireError`` (its remaining frames are read and dropped), so it is counted, never silently skipped.
+    """
+    recv = sock.recv
+    topic = recv(zmq.NOBLOCK)  # zmq.Again: nothing queued
+    try:
+        tag, kind, body = recv(zmq.NOBLOCK), recv(zmq.NOBLOCK), recv(zmq.NOBLOCK)
+    except zmq.Again:
+        raise WireError("an event of fewer than 4 frames") from None
+    if sock.get(RCVMORE):
+        while sock.get(RCVMORE):
+            sock.recv(zmq.NOBLOCK)
+        raise WireError("an event of more than 4 frames")
+    if topic != TOPIC or tag != PROTOCOL_TAG or kind != EVENT:
+        raise WireError(f"an event framed {topic[:16]!r} {tag[:16]!r} {kind[:16]!r}")
+    return body
+
+
+def send(sock: zmq.Socket, frames: list[bytes]) -> None:
+    """``send_multipart`` without its per-frame type checks (the bench's frames are bytes)."""
+    for frame in frames[:-1]:
+        sock.send(frame, zmq.SNDMORE)
+    sock.send(frames[-1])
+
+
+def padded(prefix: str, size: int) -> str:
+    """``prefix`` padded with dots to ``size`` characters (a line of a fixed size that says where it is from)."""
+    return (prefix + " ").ljust(size, ".")[: max(size, len(prefix))]

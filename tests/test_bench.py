@@ -1,0 +1,60 @@
+"""The benchmark keeps working: ``python -m chat.bench --quick`` runs every workload, as CI would.
+
+A smoke test, not a performance test: it checks that every workload ran against every target, that
+the table and the JSON file say so, and that nothing was lost. No performance target is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+QUICK_TIMEOUT = 45.0  # seconds; the quick run takes about 10 on a loaded 2-core machine
+FANOUT_TARGETS = {"limit", "floor", "broker", "broker+history", "broker+secure"}
+LATENCY_TARGETS = {"limit", "floor", "broker"}
+
+
+def test_quick_bench_runs_every_workload_without_loss(tmp_path: Path) -> None:
+    result_file = tmp_path / "bench.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chat.bench", "--quick", "--json", str(result_file)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=QUICK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # the bench ends every process it started on SIGTERM
+        out, err = proc.communicate(timeout=15)
+        pytest.fail(f"the quick bench took more than {QUICK_TIMEOUT:g} s\n{out}\n{err}")
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{err}"
+
+    for heading in ("FAN-OUT", "LATENCY", "SCALE", "TARGETS", "LOSS: 0 in total"):
+        assert heading in out, f"{heading!r} missing from the output:\n{out}"
+    for target in FANOUT_TARGETS:
+        assert f"\n{target} " in out, f"no table row for {target}:\n{out}"
+
+    result = json.loads(result_file.read_text())
+    assert result["problems"] == []
+    assert {r["target"] for r in result["fanout"]} == FANOUT_TARGETS
+    assert {r["target"] for r in result["latency"]} == LATENCY_TARGETS
+    assert len({r["receivers"] for r in result["fanout"]}) == 2
+    for row in result["fanout"] + result["latency"]:
+        assert "failure" not in row, row["failure"]
+        assert row["loss"] == 0 and row["disorder"] == 0 and row["bad_frames"] == 0, row
+        assert row["deliveries"] == row["expected"] > 0, row
+    for row in result["fanout"]:
+        assert row["input_lines_per_s"] > 0 and row["cpu_us_per_line"] > 0, row
+    for row in result["latency"]:
+        assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p99"] <= row["latency_ms"]["max"], row
+    scale = result["scale"]
+    assert "failure" not in scale, scale["failure"]
+    assert scale["joined"] == scale["clients"] and scale["join_errors"] == scale["idle_errors"] == 0
+    assert scale["rss_kib_per_client"] > 0 and scale["idle_cpu_pct"] >= 0
