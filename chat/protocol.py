@@ -14,14 +14,13 @@ Published events (PUB -> SUB) carry the room as a topic frame first, so that SUB
 Receivers ignore JSON fields they do not know; that is how the protocol grows without breaking old peers.
 """
 
-import json
 import re
-import typing
 import unicodedata
-from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, ClassVar, get_args, get_origin
+from typing import Any, ClassVar
 
-from chat.errors import LocalProtocolError, RemoteProtocolError
+import msgspec
+
+from chat.errors import RemoteProtocolError
 
 VERSION = 1
 PROTOCOL_PREFIX = b"chat/"
@@ -79,14 +78,15 @@ LEFT_TIMEOUT = "timeout"
 
 # Bidirectional-text controls that can make a line read differently from what it is (Trojan Source).
 _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Everything neutralise() changes: C0 and C1 controls, DEL, lone surrogates, bidi controls.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 # --------------------------------------------------------------------------- messages
 
 
-@dataclass(frozen=True)
-class Message:
-    """Base of every message; ``TYPE`` is the type frame."""
+class Message(msgspec.Struct, frozen=True):
+    """Base of every message; ``TYPE`` is the type frame. msgspec decodes and type-checks the body in C."""
 
     TYPE: ClassVar[bytes] = b""
 
@@ -94,16 +94,14 @@ class Message:
 # Client -> broker
 
 
-@dataclass(frozen=True)
-class Join(Message):
+class Join(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"JOIN"
     name: str
     token: str = ""  # the client's secret: a later JOIN with the same name and token takes the session back
-    rooms: list[str] = field(default_factory=list)  # rooms to be in; none: the default room
+    rooms: list[str] = msgspec.field(default_factory=list)  # rooms to be in; none: the default room
 
 
-@dataclass(frozen=True)
-class Say(Message):
+class Say(Message, frozen=True):
     """A public line (``kind`` "msg") or action (``/me``, kind "action") for a room."""
 
     TYPE: ClassVar[bytes] = b"SAY"
@@ -113,45 +111,39 @@ class Say(Message):
     kind: str = KIND_MSG
 
 
-@dataclass(frozen=True)
-class Pm(Message):
+class Pm(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"PM"
     id: str
     to: str
     text: str
 
 
-@dataclass(frozen=True)
-class Who(Message):
+class Who(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"WHO"
     room: str = ""
 
 
-@dataclass(frozen=True)
-class Enter(Message):
+class Enter(Message, frozen=True):
     """Join one more room (``/join``), creating it when new."""
 
     TYPE: ClassVar[bytes] = b"ENTER"
     room: str
 
 
-@dataclass(frozen=True)
-class Part(Message):
+class Part(Message, frozen=True):
     """Leave one room (``/leave``)."""
 
     TYPE: ClassVar[bytes] = b"PART"
     room: str
 
 
-@dataclass(frozen=True)
-class Rooms(Message):
+class Rooms(Message, frozen=True):
     """Ask for every room with its member count and topic."""
 
     TYPE: ClassVar[bytes] = b"ROOMS"
 
 
-@dataclass(frozen=True)
-class Topic(Message):
+class Topic(Message, frozen=True):
     """Set a room's topic."""
 
     TYPE: ClassVar[bytes] = b"TOPIC"
@@ -160,18 +152,15 @@ class Topic(Message):
     text: str
 
 
-@dataclass(frozen=True)
-class Ping(Message):
+class Ping(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"PING"
 
 
-@dataclass(frozen=True)
-class Leave(Message):
+class Leave(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"LEAVE"
 
 
-@dataclass(frozen=True)
-class Fetch(Message):
+class Fetch(Message, frozen=True):
     """Ask for the events ``first``..``last`` (inclusive) of a room, for gap recovery."""
 
     TYPE: ClassVar[bytes] = b"FETCH"
@@ -183,8 +172,7 @@ class Fetch(Message):
 # Broker -> client
 
 
-@dataclass(frozen=True)
-class Welcome(Message):
+class Welcome(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"WELCOME"
     name: str
     pub_port: int
@@ -194,8 +182,7 @@ class Welcome(Message):
     history_id: str
 
 
-@dataclass(frozen=True)
-class Entered(Message):
+class Entered(Message, frozen=True):
     """Answer to ENTER: ``last_seq`` is the room's last event before our own enter event."""
 
     TYPE: ClassVar[bytes] = b"ENTERED"
@@ -204,14 +191,12 @@ class Entered(Message):
     topic: str = ""
 
 
-@dataclass(frozen=True)
-class Parted(Message):
+class Parted(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"PARTED"
     room: str
 
 
-@dataclass(frozen=True)
-class RoomList(Message):
+class RoomList(Message, frozen=True):
     """Answer to ROOMS: ``rooms`` holds {"room": str, "members": int, "topic": str} objects."""
 
     TYPE: ClassVar[bytes] = b"ROOM_LIST"
@@ -219,32 +204,28 @@ class RoomList(Message):
     ts: int
 
 
-@dataclass(frozen=True)
-class Ack(Message):
+class Ack(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"ACK"
     id: str
     seq: int
     ts: int
 
 
-@dataclass(frozen=True)
-class Error(Message):
+class Error(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"ERROR"
     code: str
     reason: str
     ref: str = ""  # the id of the request it answers, when it had one
 
 
-@dataclass(frozen=True)
-class Roster(Message):
+class Roster(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"ROSTER"
     room: str
     names: list[str]
     ts: int
 
 
-@dataclass(frozen=True)
-class Private(Message):
+class Private(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"PRIVATE"
     name: str
     to: str
@@ -252,14 +233,12 @@ class Private(Message):
     ts: int
 
 
-@dataclass(frozen=True)
-class Pong(Message):
+class Pong(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"PONG"
     rooms: dict[str, int]
 
 
-@dataclass(frozen=True)
-class Event(Message):
+class Event(Message, frozen=True):
     """Something public that happened in a room: published on PUB and replayed in HISTORY."""
 
     TYPE: ClassVar[bytes] = b"EVENT"
@@ -268,11 +247,20 @@ class Event(Message):
     kind: str
     name: str
     text: str = ""
-    room: str = field(default=DEFAULT_ROOM, metadata={"wire": False})  # the topic frame carries it
+    room: str = DEFAULT_ROOM  # not in the body: the topic frame (or the HISTORY) carries it
 
 
-@dataclass(frozen=True)
-class History(Message):
+class _EventBody(msgspec.Struct, frozen=True):
+    """An event's JSON body: the Event without its room."""
+
+    seq: int
+    ts: int
+    kind: str
+    name: str
+    text: str = ""
+
+
+class History(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"HISTORY"
     room: str
     events: list[dict[str, Any]]
@@ -280,8 +268,7 @@ class History(Message):
     last: int = 0
 
 
-@dataclass(frozen=True)
-class Bye(Message):
+class Bye(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"BYE"
     reason: str
 
@@ -296,18 +283,14 @@ BROKER_MESSAGES: dict[bytes, type[Message]] = {
 
 # --------------------------------------------------------------------------- encoding
 
-
-def _body(message: Message) -> dict[str, Any]:
-    return {f.name: getattr(message, f.name) for f in fields(message) if f.metadata.get("wire", True)}
-
-
-def _dump(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+_ENCODER = msgspec.json.Encoder()
+_MISSING_FIELD = re.compile(r"missing required field `([^`]*)`")
+_DECODERS: dict[type[Message], msgspec.json.Decoder[Any]] = {}
 
 
 def encode(message: Message) -> list[bytes]:
     """Frames of a direct message (without the ROUTER's identity frame)."""
-    return [PROTOCOL_TAG, message.TYPE, _dump(_body(message))]
+    return [PROTOCOL_TAG, message.TYPE, _ENCODER.encode(message)]
 
 
 def topic_frame(room: str) -> bytes:
@@ -322,89 +305,44 @@ def endpoint(host: str, port: int | str) -> str:
 
 def encode_event(event: Event) -> list[bytes]:
     """Frames of a published event."""
-    return [topic_frame(event.room), PROTOCOL_TAG, Event.TYPE, _dump(_body(event))]
+    body = _EventBody(event.seq, event.ts, event.kind, event.name, event.text)
+    return [topic_frame(event.room), PROTOCOL_TAG, Event.TYPE, _ENCODER.encode(body)]
 
 
-def encoded_size(body: dict[str, Any]) -> int:
+def encoded_size(body: Any) -> int:
     """Bytes that ``body`` takes in a frame."""
-    return len(_dump(body))
+    return len(_ENCODER.encode(body))
 
 
 def event_body(event: Event) -> dict[str, Any]:
-    """An event as it appears inside a HISTORY reply."""
-    return _body(event)
+    """An event as it appears inside a HISTORY reply (the HISTORY names the room)."""
+    return {"seq": event.seq, "ts": event.ts, "kind": event.kind, "name": event.name, "text": event.text}
 
 
 # --------------------------------------------------------------------------- decoding
 
 
-def _check_type(name: str, value: Any, hint: Any) -> None:
-    origin = get_origin(hint)
-    if origin is None:
-        ok = isinstance(value, hint) and not (hint is int and isinstance(value, bool))
-    elif origin is list:
-        (item,) = get_args(hint)
-        ok = isinstance(value, list)
-        if ok and item is str:
-            ok = all(isinstance(v, str) for v in value)
-        elif ok:
-            ok = all(isinstance(v, dict) for v in value)
-    elif origin is dict:
-        ok = isinstance(value, dict) and all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in value.items()
-        )
-    else:  # pragma: no cover - a hint this decoder does not know is our bug
-        raise LocalProtocolError(BAD_FIELD, f"unsupported field type {hint!r}")
-    if not ok:
-        raise RemoteProtocolError(BAD_FIELD, f"field {name!r} has the wrong type")
-
-
-def _hints(cls: type[Message]) -> dict[str, Any]:
-    return {k: v for k, v in typing.get_type_hints(cls).items() if k != "TYPE"}
-
-
-_HINTS: dict[type[Message], dict[str, Any]] = {}
-
-
-def _from_body(cls: type[Message], raw: bytes, **extra: Any) -> Message:
+def _from_body(cls: type[Any], raw: bytes) -> Any:
+    decoder = _DECODERS.get(cls)
+    if decoder is None:
+        decoder = _DECODERS[cls] = msgspec.json.Decoder(cls)
     try:
-        body = json.loads(raw.decode("utf-8"))
+        return decoder.decode(raw)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as exc:
+        problem = str(exc)
+        if problem.startswith("Expected `object`") and " - at `$" not in problem:  # the body itself
+            raise RemoteProtocolError(BAD_JSON, "body must be a JSON object") from None
+        kind = getattr(cls, "TYPE", b"EVENT").decode()
+        missing = _MISSING_FIELD.search(problem)
+        if missing:
+            raise RemoteProtocolError(BAD_FIELD, f"{kind} needs field {missing[1]!r}") from None
+        raise RemoteProtocolError(BAD_FIELD, f"{kind}: {problem}") from None
+    except msgspec.DecodeError as exc:  # not JSON, or a lone surrogate escape
+        raise RemoteProtocolError(BAD_JSON, f"body is not valid JSON ({exc})") from None
     except UnicodeDecodeError as exc:
         raise RemoteProtocolError(BAD_JSON, f"body is not valid UTF-8 ({exc.reason})") from None
-    except ValueError as exc:
-        raise RemoteProtocolError(BAD_JSON, f"body is not valid JSON ({exc})") from None
     except RecursionError:
         raise RemoteProtocolError(BAD_JSON, "body is nested too deeply") from None
-    if not isinstance(body, dict):
-        raise RemoteProtocolError(BAD_JSON, "body must be a JSON object")
-    if _SURROGATE_ESCAPE.search(raw):
-        _check_encodable(body)
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = _hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in fields(cls):
-        if not f.metadata.get("wire", True):
-            continue
-        if f.name in body:
-            _check_type(f.name, body[f.name], hints[f.name])
-            kwargs[f.name] = body[f.name]
-        elif f.default is MISSING and f.default_factory is MISSING:
-            raise RemoteProtocolError(BAD_FIELD, f"{cls.TYPE.decode()} needs field {f.name!r}")
-    kwargs.update(extra)
-    return cls(**kwargs)
-
-
-# JSON can smuggle lone UTF-16 surrogates in as \uD800-\uDFFF escapes; raw UTF-8 cannot. A string
-# holding one cannot be encoded again, so such bodies are refused (rare: checked only on this match).
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-def _check_encodable(body: dict[str, Any]) -> None:
-    try:
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise RemoteProtocolError(BAD_JSON, "body holds a lone UTF-16 surrogate escape") from None
 
 
 def _check_version(tag: bytes) -> None:
@@ -473,18 +411,19 @@ def decode_event(frames: list[bytes]) -> Event:
         room = topic[:-1].decode("utf-8")
     except UnicodeDecodeError:
         raise RemoteProtocolError(BAD_FRAMES, "topic frame is not valid UTF-8") from None
-    event = _from_body(Event, raw, room=room)
-    assert isinstance(event, Event)
-    return event
+    body = _from_body(_EventBody, raw)
+    return Event(body.seq, body.ts, body.kind, body.name, body.text, room)
 
 
 def history_events(history: History) -> list[Event]:
     """The events of a HISTORY reply, checked like published ones."""
     events = []
-    for body in history.events:
-        event = _from_body(Event, _dump(body), room=history.room)
-        assert isinstance(event, Event)
-        events.append(event)
+    for raw in history.events:
+        try:
+            body = msgspec.convert(raw, _EventBody)
+        except msgspec.ValidationError as exc:
+            raise RemoteProtocolError(BAD_FIELD, f"HISTORY: an event: {exc}") from None
+        events.append(Event(body.seq, body.ts, body.kind, body.name, body.text, history.room))
     return events
 
 
@@ -524,10 +463,18 @@ def room_key(room: str) -> str:
     return room.lower()
 
 
+_VALID_ROOMS: set[str] = set()  # names already checked (bounded: it is cleared when it grows large)
+
+
 def _check_room(room: str) -> None:
+    if room in _VALID_ROOMS:
+        return
     problem = room_problem(room)
     if problem:
         raise RemoteProtocolError(ROOM_INVALID, problem)
+    if len(_VALID_ROOMS) > 10_000:
+        _VALID_ROOMS.clear()
+    _VALID_ROOMS.add(room)
 
 
 def text_problem(text: str) -> str | None:
@@ -538,33 +485,58 @@ def text_problem(text: str) -> str | None:
     return None
 
 
+def _validate_join(message: Join) -> None:
+    problem = name_problem(message.name)
+    if problem:
+        raise RemoteProtocolError(NAME_INVALID, problem)
+    if len(message.token) > MAX_ID_CHARS:
+        raise RemoteProtocolError(BAD_FIELD, f"a token can be at most {MAX_ID_CHARS} characters long")
+    if len(message.rooms) > MAX_ROOMS_PER_SESSION:
+        raise RemoteProtocolError(BAD_FIELD, f"one can be in at most {MAX_ROOMS_PER_SESSION} rooms")
+    for room in message.rooms:
+        _check_room(room)
+
+
+def _validate_line(message: Say | Pm) -> None:
+    if len(message.id) > MAX_ID_CHARS:
+        raise RemoteProtocolError(BAD_FIELD, f"an id can be at most {MAX_ID_CHARS} characters long")
+    problem = text_problem(message.text)
+    if problem:
+        raise RemoteProtocolError(BAD_FIELD, problem)
+    if isinstance(message, Say):
+        _check_room(message.room)
+        if message.kind not in SAY_KINDS:
+            raise RemoteProtocolError(BAD_FIELD, f"kind must be one of {', '.join(SAY_KINDS)}")
+
+
+def _validate_room(message: Enter | Part | Fetch | Who) -> None:
+    if message.room or not isinstance(message, Who):  # WHO without a room: everyone online
+        _check_room(message.room)
+
+
+def _validate_topic(message: Topic) -> None:
+    _check_room(message.room)
+    if len(message.text) > MAX_TOPIC_CHARS:
+        raise RemoteProtocolError(BAD_FIELD, f"a topic can be at most {MAX_TOPIC_CHARS} characters long")
+
+
+_VALIDATORS: dict[type[Message], Any] = {
+    Join: _validate_join,
+    Say: _validate_line,
+    Pm: _validate_line,
+    Enter: _validate_room,
+    Part: _validate_room,
+    Fetch: _validate_room,
+    Who: _validate_room,
+    Topic: _validate_topic,
+}
+
+
 def validate(message: Message) -> None:
     """Field rules beyond types, for the messages a broker receives."""
-    if isinstance(message, Join):
-        problem = name_problem(message.name)
-        if problem:
-            raise RemoteProtocolError(NAME_INVALID, problem)
-        if len(message.token) > MAX_ID_CHARS:
-            raise RemoteProtocolError(BAD_FIELD, f"a token can be at most {MAX_ID_CHARS} characters long")
-        if len(message.rooms) > MAX_ROOMS_PER_SESSION:
-            raise RemoteProtocolError(BAD_FIELD, f"one can be in at most {MAX_ROOMS_PER_SESSION} rooms")
-        for room in message.rooms:
-            _check_room(room)
-    if isinstance(message, (Enter, Part, Topic)) or isinstance(message, (Say, Fetch)) and message.room:
-        _check_room(message.room)  # type: ignore[union-attr]
-    if isinstance(message, Who) and message.room:
-        _check_room(message.room)
-    if isinstance(message, Topic):
-        if len(message.text) > MAX_TOPIC_CHARS:
-            raise RemoteProtocolError(BAD_FIELD, f"a topic can be at most {MAX_TOPIC_CHARS} characters long")
-    if isinstance(message, (Say, Pm)):
-        if len(message.id) > MAX_ID_CHARS:
-            raise RemoteProtocolError(BAD_FIELD, f"an id can be at most {MAX_ID_CHARS} characters long")
-        problem = text_problem(message.text)
-        if problem:
-            raise RemoteProtocolError(BAD_FIELD, problem)
-    if isinstance(message, Say) and message.kind not in SAY_KINDS:
-        raise RemoteProtocolError(BAD_FIELD, f"kind must be one of {', '.join(SAY_KINDS)}")
+    check = _VALIDATORS.get(type(message))
+    if check is not None:
+        check(message)
 
 
 def neutralise(text: str) -> str:
@@ -573,7 +545,7 @@ def neutralise(text: str) -> str:
     Control characters (which start ANSI/OSC escape sequences) become visible caret notation, C1
     controls, lone surrogates and bidirectional overrides become U+FFFD, newlines and tabs become spaces.
     """
-    if text.isprintable() and not _BIDI_CONTROLS.intersection(text):
+    if not _UNSAFE.search(text):
         return text
     out = []
     for ch in text:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import msgspec
 
 import pytest
 
@@ -59,7 +59,7 @@ def joined(name: str = "alice", *, history_lines: int = 0, interactive: bool = F
     """A client that has started and been welcomed at T_JOINED; its own join event is seq 4."""
     core = ClientCore(name, interactive=interactive, history_lines=history_lines)
     core.start(0.0)
-    direct(core, dataclasses.replace(WELCOME, name=name, **welcome), T_JOINED)
+    direct(core, msgspec.structs.replace(WELCOME, name=name, **welcome), T_JOINED)
     return core
 
 
@@ -137,7 +137,7 @@ def test_name_taken_interactive_asks_again_and_uses_the_next_line() -> None:
     assert exits(core.tick(client_core.CONNECT_TIMEOUT + 1)) == []  # a person is being asked: no time-out
     actions = core.on_input("alice2", 10.0)
     assert sent(actions) == [p.Join("alice2", core.token, [GENERAL])]
-    assert ev.Status("connected", "alice2") in direct(core, dataclasses.replace(WELCOME, name="alice2"), 10.1)
+    assert ev.Status("connected", "alice2") in direct(core, msgspec.structs.replace(WELCOME, name="alice2"), 10.1)
 
 
 def pump(core: ClientCore, broker: Broker, actions: list[ev.Action], now: float) -> list[ev.Action]:
@@ -490,7 +490,7 @@ def test_reconnect_with_the_same_history_fetches_what_was_missed() -> None:
     publish(core, event(4, name="alice", kind=p.KIND_JOIN, text=""))
     publish(core, event(5))
     t, _ = lose(core)
-    actions = direct(core, dataclasses.replace(WELCOME, rooms={GENERAL: 9}), t + 0.5)
+    actions = direct(core, msgspec.structs.replace(WELCOME, rooms={GENERAL: 9}), t + 0.5)
     assert p.Fetch(GENERAL, 6, 9) in sent(actions)
 
 
@@ -507,7 +507,7 @@ def test_not_joined_while_joined_rejoins_at_once() -> None:
 def test_history_lines_fetches_the_last_n_on_the_first_welcome() -> None:
     core = ClientCore("alice", interactive=False, history_lines=5)
     core.start(0.0)
-    actions = direct(core, dataclasses.replace(WELCOME, rooms={GENERAL: 20}), T_JOINED)
+    actions = direct(core, msgspec.structs.replace(WELCOME, rooms={GENERAL: 20}), T_JOINED)
     assert sent(actions) == [p.Fetch(GENERAL, 16, 20)]
     older = [event(seq, name="alice" if seq == 18 else "bob") for seq in range(16, 21)]
     actions = direct(core, p.History(GENERAL, [p.event_body(e) for e in older]), 0.2)
@@ -518,4 +518,4 @@ def test_history_lines_fetches_the_last_n_on_the_first_welcome() -> None:
 def test_history_lines_never_asks_before_the_first_event(last: int, expected: list) -> None:
     core = ClientCore("alice", interactive=False, history_lines=20)
     core.start(0.0)
-    assert sent(direct(core, dataclasses.replace(WELCOME, rooms={GENERAL: last}), T_JOINED)) == expected
+    assert sent(direct(core, msgspec.structs.replace(WELCOME, rooms={GENERAL: last}), T_JOINED)) == expected

@@ -50,6 +50,7 @@ class Session:
     name: str
     token: str
     last_seen: float
+    name_key: str = ""  # the name as compared: set once, used on every line
     key: str = ""  # the client's CURVE public key (Z85) when the broker runs --secure
     allowance: float = BURST  # the flood-control token bucket
     allowance_at: float = 0.0
@@ -160,7 +161,7 @@ class Broker:
         if owner and owner != peer_key:
             raise RemoteProtocolError(p.NAME_OWNED, f"the name {join.name} belongs to another key; choose another")
         if session is not None:
-            if p.name_key(session.name) != key:
+            if session.name_key != key:
                 raise RemoteProtocolError(p.ALREADY_JOINED, f"this connection is already joined as {session.name}")
             session.last_seen = now  # a retried JOIN: answer it again
             return [Reply(identity, self._welcome(session))]
@@ -179,7 +180,9 @@ class Broker:
         rooms = {p.room_key(room) for room in join.rooms} or {p.DEFAULT_ROOM}
         if len(self.members) + len(rooms - self.members.keys()) > MAX_ROOMS:
             raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more rooms")
-        session = Session(identity, join.name, join.token, now, key=peer_key, allowance_at=now, rooms=set())
+        session = Session(
+            identity, join.name, join.token, now, name_key=key, key=peer_key, allowance_at=now, rooms=set()
+        )
         for room in rooms:
             self._add_member(session, room)
         if peer_key and not owner:
@@ -203,7 +206,7 @@ class Broker:
         self._spend(session, now)
         event = self._publish(room, say.kind, session.name, p.neutralise(say.text), now, say.id)
         ack = p.Ack(say.id, event.seq, event.ts)
-        self._remember(p.name_key(session.name), ack)
+        self._remember(session.name_key, ack)
         return [event, Reply(session.identity, ack)]
 
     def _pm(self, session: Session, pm: p.Pm, now: float) -> list[Outgoing]:
@@ -217,7 +220,7 @@ class Broker:
         self._spend(session, now)
         ts = int(now * 1000)
         ack = p.Ack(pm.id, 0, ts)
-        self._remember(p.name_key(session.name), ack)
+        self._remember(session.name_key, ack)
         private = p.Private(session.name, target.name, p.neutralise(pm.text), ts)
         return [Reply(target.identity, private), Reply(session.identity, ack)]
 
@@ -289,7 +292,7 @@ class Broker:
         self.topics[room] = text
         event = self._publish(room, p.KIND_TOPIC, session.name, text, now, topic.id)
         ack = p.Ack(topic.id, event.seq, event.ts)
-        self._remember(p.name_key(session.name), ack)
+        self._remember(session.name_key, ack)
         return [event, Reply(session.identity, ack)]
 
     def _add_member(self, session: Session, room: str) -> None:
@@ -351,7 +354,7 @@ class Broker:
 
     def _end(self, session: Session, why: str) -> list[Outgoing]:
         del self.sessions[session.identity]
-        del self.names[p.name_key(session.name)]
+        del self.names[session.name_key]
         now = self.clock()
         rooms = sorted(session.rooms)
         for room in rooms:
@@ -361,7 +364,7 @@ class Broker:
     def _acked(self, session: Session, msg_id: str) -> p.Ack | None:
         if not msg_id:
             return None
-        ids = self._acks.get(p.name_key(session.name))
+        ids = self._acks.get(session.name_key)
         return ids.get(msg_id) if ids else None
 
     def _remember(self, key: str, ack: p.Ack) -> None:
