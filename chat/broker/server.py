@@ -49,6 +49,10 @@ class Curve:
     allow: Path | None = None
 
 
+_SNDMORE = int(zmq.SNDMORE)  # plain ints: enum arithmetic on every frame showed up in the profile
+_RCVMORE = int(zmq.RCVMORE)
+
+
 def bound_port(sock: zmq.Socket) -> int:
     last = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
     return int(last.rsplit(":", 1)[1])
@@ -110,11 +114,22 @@ class BrokerServer:
         self.auth.configure_curve(domain="*", location=location)
 
     def send(self, outgoing: list[Outgoing]) -> None:
+        # Frame by frame: send_multipart type-checks every frame and builds flags each time, which the
+        # profile showed as a quarter of the broker's CPU.
+        router_send, pub_send = self.router.send, self.pub.send
         for item in outgoing:
             if isinstance(item, Reply):
-                self.router.send_multipart([item.identity, *p.encode(item.message)])
+                tag, kind, body = p.encode(item.message)
+                router_send(item.identity, _SNDMORE)
+                router_send(tag, _SNDMORE)
+                router_send(kind, _SNDMORE)
+                router_send(body)
             else:
-                self.pub.send_multipart(p.encode_event(item))
+                topic, tag, kind, body = p.encode_event(item)
+                pub_send(topic, _SNDMORE)
+                pub_send(tag, _SNDMORE)
+                pub_send(kind, _SNDMORE)
+                pub_send(body)
 
     def run(self, clock: Callable[[], float] = time.monotonic) -> None:
         """Serve until ``stop()`` (or a signal handler calling it); then say goodbye to every client."""
@@ -137,18 +152,23 @@ class BrokerServer:
         """Handle what the ROUTER holds, up to a batch."""
         outgoing: list[Outgoing] = []
         secure = self.curve is not None
+        recv, more = self.router.recv, self.router.get
         for _ in range(DRAIN_BATCH):
             try:
-                if secure:
-                    # Frames, not bytes: the ZAP User-Id (the client's public key) rides on them.
-                    parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
-                    key = parts[-1].get("User-Id") or ""
-                    frames = [part.bytes for part in parts]
-                else:
-                    frames, key = self.router.recv_multipart(zmq.NOBLOCK), ""
+                identity = recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            outgoing += self.broker.handle(frames[0], frames[1:], key)
+            frames: list[bytes] = []
+            key = ""
+            while more(_RCVMORE):
+                if secure:
+                    # A frame, not bytes: the ZAP User-Id (the client's public key) rides on it.
+                    frame = recv(copy=False)
+                    key = frame.get("User-Id") or ""
+                    frames.append(frame.bytes)
+                else:
+                    frames.append(recv())
+            outgoing += self.broker.handle(identity, frames, key)
         return outgoing
 
     def _commit(self, outgoing: list[Outgoing]) -> None:
