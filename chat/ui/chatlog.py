@@ -8,6 +8,7 @@ A line is drawn as weechat and irssi do::
     14:03  * bob waves
     14:04 --> carol has joined the chat
     14:05 [private] <bob> just between us
+    14:06 #dev <bob> the room is named when you are in several
     --:-- <alice> mine, until the broker acknowledges it
 
 ``ChatLog`` is a Line API widget: it keeps every entry, renders each one (cached per width) when it is
@@ -20,12 +21,12 @@ text, never as markup: a name like ``[bold]x`` or a text with escape sequences i
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Iterable
 
+from rich.console import Console
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
@@ -37,7 +38,8 @@ from textual.strip import Strip
 from chat import protocol as p
 from chat.ui.format import name_colour
 
-MAX_ENTRIES = 5000  # lines kept in the pane; the oldest go first (the broker can show them again)
+MAX_ENTRIES = 2000  # lines kept in the pane (re-wrapped on every resize); the oldest go first
+TRIM_SLACK = 200  # lines beyond MAX_ENTRIES before the oldest are dropped, in one go
 TIME_WIDTH = 6  # "HH:MM "
 PENDING_TIME = "--:--"  # an own line the broker has not acknowledged yet
 MIN_TEXT_WIDTH = 10  # narrower than this, lines are cut rather than wrapped to nothing
@@ -48,13 +50,15 @@ _ANSI_NAMES = {
     91: "bright_red", 92: "bright_green", 93: "bright_yellow", 94: "bright_blue", 95: "bright_magenta",
     96: "bright_cyan",
 }  # fmt: skip
-_SURROGATES = re.compile("[\ud800-\udfff]")
 
 # Entry kinds.
 MSG = "msg"
 ACTION = "action"
-JOIN = "join"
-LEAVE = "leave"
+JOIN = "join"  # connected to the chat
+LEAVE = "leave"  # left the chat, or timed out
+ENTER = "enter"  # joined one room
+PART = "part"  # left one room
+TOPIC = "topic"
 EVENT = "event"  # a public event of a kind this client does not know
 PRIVATE = "private"  # a private message to us
 OWN = "own"  # our own line: detail is msg, action or pm
@@ -63,11 +67,8 @@ ERROR = "error"
 
 
 def safe(text: str) -> str:
-    """``text`` as it may reach a terminal: control characters neutralised, lone surrogates replaced.
-
-    (A JSON body can carry a lone surrogate; it cannot be encoded for the terminal.)
-    """
-    return _SURROGATES.sub("\ufffd", p.neutralise(text))
+    """``text`` as it may reach a terminal: controls, escapes, bidi overrides and lone surrogates neutralised."""
+    return p.neutralise(text)
 
 
 @dataclass(eq=False)
@@ -82,21 +83,28 @@ class Entry:
     to: str = ""  # OWN pm: the addressee
     id: str = ""  # OWN: the id the core gave the line, for Acked
     pending: bool = False
-    # Rendering cache: the strips for (width, with day header, colour).
+    room: str = ""  # the room of a public line
+    show_room: bool = False  # the viewer is in several rooms: name it before the line
+    # Rendering cache: the strips for (width, with day header, colour), and the day.
     _key: tuple[int, bool, bool] | None = field(default=None, repr=False)
     _strips: list[Strip] = field(default_factory=list, repr=False)
+    _day: str = field(default="", repr=False)
 
     @classmethod
-    def from_event(cls, event: p.Event) -> Entry:
-        known = event.kind in (MSG, ACTION, JOIN, LEAVE)
+    def from_event(cls, event: p.Event, show_room: bool = False) -> Entry:
+        known = event.kind in (MSG, ACTION, JOIN, LEAVE, ENTER, PART, TOPIC)
         kind = event.kind if known else EVENT
-        return cls(kind, event.ts, event.name, event.text, detail="" if known else event.kind)
+        detail = "" if known else event.kind
+        return cls(kind, event.ts, event.name, event.text, detail, room=event.room, show_room=show_room)
 
     def day(self, tz: tzinfo | None) -> str:
-        return _local(self.ts, tz).strftime("%Y-%m-%d")
+        if not self._day:
+            self._day = _local(self.ts, tz).strftime("%Y-%m-%d")
+        return self._day
 
     def invalidate(self) -> None:
         self._key = None
+        self._day = ""
 
 
 def _local(ts_ms: int, tz: tzinfo | None) -> datetime:
@@ -118,7 +126,7 @@ def render_text(entry: Entry, tz: tzinfo | None, colour: bool) -> tuple[Text, Te
     """The time column and the body of an entry (plain ``Text``, never markup)."""
     when = PENDING_TIME if entry.pending else f"{_local(entry.ts, tz):%H:%M}"
     time = Text(when.ljust(TIME_WIDTH), style="dim")
-    name, text = safe(entry.name), safe(entry.text)
+    name, text, room = safe(entry.name), safe(entry.text), safe(entry.room)
     who = name_style(entry.name, colour)
     dim = Style(dim=True)
     mark = Style(bold=True, color="magenta") if colour else Style(bold=True, reverse=True)
@@ -131,6 +139,12 @@ def render_text(entry: Entry, tz: tzinfo | None, colour: bool) -> tuple[Text, Te
     elif entry.kind == LEAVE:
         why = " (timed out)" if entry.text == p.LEFT_TIMEOUT else ""
         body = Text.assemble(("<--", "red" if colour else ""), f" {name} has left the chat{why}", style=dim)
+    elif entry.kind == ENTER:
+        body = Text.assemble(("-->", "green" if colour else ""), f" {name} has joined {room}", style=dim)
+    elif entry.kind == PART:
+        body = Text.assemble(("<--", "red" if colour else ""), f" {name} has left {room}", style=dim)
+    elif entry.kind == TOPIC:
+        body = Text.assemble("-!- ", (name, who), f" set the topic of {room}: ", (text, "bold"), style=dim)
     elif entry.kind == EVENT:
         body = Text(f"-!- {name} ({safe(entry.detail)}): {text}", style=dim)
     elif entry.kind == PRIVATE:
@@ -148,7 +162,17 @@ def render_text(entry: Entry, tz: tzinfo | None, colour: bool) -> tuple[Text, Te
         body = Text(f"-!- {text}", style=Style(color="red") if colour else Style(bold=True))
     else:
         body = Text(f"-!- {text}", style=dim)
+    if entry.show_room and entry.kind not in (ENTER, PART, TOPIC):  # those name their room already
+        body = Text.assemble((f"{room} ", "bold"), body)
     return time, body
+
+
+def _segments(text: Text, console: Console) -> list[Segment]:
+    """``text`` as segments, its own style included (``Text.render`` leaves that to its caller)."""
+    segments = text.render(console)
+    if text.style:
+        segments = Segment.apply_style(segments, console.get_style(text.style))
+    return list(segments)
 
 
 class ChatLog(ScrollView, can_focus=False):
@@ -163,59 +187,80 @@ class ChatLog(ScrollView, can_focus=False):
     """
 
     def __init__(
-        self, *, tz: tzinfo | None = None, colour: bool = True, limit: int = MAX_ENTRIES, id: str | None = None
+        self,
+        *,
+        tz: tzinfo | None = None,
+        colour: bool = True,
+        limit: int = MAX_ENTRIES,
+        slack: int = TRIM_SLACK,
+        id: str | None = None,
     ) -> None:
         super().__init__(id=id)
         self.tz = tz
         self.colour = colour
         self.limit = limit
+        self.slack = slack
         self.entries: list[Entry] = []
-        self._starts: list[int] = []  # first visual line of each entry
-        self._width = 0
+        self._starts: list[int] = []  # first visual line of each entry, valid for _laid_out_width
+        self._laid_out_width = 0  # 0: the layout must be redone
         self._follow = True  # at the bottom: new lines scroll into view
+        self._shift = 0  # lines the content moved under the reader since the last _settle
+        self._settling = False
 
     # ------------------------------------------------------------------ content
 
     def append(self, entry: Entry) -> None:
         self.entries.append(entry)
-        removed = self._trim()
-        self._changed(shift=-removed)
+        excess = len(self.entries) - self.limit
+        if excess > self.slack:  # in batches, as a full relayout is O(entries)
+            gone = self._starts[excess] if self._laid_out_width and excess < len(self._starts) else 0
+            del self.entries[:excess]
+            self.entries[0].invalidate()  # it may need a day header now
+            self._relayout()
+            self._scrolled(-gone)
+            return
+        width = self.scrollable_content_region.width
+        if width > 0 and width == self._laid_out_width and len(self._starts) == len(self.entries) - 1:
+            # The usual case: lay out the new line only.
+            previous = self.entries[-2].day(self.tz) if len(self.entries) > 1 else ""
+            self._place(entry, entry.day(self.tz) != previous, width)
+            self._starts.append(self.virtual_size.height)
+            self.virtual_size = Size(width, self.virtual_size.height + len(entry._strips))
+        else:
+            self._relayout()
+        self._scrolled()
 
     def prepend(self, entries: Iterable[Entry]) -> None:
         """Older lines go on top; what the reader is looking at stays where it is."""
         before = self.virtual_size.height
         self.entries[:0] = list(entries)
-        if self.entries:
-            self.entries[0].invalidate()
-        self._layout()
-        if not self._follow:
-            self.scroll_to(y=self.scroll_y + self.virtual_size.height - before, animate=False, immediate=True)
-        else:
-            self.scroll_end(animate=False, immediate=True)
-        self.refresh()
+        self._relayout()
+        self._scrolled(self.virtual_size.height - before)
 
     def changed(self, entry: Entry) -> None:
-        """``entry`` was updated in place (acknowledged)."""
+        """``entry`` was updated in place (acknowledged: its time, and maybe its day, changed)."""
         entry.invalidate()
-        self._changed()
+        self._relayout()
+        self._scrolled()
 
     def text_lines(self) -> list[str]:
         """The text of every visual line, for tests and debugging."""
-        self._layout()
+        self._relayout()
         return [strip.text.rstrip() for entry in self.entries for strip in entry._strips]
 
-    def _trim(self) -> int:
-        """Drop the oldest entries beyond the limit; returns how many visual lines went."""
-        excess = len(self.entries) - self.limit
-        if excess <= 0:
-            return 0
-        gone = self._starts[excess] if excess < len(self._starts) else 0
-        del self.entries[:excess]
-        self.entries[0].invalidate()  # it may need a day header now
-        return gone
+    def _scrolled(self, shift: int = 0) -> None:
+        """After a change: follow the newest line, or keep the reader's place (``shift`` lines moved).
 
-    def _changed(self, shift: int = 0) -> None:
-        self._layout()
+        Once per burst of changes, not per line: a flood of lines is laid out one by one but scrolled once.
+        """
+        self._shift += shift
+        if not self._settling:
+            self._settling = True
+            self.call_later(self._settle)
+
+    def _settle(self) -> None:
+        self._settling = False
+        shift, self._shift = self._shift, 0
         if self._follow:
             self.scroll_end(animate=False, immediate=True)
         elif shift:
@@ -224,64 +269,62 @@ class ChatLog(ScrollView, can_focus=False):
 
     # ------------------------------------------------------------------ layout
 
-    def _layout(self) -> None:
+    def _relayout(self) -> None:
         width = self.scrollable_content_region.width
         if width <= 0:
+            self._laid_out_width = 0
             return  # not laid out yet: on_resize comes back here
-        self._width = width
-        console = self.app.console
         starts: list[int] = []
         total = 0
         previous_day = ""
         for entry in self.entries:
             day = entry.day(self.tz)
-            key = (width, day != previous_day, self.colour)
+            self._place(entry, day != previous_day, width)
             previous_day = day
-            if entry._key != key:
-                entry._strips = self._render(entry, key[1], width, console)
-                entry._key = key
             starts.append(total)
             total += len(entry._strips)
         self._starts = starts
+        self._laid_out_width = width
         self.virtual_size = Size(width, total)
 
-    def _render(self, entry: Entry, header: bool, width: int, console: object) -> list[Strip]:
-        from rich.console import Console
+    def _place(self, entry: Entry, header: bool, width: int) -> None:
+        """Render ``entry`` unless what it looks like is cached."""
+        key = (width, header, self.colour)
+        if entry._key != key:
+            entry._strips = self._render_entry(entry, header, width, self.app.console)
+            entry._key = key
 
-        assert isinstance(console, Console)
+    def _render_entry(self, entry: Entry, header: bool, width: int, console: Console) -> list[Strip]:
         time, body = render_text(entry, self.tz, self.colour)
-        text_width = max(MIN_TEXT_WIDTH, width - TIME_WIDTH)
-        options = console.options.update(width=text_width, no_wrap=False, overflow="fold", height=None)
-        lines = console.render_lines(body, options, pad=True)
-        time_segments = list(time.render(console))
+        lines = body.wrap(console, max(MIN_TEXT_WIDTH, width - TIME_WIDTH), overflow="fold") or [Text()]
+        first = _segments(time, console)
         indent = [Segment(" " * TIME_WIDTH)]
-        strips = [Strip([*(time_segments if i == 0 else indent), *line]) for i, line in enumerate(lines)]
+        strips = [Strip([*(first if i == 0 else indent), *_segments(line, console)]) for i, line in enumerate(lines)]
         if header:
             rule = day_header(entry.ts, self.tz)
-            rule.append("─" * max(0, width - rule.cell_len), style="dim")
-            strips.insert(0, Strip(list(rule.render(console))))
+            rule.append("─" * max(0, width - rule.cell_len))
+            strips.insert(0, Strip(_segments(rule, console)))
         return strips
 
     def on_resize(self, event: Resize) -> None:
-        anchor = self._anchor()
-        self._layout()
-        if self._follow or anchor is None:
+        top = self._top_entry()
+        self._relayout()
+        if self._follow or top is None or top[0] not in self.entries:
             self.scroll_end(animate=False, immediate=True)
         else:
-            index, offset = anchor
-            entry = self.entries[index]
-            self.scroll_to(
-                y=self._starts[index] + min(offset, len(entry._strips) - 1), animate=False, immediate=True
-            )
+            entry, offset = top
+            index = self.entries.index(entry)
+            y = self._starts[index] + min(offset, len(entry._strips) - 1)
+            self.scroll_to(y=y, animate=False, immediate=True)
         self.refresh()
 
-    def _anchor(self) -> tuple[int, int] | None:
+    def _top_entry(self) -> tuple[Entry, int] | None:
         """The entry at the top of the view, and how far into it: kept in view across a re-wrap."""
-        if not self._starts:
+        if not self._laid_out_width or not self._starts:
             return None
         top = round(self.scroll_y)
         index = max(0, bisect_right(self._starts, top) - 1)
-        return index, top - self._starts[index]
+        return self.entries[index], top - self._starts[index]
 
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
         super().watch_scroll_y(old_value, new_value)
@@ -291,6 +334,7 @@ class ChatLog(ScrollView, can_focus=False):
         super().notify_style_update()
         for entry in self.entries:
             entry.invalidate()
+        self._laid_out_width = 0
 
     # ------------------------------------------------------------------ drawing
 
@@ -298,8 +342,10 @@ class ChatLog(ScrollView, can_focus=False):
         width = self.scrollable_content_region.width
         line = round(self.scroll_y) + y
         index = bisect_right(self._starts, line) - 1
-        if index < 0 or line >= self.virtual_size.height:
+        if not self._laid_out_width or index < 0 or index >= len(self.entries):
             return Strip.blank(width, self.rich_style)
-        entry = self.entries[index]
-        strip = entry._strips[line - self._starts[index]]
-        return strip.crop_extend(0, width, self.rich_style).apply_style(self.rich_style)
+        strips = self.entries[index]._strips
+        offset = line - self._starts[index]
+        if offset >= len(strips):
+            return Strip.blank(width, self.rich_style)
+        return strips[offset].crop_extend(0, width, self.rich_style).apply_style(self.rich_style)

@@ -2,7 +2,8 @@
 
 Both are pure, so that their rules are tested without a screen: ``InputHistory`` is readline's Up/Down
 (the line being typed is kept as a draft while browsing), ``Completer`` is irssi's Tab (complete the word
-at the cursor; Tab again cycles through the other candidates).
+at the cursor: a command at the start of the line, a room after "#", a user name elsewhere; Tab again
+cycles through the other candidates).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from chat import protocol as p
 MAX_RECALL = 500  # lines kept for Up/Down
 
 # The commands of chat.client.core, for completion (tests check that the core knows every one).
-COMMANDS = ("/exit", "/help", "/history", "/me", "/msg", "/pm", "/quit", "/who", "/whosonline")
+COMMANDS = (
+    "/exit", "/help", "/history", "/join", "/leave", "/me", "/msg", "/pm", "/quit", "/rooms", "/switch", "/topic",
+    "/who", "/whosonline",
+)  # fmt: skip
 NAME_SUFFIX = ": "  # a name completed at the start of a line addresses that person, as in irssi
 
 
@@ -70,13 +74,15 @@ class _Cycle:
 
 
 class Completer:
-    """Tab completion of commands (first word) and user names (elsewhere)."""
+    """Tab completion of commands (first word), rooms (words starting with "#") and user names."""
 
     def __init__(self, commands: Sequence[str] = COMMANDS) -> None:
         self.commands = tuple(commands)
         self._cycle: _Cycle | None = None
 
-    def complete(self, value: str, cursor: int, names: Iterable[str]) -> Completion | None:
+    def complete(
+        self, value: str, cursor: int, names: Iterable[str], rooms: Iterable[str] = ()
+    ) -> Completion | None:
         """The line after one Tab, or None when nothing fits."""
         cycle = self._cycle
         if cycle is not None and cycle.shown == Completion(value, cursor):
@@ -87,15 +93,17 @@ class Completer:
         while start > 0 and not value[start - 1].isspace():
             start -= 1
         word, head, tail = value[start:cursor], value[:start], value[cursor:]
-        candidates, suffix = self._candidates(word, head, names)
+        candidates, suffix = self._candidates(word, head, names, rooms)
         if not candidates:
             return None
         self._cycle = _Cycle(start, candidates, 0, tail, suffix, Completion(value, cursor))
         return self._show(head, self._cycle)
 
-    def _candidates(self, word: str, head: str, names: Iterable[str]) -> tuple[list[str], str]:
+    def _candidates(self, word: str, head: str, names: Iterable[str], rooms: Iterable[str]) -> tuple[list[str], str]:
         if not head and word.startswith("/"):
             return [c for c in self.commands if c.startswith(word.lower())], " "
+        if word.startswith("#"):
+            return sorted({r for r in rooms if p.room_key(r).startswith(p.room_key(word))}, key=p.room_key), " "
         key = p.name_key(word)
         matches = sorted({n for n in names if p.name_key(n).startswith(key)}, key=p.name_key)
         return matches, NAME_SUFFIX if not head.strip() else " "

@@ -1,11 +1,11 @@
 """The full-screen terminal client (Textual), in the manner of weechat, irssi and gomuks::
 
-    ┌ title: room, what this is, how to get help ───────────────┐
-    │ message pane (ChatLog)                       │ user list  │
-    │ 14:03 <bob> hello                            │ online (2) │
-    │                                              │ alice      │
-    ├ status: broker, connection, encryption, room, name ───────┤
-    └ [alice] the input line, focused from the start ───────────┘
+    ┌─ title: the room, what this is, how to get help ───────────┐
+    │ message pane (chat.ui.chatlog)               │ user list   │
+    │ 14:03 <bob> hello                            │ #general (2)│
+    │                                              │ alice       │
+    ├─ status: broker, connection, encryption, rooms, name ──────┤
+    └─ [alice] the input line, focused from the start ───────────┘
 
 Textual owns the screen, so traffic never garbles what is being typed. The client core stays UI-agnostic:
 ``Connection.run()`` drives it in a thread of its own and hands every ``events.Show`` item to this app as
@@ -23,21 +23,21 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from datetime import tzinfo
 from typing import Callable, Protocol
 
-from rich.style import Style
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import Input, Static
 
 from chat import protocol as p
 from chat.client import events as ev
 from chat.ui.chatlog import ERROR, NOTICE, OWN, PRIVATE, ChatLog, Entry, name_style, safe
-from chat.ui.editing import Completer, InputHistory
+from chat.ui.widgets import ChatInput, UserList
 
 OLDER_LINES = 20  # lines asked for each time the reader scrolls past the top
 OLDER_TIMEOUT = 5.0  # seconds after which an unanswered request for older lines may be made again
@@ -77,74 +77,6 @@ class ConnectionEnded(Message):
     def __init__(self, result: ev.Exit) -> None:
         super().__init__()
         self.result = result
-
-
-class ChatInput(Input):
-    """The input line: Enter sends, Up/Down recall, Tab completes (instead of moving the focus)."""
-
-    BINDINGS = [
-        Binding("up", "recall(-1)", "Previous line", show=False),
-        Binding("down", "recall(1)", "Next line", show=False),
-        Binding("tab", "complete", "Complete", show=False),
-    ]
-
-    def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(placeholder=NAME_PLACEHOLDER, compact=True, id=id, select_on_focus=False)
-        self.recall = InputHistory()
-        self.completer = Completer()
-        self.names: Callable[[], list[str]] = list
-
-    def action_recall(self, step: int) -> None:
-        line = self.recall.previous(self.value) if step < 0 else self.recall.following()
-        if line is not None:
-            self.value = line
-            self.cursor_position = len(line)
-
-    def action_complete(self) -> None:
-        done = self.completer.complete(self.value, self.cursor_position, self.names())
-        if done is not None:
-            self.value = done.value
-            self.cursor_position = done.cursor
-
-
-class UserList(VerticalScroll, can_focus=False):
-    """Who is online, kept up to date from join and leave events and from rosters."""
-
-    def __init__(self, *, colour: bool, id: str | None = None) -> None:
-        super().__init__(id=id)
-        self.colour = colour
-        self.names: dict[str, str] = {}  # name_key -> name as registered
-        self.own = ""
-        self._body = Static()
-
-    def compose(self) -> ComposeResult:
-        yield self._body
-
-    def replace(self, names: list[str]) -> None:
-        self.names = {p.name_key(n): n for n in names}
-        self._redraw()
-
-    def add(self, name: str) -> None:
-        self.names[p.name_key(name)] = name
-        self._redraw()
-
-    def remove(self, name: str) -> None:
-        self.names.pop(p.name_key(name), None)
-        self._redraw()
-
-    def sorted(self) -> list[str]:
-        return [self.names[k] for k in sorted(self.names)]
-
-    def _redraw(self) -> None:
-        text = Text(f"online ({len(self.names)})\n", style="bold", no_wrap=True, overflow="ellipsis")
-        for name in self.sorted():
-            style = name_style(name, self.colour)
-            if p.name_key(name) == p.name_key(self.own):
-                style += Style(bold=True, underline=True)
-            text.append(safe(name), style=style)
-            text.append("\n")
-        text.rstrip()
-        self._body.update(text)
 
 
 class ChatApp(App[int]):
@@ -193,8 +125,9 @@ class ChatApp(App[int]):
         self.encrypted = encrypted
         self.handle_signals = handle_signals
         self.colour = not self.no_color
-        self.room = p.DEFAULT_ROOM
         self.nick = ""
+        self.room = ""  # the room we type into, once the core has said
+        self.rooms: tuple[str, ...] = ()
         self.state = "starting"
         self.naming = False
         self.leaving = False
@@ -205,11 +138,10 @@ class ChatApp(App[int]):
         self.connection_running = False  # True from start until Connection.run() has returned
         self._pending: dict[str, Entry] = {}  # own lines not yet acknowledged, by id
         self._joined_once = False
-        self._roster_known = False  # joins and leaves before the first roster are history, not news
-        self._who_asked = 0  # /who typed by the user and not answered: their rosters are printed
-        self._who_auto = 0  # /who sent by the app itself: their rosters only refresh the list
+        self._roster_due = False  # (re)connected: the user list needs a fresh roster
+        self._auto_rosters: deque[str] = deque()  # rooms of the /who the app sent itself, oldest first
         self._older_since: float | None = None  # when older lines were asked for, while unanswered
-        self._at_beginning = False
+        self._at_beginning: set[str] = set()  # rooms whose oldest line is on screen
 
     # ------------------------------------------------------------------ layout
 
@@ -220,8 +152,8 @@ class ChatApp(App[int]):
             yield UserList(colour=self.colour, id="users")
         yield Static(id="status")
         with Horizontal(id="bottom"):
-            yield Static(NAME_PROMPT, id="prompt")
-            yield ChatInput(id="input")
+            yield Static(">", id="prompt")  # until the core asks for a name or says which one we have
+            yield ChatInput(placeholder=CHAT_PLACEHOLDER, id="input")
 
     @property
     def log_pane(self) -> ChatLog:
@@ -237,9 +169,7 @@ class ChatApp(App[int]):
 
     def on_mount(self) -> None:
         self.input_line.names = self._completion_names
-        self.query_one("#title", Static).update(
-            Text(f" {self.room} — LAN chat — /help for commands, Ctrl-C to leave", no_wrap=True, overflow="ellipsis")
-        )
+        self.input_line.rooms = lambda: list(self.rooms)
         self._refresh_status()
         if self.handle_signals:
             loop = asyncio.get_running_loop()
@@ -296,26 +226,30 @@ class ChatApp(App[int]):
             return  # shutting down: the widgets are going away
         log = self.log_pane
         if isinstance(item, ev.Public):
-            log.append(Entry.from_event(item.event))
+            log.append(Entry.from_event(item.event, item.show_room))
             self._follow_roster(item.event)
         elif isinstance(item, ev.Older):
-            self._older_since = None
-            if item.events and item.events[0].seq <= 1:
-                self._at_beginning = True
-            log.prepend(Entry.from_event(e) for e in item.events)
+            self._older(item.events)
         elif isinstance(item, ev.PrivateIn):
             log.append(Entry(PRIVATE, item.private.ts, item.private.name, item.private.text))
         elif isinstance(item, ev.Sent):
             entry = Entry(OWN, self._now_ms(), self.nick, item.text, item.kind, item.to, item.id, pending=True)
+            if item.kind != "pm":
+                entry.room, entry.show_room = self.room, len(self.rooms) > 1
             self._pending[item.id] = entry
             log.append(entry)
         elif isinstance(item, ev.Acked):
-            entry = self._pending.pop(item.id, None)
-            if entry is not None:
+            if item.id in self._pending:
+                entry = self._pending.pop(item.id)
                 entry.ts, entry.pending = item.ts, False
+                entry.name = entry.name or self.nick  # typed before the WELCOME named us
                 log.changed(entry)
         elif isinstance(item, ev.RosterShown):
             self._roster(item.roster)
+        elif isinstance(item, ev.RoomsChanged):
+            self._rooms_changed(item.rooms, item.current)
+        elif isinstance(item, ev.RoomsListed):
+            self._room_list(item.listing)
         elif isinstance(item, ev.Notice):
             self._notice(item.text, item.level)
         elif isinstance(item, ev.AskName):
@@ -326,9 +260,16 @@ class ChatApp(App[int]):
     def _notice(self, text: str, level: str = "info") -> None:
         if self._older_since is not None and text.startswith(_NOTHING_OLDER):
             self._older_since = None
-            self._at_beginning = True
+            self._at_beginning.add(self.room)
         for line in text.splitlines() or [""]:
             self.log_pane.append(Entry(ERROR if level == "error" else NOTICE, self._now_ms(), text=line))
+
+    def _older(self, events: tuple[p.Event, ...]) -> None:
+        self._older_since = None
+        if events and events[0].seq <= 1:
+            self._at_beginning.add(events[0].room)
+        several = len(self.rooms) > 1
+        self.log_pane.prepend(Entry.from_event(e, several) for e in events)
 
     def _ask_name(self, reason: str) -> None:
         self.naming = True
@@ -343,40 +284,58 @@ class ChatApp(App[int]):
         if status.state == "connecting":
             self.naming = False
         if status.state == "connected":
-            self.nick = status.name
-            self.users.own = status.name
-            self.users.add(status.name)
+            self.nick = self.users.own = status.name
             self.input_line.placeholder = CHAT_PLACEHOLDER
             self._set_prompt(f"[{safe(status.name)}]")
+            self._roster_due = True  # asked for when the core says which rooms we are in (next item)
             if not self._joined_once:
                 self._joined_once = True
-                self._notice(f"joined {self.room} as {safe(status.name)}; type /help for commands")
-            # The core reports rosters only when asked: ask, and keep the list up to date from events.
-            self._who_auto += 1
-            self._submit("/who")
+                self._notice(f"joined as {safe(status.name)}; type /help for commands")
+        self._refresh_status()
+
+    def _rooms_changed(self, rooms: tuple[str, ...], current: str) -> None:
+        self.rooms, self.room = rooms, current
+        if current != self.users.room or self._roster_due:
+            # The core reports rosters only when asked: ask, then keep the list up to date from events.
+            self._roster_due = False
+            self.users.show_room(current)
+            if current:
+                self._auto_rosters.append(p.room_key(current))
+                self._submit(f"/who {current}")
         self._refresh_status()
 
     def _roster(self, roster: p.Roster) -> None:
-        self.users.replace(roster.names)
-        self._roster_known = True
-        if self._who_asked:
-            self._who_asked -= 1
-        elif self._who_auto:
-            self._who_auto -= 1
+        room = p.room_key(roster.room)
+        if room and room == p.room_key(self.users.room):
+            self.users.set_names(roster.names)
+        if room and self._auto_rosters and self._auto_rosters[0] == room:
+            self._auto_rosters.popleft()  # asked for by the app: the list is all it is for
             return
         where = f" in {safe(roster.room)}" if roster.room else ""
         names = ", ".join(safe(n) for n in roster.names)
         self._notice(f"online{where} ({len(roster.names)}): {names}")
 
     def _follow_roster(self, event: p.Event) -> None:
-        if not self._roster_known:
+        """Joins and leaves in the listed room, once its roster is known (before, they are history)."""
+        if not self.users.known or p.room_key(event.room) != p.room_key(self.users.room):
             return
-        if event.kind == p.KIND_JOIN:
-            self.users.add(event.name)
-        elif event.kind == p.KIND_LEAVE:
-            self.users.remove(event.name)
+        if event.kind in (p.KIND_JOIN, p.KIND_ENTER):
+            self.users.add_name(event.name)
+        elif event.kind in (p.KIND_LEAVE, p.KIND_PART):
+            self.users.remove_name(event.name)
+
+    def _room_list(self, listing: p.RoomList) -> None:
+        rooms = []
+        for entry in listing.rooms:
+            about = f" - {safe(str(entry.get('topic')))}" if entry.get("topic") else ""
+            rooms.append(f"{safe(str(entry.get('room')))} ({entry.get('members')}){about}")
+        self._notice(f"rooms ({len(rooms)}): {', '.join(rooms)}")
 
     def _refresh_status(self) -> None:
+        title = f" {safe(self.room)} — LAN chat" if self.room else " LAN chat"
+        self.query_one("#title", Static).update(
+            Text(f"{title} — /help for commands, Ctrl-C to leave", no_wrap=True, overflow="ellipsis")
+        )
         states = {"connected": "green", "reconnecting": "yellow", "leaving": "yellow"}
         colour = states.get(self.state, "") if self.colour else ""
         text = Text(no_wrap=True, overflow="ellipsis")
@@ -385,8 +344,12 @@ class ChatApp(App[int]):
         text.append(self.state + ("…" if self.state in ("connecting", "reconnecting", "leaving") else ""), colour)
         text.append(" │ ", style="dim")
         text.append("encrypted (CURVE)" if self.encrypted else "not encrypted")
-        text.append(" │ ", style="dim")
-        text.append(self.room, style="bold")
+        if self.room:
+            text.append(" │ ", style="dim")
+            text.append(safe(self.room), style="bold")
+            others = [safe(r) for r in self.rooms if r != self.room]
+            if others:
+                text.append(f" (also {' '.join(others)})", style="dim")
         if self.nick:
             text.append(" │ ", style="dim")
             text.append(safe(self.nick), name_style(self.nick, self.colour))
@@ -406,20 +369,25 @@ class ChatApp(App[int]):
             self._submit(line)
             return
         field.recall.add(line)
-        word = line.strip().split(" ", 1)[0].lower()
-        if word in ("/who", "/whosonline"):
-            self._who_asked += 1
-        elif word in ("/quit", "/exit"):
+        if line.strip().split(" ", 1)[0].lower() in ("/quit", "/exit"):
             self._start_leaving()
         self._submit(line)
 
-    def _submit(self, line: str) -> None:
-        if self.conn is not None and self.connection_running:
-            self.conn.submit(line)
+    def _submit(self, line: str | None) -> None:
+        """Hand a line (None: end of input) to the connection, unless it has already finished."""
+        if self.conn is None or not self.connection_running:
+            return
+        try:
+            if line is None:
+                self.conn.submit_eof()
+            else:
+                self.conn.submit(line)
+        except OSError as exc:
+            # Connection.run() returned (closing its wake-up pipe) just now: this line came too late.
+            self._notice(f"not sent, the connection has closed ({exc.strerror})", "error")
 
     def _submit_eof(self) -> None:
-        if self.conn is not None and self.connection_running:
-            self.conn.submit_eof()
+        self._submit(None)
 
     def action_leave(self) -> None:
         """Ctrl-C, SIGTERM: leave the chat cleanly; a second time, close at once."""
@@ -430,7 +398,7 @@ class ChatApp(App[int]):
         self._notice("leaving… (Ctrl-C again to close at once)")
         self._submit_eof()
 
-    def action_quit(self) -> None:  # Textual's own quit: leave cleanly too
+    async def action_quit(self) -> None:  # Textual's own quit (Ctrl-Q): leave cleanly too
         self.action_leave()
 
     def _start_leaving(self) -> None:
@@ -451,7 +419,7 @@ class ChatApp(App[int]):
     def _ask_older(self) -> None:
         """Scrolling past the top: the core fetches older lines (an ``Older`` item) or says there are none."""
         now = self.clock()
-        if self._at_beginning or self.state != "connected" or self.naming:
+        if self.room in self._at_beginning or self.state != "connected" or self.naming:
             return
         if self._older_since is not None and now - self._older_since < OLDER_TIMEOUT:
             return

@@ -1,0 +1,482 @@
+"""The full-screen client (``chat.ui.tui``): pure editing rules, then Textual's Pilot against a real broker.
+
+Each Pilot test starts ``broker.py`` on 127.0.0.1 (OS-chosen ports) and drives a ``ChatApp`` in this
+process, its ``Connection`` in a thread as in ``client.py``; other people are plain ``client.py``
+processes. Nothing sleeps to synchronise: ``until`` polls a condition (between ``pilot.pause`` calls)
+with a deadline, and a failure shows the screen and every process's output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from datetime import timezone
+from typing import Any, Callable, Coroutine, Iterator
+
+import pytest
+from textual import events
+from textual.app import App, ComposeResult
+from textual.pilot import Pilot
+
+from chat import protocol as p
+from chat.client import events as ev
+from chat.client.core import ClientCore
+from chat.client.net import Connection
+from chat.ui.chatlog import ChatLog, Entry, render_text, safe
+from chat.ui.editing import COMMANDS, Completer, InputHistory
+from chat.ui.tui import ChatApp
+from conftest import HOST, STOP_TIMEOUT, TS, Broker, Processes, left, private, said
+
+WAIT = 10.0  # seconds for anything to show up on the screen
+SIZE = (80, 24)
+TIME = r"\d\d:\d\d"
+
+
+# --------------------------------------------------------------------------- pure: recall and completion
+
+
+def test_up_and_down_recall_what_was_typed_and_keep_the_draft() -> None:
+    recall = InputHistory()
+    for line in ("first", "second", "second", "  "):
+        recall.add(line)
+    assert recall.lines == ["first", "second"]  # no repeats, no blanks
+    assert recall.previous("a draft") == "second"
+    assert recall.previous("second") == "first"
+    assert recall.previous("first") is None  # the oldest: stays
+    assert recall.following() == "second"
+    assert recall.following() == "a draft"  # back to what was being typed
+    assert recall.following() is None
+
+
+def test_recall_keeps_a_bounded_number_of_lines() -> None:
+    recall = InputHistory(limit=3)
+    for n in range(10):
+        recall.add(f"line {n}")
+    assert recall.lines == ["line 7", "line 8", "line 9"]
+
+
+def test_tab_completes_commands_at_the_start_and_cycles() -> None:
+    completer = Completer()
+    done = completer.complete("/wh", 3, [])
+    assert done is not None and (done.value, done.cursor) == ("/who ", 5)
+    again = completer.complete(done.value, done.cursor, [])
+    assert again is not None and again.value == "/whosonline "
+    back = completer.complete(again.value, again.cursor, [])
+    assert back is not None and back.value == "/who "
+    assert completer.complete("/nosuch", 7, []) is None
+
+
+def test_tab_completes_rooms_after_a_hash() -> None:
+    done = Completer().complete("/join #d", 8, ["dave"], ["#general", "#dev", "#Design"])
+    assert done is not None and done.value == "/join #Design "
+    done = Completer().complete("see #g", 6, [], ["#general"])
+    assert done is not None and done.value == "see #general "
+
+
+def test_tab_completes_names_case_insensitively_addressing_at_line_start() -> None:
+    completer = Completer()
+    names = ["Bob", "bea", "carol"]
+    done = completer.complete("b", 1, names)
+    assert done is not None and (done.value, done.cursor) == ("bea: ", 5)
+    done = completer.complete(done.value, done.cursor, names)
+    assert done is not None and done.value == "Bob: "
+    # Inside a line: a space, and the text after the cursor is kept.
+    done = Completer().complete("hi C and bea", 4, names)
+    assert done is not None and (done.value, done.cursor) == ("hi carol and bea", 8)
+    done = Completer().complete("/pm ca", 6, names)
+    assert done is not None and done.value == "/pm carol "
+    assert Completer().complete("hi x", 4, names) is None
+
+
+def test_every_completed_command_is_one_the_core_knows() -> None:
+    core = ClientCore("alice", interactive=True)
+    core.start(0.0)
+    welcome = p.Welcome("alice", 5556, {p.DEFAULT_ROOM: 5}, 1000, 5000, "h")
+    core.on_direct(p.encode(welcome), 0.0)
+    assert core.state == "joined"
+    for command in COMMANDS:
+        if command in ("/quit", "/exit"):
+            continue
+        shown = core.on_input(f"{command} bob hello", 0.0)
+        unknown = [a for a in shown if isinstance(a, ev.Notice) and "unknown command" in a.text]
+        assert unknown == [], command
+
+
+def test_names_and_texts_are_shown_as_text_never_as_markup_or_escapes() -> None:
+    entry = Entry("msg", 0, name="[bold]mallory", text="\x1b[2J[red]hi[/red] \ud800")
+    _, body = render_text(entry, None, colour=True)
+    assert body.plain == "<[bold]mallory> ^[[2J[red]hi[/red] \ufffd"
+    assert safe("a\x07b\u202e") == "a^Gb\ufffd"
+    time_column, pending = render_text(Entry("own", 0, name="me", text="x", pending=True), None, colour=False)
+    assert time_column.plain.startswith("--:--")
+
+
+def test_the_pane_follows_the_newest_line_keeps_the_readers_place_and_stays_bounded() -> None:
+    class Pane(App[None]):
+        def compose(self) -> ComposeResult:
+            yield ChatLog(tz=timezone.utc, limit=30, slack=10)
+
+    def line(n: int) -> Entry:
+        return Entry("msg", 1_764_190_000_000 + n * 1000, "bob", f"line {n}")
+
+    async def scenario() -> None:
+        app = Pane()
+        async with app.run_test(size=(60, 12)) as pilot:
+            log = app.query_one(ChatLog)
+            for n in range(20):
+                log.append(line(n))
+            await pilot.pause()
+            assert log.is_vertical_scroll_end and log.render_line(log.size.height - 1).text.rstrip().endswith("line 19")
+            log.scroll_to(y=5, animate=False, immediate=True)
+            await pilot.pause()
+            seen = log.render_line(0).text
+            log.append(line(20))  # new at the bottom, while the reader is up there
+            log.prepend([line(-2), line(-1)])  # older at the top
+            await pilot.pause()
+            assert log.render_line(0).text == seen and not log.is_vertical_scroll_end
+            for n in range(21, 60):
+                log.append(line(n))
+            await pilot.pause()
+            assert 30 <= len(log.entries) <= 40 and log.entries[-1].text == "line 59"
+            log.scroll_end(animate=False, immediate=True)
+            await pilot.pause()
+            log.append(line(60))
+            await pilot.pause()
+            assert log.is_vertical_scroll_end
+
+    run(scenario)
+
+
+# --------------------------------------------------------------------------- Pilot helpers
+
+
+@pytest.fixture
+def apps() -> Iterator[list[ChatApp]]:
+    """Every app made by a test; their connection threads are joined afterwards.
+
+    A closing app ends its connection itself (it submits end of input), so this only waits.
+    """
+    made: list[ChatApp] = []
+    yield made
+    for app in made:
+        if app.thread is not None:
+            app.thread.join(STOP_TIMEOUT)
+            assert not app.thread.is_alive(), "the connection thread did not end"
+
+
+def chat_app(apps: list[ChatApp], broker: Broker, name: str | None, history: int = 0) -> ChatApp:
+    core = ClientCore(name, interactive=True, history_lines=history)
+    app = ChatApp(lambda show: Connection(core, HOST, broker.port, show), address=f"{HOST}:{broker.port}")
+    apps.append(app)
+    return app
+
+
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(scenario())
+
+
+def screen_text(app: ChatApp) -> str:
+    """What the app shows, as text: for failure messages."""
+    try:
+        strips = app.screen._compositor.render_strips()  # no public text export; good enough to debug
+    except AttributeError as exc:  # a private API: only a failure message depends on it
+        return f"(screen unavailable: {exc!r})"
+    return "\n".join(strip.text.rstrip() for strip in strips)
+
+
+async def until(
+    pilot: Pilot[int], what: str, condition: Callable[[], bool], procs: Processes | None = None, timeout: float = WAIT
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            app = pilot.app
+            assert isinstance(app, ChatApp)
+            extra = procs.describe() if procs is not None else ""
+            pytest.fail(f"waited {timeout:g} s for {what}\n--- screen:\n{screen_text(app)}\n{extra}")
+        await pilot.pause(0.02)
+
+
+def lines(app: ChatApp) -> list[str]:
+    return app.log_pane.text_lines()
+
+
+def matching(app: ChatApp, pattern: str) -> list[str]:
+    regex = re.compile(pattern)
+    return [line for line in lines(app) if regex.search(line)]
+
+
+def shown(app: ChatApp, pattern: str) -> Callable[[], bool]:
+    return lambda: bool(matching(app, pattern))
+
+
+async def joined(pilot: Pilot[int], app: ChatApp, procs: Processes) -> None:
+    await until(pilot, "the WELCOME and the first roster", lambda: app.state == "connected" and app.users.known, procs)
+
+
+async def paste(pilot: Pilot[int], text: str) -> None:
+    """Text into the focused input as a terminal pastes it: quicker than one key press per character."""
+    assert pilot.app.focused is not None
+    pilot.app.focused.post_message(events.Paste(text))
+    await pilot.pause()
+
+
+async def type_line(pilot: Pilot[int], text: str) -> None:
+    await paste(pilot, text)
+    await pilot.press("enter")
+
+
+# --------------------------------------------------------------------------- Pilot against a broker
+
+
+@pytest.mark.timeout(30)
+def test_typing_while_messages_arrive_keeps_the_input_intact(
+    procs: Processes, broker: Broker, apps: list[ChatApp]
+) -> None:
+    bob = procs.join("bob", broker)
+    app = chat_app(apps, broker, "alice")
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await joined(pilot, app, procs)
+            assert app.focused is app.input_line  # focused from the start
+            typed = "half a thought"
+            for n, key in enumerate(typed):
+                bob.send(f"line {n}")
+                if n == len(typed) - 1:  # the last key only once traffic is on screen mid-sentence
+                    await until(pilot, "bob's first lines", shown(app, r"<bob> line 0$"), procs)
+                    assert app.input_line.value == typed[:-1]
+                await pilot.press(key)
+            await until(pilot, "all of bob's lines", shown(app, rf"<bob> line {len(typed) - 1}$"), procs)
+            field = app.input_line
+            assert (field.value, field.cursor_position) == (typed, len(typed))
+            assert app.focused is field
+            await pilot.press("enter")
+            assert field.value == ""
+            bob.expect(said("alice", typed))
+            await until(pilot, "the acknowledgement", lambda: not app._pending, procs)
+            own = matching(app, rf"<alice> {typed}$")
+            assert len(own) == 1 and re.match(rf"^{TIME} ", own[0]), own  # once, with the broker's time
+
+    run(scenario)
+
+
+@pytest.mark.timeout(30)
+def test_user_list_follows_joins_and_leaves(procs: Processes, broker: Broker, apps: list[ChatApp]) -> None:
+    app = chat_app(apps, broker, "alice")
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await joined(pilot, app, procs)
+            assert app.users.sorted() == ["alice"]
+            bob = procs.join("bob", broker)
+            await until(pilot, "bob in the list", lambda: app.users.sorted() == ["alice", "bob"], procs)
+            carol = procs.join("carol", broker)
+            await until(pilot, "carol in the list", lambda: app.users.sorted() == ["alice", "bob", "carol"], procs)
+            bob.close_stdin()  # bob leaves
+            await until(pilot, "bob gone from the list", lambda: app.users.sorted() == ["alice", "carol"], procs)
+            assert matching(app, r"<-- bob has left the chat$")
+            assert matching(app, r"--> carol has joined the chat$")
+            assert matching(app, r"online \(") == []  # the app's own /who refreshes the list silently
+            await type_line(pilot, "/who")  # one the user asks for is printed
+            await until(pilot, "the roster line", shown(app, r"-!- online \(2\): alice, carol$"), procs)
+            carol.close_stdin()
+            await until(pilot, "carol gone", lambda: app.users.sorted() == ["alice"], procs)
+
+    run(scenario)
+
+
+@pytest.mark.timeout(30)
+def test_history_recall_and_tab_completion(procs: Processes, broker: Broker, apps: list[ChatApp]) -> None:
+    procs.join("bob", broker)
+    procs.join("Bea", broker)
+    app = chat_app(apps, broker, "alice")
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await joined(pilot, app, procs)
+            field = app.input_line
+            await type_line(pilot, "first")
+            await type_line(pilot, "second")
+            await paste(pilot, "a dra")
+            await pilot.press("up")
+            assert field.value == "second"
+            await pilot.press("up", "up")
+            assert field.value == "first"
+            await pilot.press("down", "down")
+            assert field.value == "a dra"  # the draft is back
+            await pilot.press("ctrl+u")
+            await paste(pilot, "/wh")
+            await pilot.press("tab")
+            assert field.value == "/who "
+            await pilot.press("tab")
+            assert field.value == "/whosonline "
+            await pilot.press("ctrl+u", "b", "tab")  # typed: a key press
+            assert field.value == "Bea: "
+            await pilot.press("tab")
+            assert field.value == "bob: "
+            await type_line(pilot, "hello")
+            await until(pilot, "the line sent", shown(app, rf"^{TIME} <alice> bob: hello$"), procs)
+            await paste(pilot, "/pm b")
+            await pilot.press("tab")
+            await type_line(pilot, "psst")
+            await until(pilot, "the private line sent", shown(app, rf"^{TIME} \[private → Bea\] <alice> psst$"), procs)
+            assert app.focused is field
+
+    run(scenario)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("how", ["/quit", "ctrl+c"])
+def test_quit_and_ctrl_c_leave_cleanly(procs: Processes, broker: Broker, apps: list[ChatApp], how: str) -> None:
+    bob = procs.join("bob", broker)
+    app = chat_app(apps, broker, "alice")
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await joined(pilot, app, procs)
+            await type_line(pilot, "last words")  # delivered before leaving
+            if how == "ctrl+c":
+                await pilot.press("ctrl+c")
+            else:
+                await type_line(pilot, how)
+            await until(pilot, "the app to exit", lambda: app.return_code is not None, procs)
+
+    run(scenario)
+    assert app.return_code == ev.EXIT_OK and app.exit_reason == ""
+    bob.expect(said("alice", "last words"))
+    bob.expect(left("alice"))  # a clean leave, not a time-out
+
+
+@pytest.mark.timeout(30)
+def test_private_messages_are_marked_and_foreign_text_is_neutralised(
+    procs: Processes, broker: Broker, apps: list[ChatApp]
+) -> None:
+    bob = procs.join("bob", broker)
+    app = chat_app(apps, broker, "alice")
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await joined(pilot, app, procs)
+            bob.send("/pm alice [bold]psst[/bold] \x1b[2J")
+            await until(pilot, "bob's private line", shown(app, r"\[private\] <bob> \[bold\]psst\[/bold\] \^\[\[2J$"), procs)
+            await type_line(pilot, "/pm bob back at you")
+            bob.expect(private("alice", "back at you"))
+            await until(pilot, "the acknowledgement", lambda: not app._pending, procs)
+            assert matching(app, rf"^{TIME} \[private → bob\] <alice> back at you$")
+
+    run(scenario)
+
+
+@pytest.mark.timeout(30)
+def test_scrolling_past_the_top_loads_older_lines(procs: Processes, broker: Broker, apps: list[ChatApp]) -> None:
+    bob = procs.join("bob", broker)
+    carol = procs.join("carol", broker)
+    # Fifteen each: within the broker's burst allowance, so that nobody is slowed down.
+    for n in range(1, 16):
+        bob.send(f"old {n}")
+    carol.expect(said("bob", "old 15"))
+    for n in range(16, 31):
+        carol.send(f"old {n}")
+    bob.expect(said("carol", "old 30"))
+    app = chat_app(apps, broker, "alice", history=5)
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await joined(pilot, app, procs)
+            await until(pilot, "the recent lines", shown(app, r"<carol> old 30$"), procs)
+            assert matching(app, r"<carol> old 25$") == []
+            log = app.log_pane
+            deadline = time.monotonic() + WAIT
+            while not matching(app, r"<bob> old 1$"):  # each PgUp scrolls a page, or loads more at the top
+                assert time.monotonic() < deadline, screen_text(app)
+                await pilot.press("pageup")
+                await pilot.pause(0.02)
+            olds = [int(m.group(1)) for line in lines(app) if (m := re.search(r"<\w+> old (\d+)$", line))]
+            assert olds == list(range(1, 31))  # everything once, in order
+            await pilot.press("pageup", "pageup")
+            await until(pilot, "the beginning", lambda: "#general" in app._at_beginning, procs)
+            await pilot.press("pageup")
+            assert len(matching(app, r"nothing older")) <= 1
+            while not log.is_vertical_scroll_end:
+                assert time.monotonic() < deadline, screen_text(app)
+                await pilot.press("pagedown")
+            bob.send("new line")
+            await until(pilot, "the new line", shown(app, r"<bob> new line$"), procs)
+            await pilot.pause()
+            assert log.is_vertical_scroll_end  # at the bottom, new lines stay in view
+
+    run(scenario)
+
+
+@pytest.mark.timeout(30)
+def test_asks_for_a_name_until_one_is_free(procs: Processes, broker: Broker, apps: list[ChatApp]) -> None:
+    procs.join("bob", broker)
+    app = chat_app(apps, broker, None)
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, "the name prompt", lambda: app.naming, procs)
+            assert "name" in str(app.input_line.placeholder)
+            await type_line(pilot, "BOB")
+            await until(pilot, "the refusal", lambda: app.naming and len(matching(app, r"-!- ")) >= 2, procs)
+            assert matching(app, r"taken")
+            await type_line(pilot, "alice")
+            await joined(pilot, app, procs)
+            assert app.nick == "alice" and app.users.sorted() == ["alice", "bob"]
+
+    run(scenario)
+
+
+@pytest.mark.timeout(30)
+def test_resizing_rewraps_without_losing_lines(procs: Processes, broker: Broker, apps: list[ChatApp]) -> None:
+    bob = procs.join("bob", broker)
+    app = chat_app(apps, broker, "alice")
+    long = "a long line " * 12
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await joined(pilot, app, procs)
+            bob.send(long.strip())
+            await until(pilot, "the long line", shown(app, r"<bob> a long line"), procs)
+            wide = len(lines(app))
+            await pilot.resize_terminal(50, 16)
+            await until(pilot, "the re-wrap", lambda: len(lines(app)) > wide, procs)
+            assert all(len(line) <= 50 for line in lines(app))
+            await pilot.resize_terminal(*SIZE)
+            await until(pilot, "the wide layout back", lambda: len(lines(app)) == wide, procs)
+            assert app.focused is app.input_line and app.log_pane.is_vertical_scroll_end
+
+    run(scenario)
+
+
+@pytest.mark.timeout(30)
+def test_rooms_the_list_shows_the_room_typed_into(procs: Processes, broker: Broker, apps: list[ChatApp]) -> None:
+    bob = procs.join("bob", broker)
+    app = chat_app(apps, broker, "alice")
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await joined(pilot, app, procs)
+            assert (app.room, app.users.sorted()) == ("#general", ["alice", "bob"])
+            await type_line(pilot, "/join #dev")
+            await until(pilot, "#dev and its roster", lambda: app.users.room == "#dev" and app.users.known, procs)
+            assert app.users.sorted() == ["alice"] and app.rooms == ("#general", "#dev")
+            bob.send("/join #dev")
+            await until(pilot, "bob in #dev", lambda: app.users.sorted() == ["alice", "bob"], procs)
+            assert matching(app, r"--> bob has joined #dev$")
+            await type_line(pilot, "in dev")
+            bob.expect(rf"^{TS} #dev alice: in dev$")  # bob is in two rooms too
+            await until(pilot, "the line, named by its room", shown(app, rf"^{TIME} #dev <alice> in dev$"), procs)
+            await paste(pilot, "/switch #g")
+            await pilot.press("tab")
+            assert app.input_line.value == "/switch #general "
+            await pilot.press("enter")
+            await until(pilot, "the #general list", lambda: app.users.room == "#general" and app.users.known, procs)
+            assert app.users.sorted() == ["alice", "bob"]
+            bob.send("/leave #general")
+            await until(pilot, "bob gone from #general", lambda: app.users.sorted() == ["alice"], procs)
+            assert matching(app, r"online \(") == []  # the app's own /who never prints
+
+    run(scenario)
