@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -94,18 +95,25 @@ class Connection:
         self.rooms: set[str] = set()
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
+        self._lock = threading.RLock()  # re-entrant: a signal handler on the loop thread may submit
+        self._closed = False
         self.poller.register(self._wake_r, zmq.POLLIN)
         self.exit: ev.Exit | None = None
 
     # ------------------------------------------------------------------ for front ends (any thread)
 
     def submit(self, line: str) -> None:
-        self._inbox.put(line)
-        os.write(self._wake_w, b".")
+        self._submit(line)
 
     def submit_eof(self) -> None:
-        self._inbox.put(_EOF)
-        os.write(self._wake_w, b".")
+        self._submit(_EOF)
+
+    def _submit(self, item: object) -> None:
+        with self._lock:  # never write to the wake pipe once close() has closed it (its fd may be reused)
+            if self._closed:
+                return
+            self._inbox.put(item)
+            os.write(self._wake_w, b".")
 
     # ------------------------------------------------------------------ the loop
 
@@ -247,5 +255,8 @@ class Connection:
         if self.sub is not None:
             self.sub.close(linger=0)
             self.sub = None
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._wake_r)
+                os.close(self._wake_w)
