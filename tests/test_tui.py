@@ -198,6 +198,10 @@ async def until(
         await pilot.pause(0.02)
 
 
+def status_text(app: ChatApp) -> str:
+    return str(app.query_one("#status").render())
+
+
 def lines(app: ChatApp) -> list[str]:
     return app.log_pane.text_lines()
 
@@ -475,6 +479,14 @@ def test_rooms_the_list_shows_the_room_typed_into(procs: Processes, broker: Brok
             await pilot.press("enter")
             await until(pilot, "the #general list", lambda: app.users.room == "#general" and app.users.known, procs)
             assert app.users.sorted() == ["alice", "bob"]
+            bob.send("/switch #dev")
+            bob.send("two unread")
+            bob.send("lines in dev")
+            await until(pilot, "unread counts for #dev", lambda: "#dev[2]" in status_text(app), procs)
+            assert app.unread == {"#dev": 2}
+            await type_line(pilot, "/switch #dev")
+            await until(pilot, "read once switched", lambda: app.room == "#dev" and "[2]" not in status_text(app), procs)
+            await type_line(pilot, "/switch #general")
             bob.send("/leave #general")
             await until(pilot, "bob gone from #general", lambda: app.users.sorted() == ["alice"], procs)
             assert matching(app, r"online \(") == []  # the app's own /who never prints

@@ -128,6 +128,7 @@ class ChatApp(App[int]):
         self.nick = ""
         self.room = ""  # the room we type into, once the core has said
         self.rooms: tuple[str, ...] = ()
+        self.unread: dict[str, int] = {}  # lines in our other rooms since we last typed there
         self.state = "starting"
         self.naming = False
         self.leaving = False
@@ -228,6 +229,9 @@ class ChatApp(App[int]):
         if isinstance(item, ev.Public):
             log.append(Entry.from_event(item.event, item.show_room))
             self._follow_roster(item.event)
+            if item.event.room != self.room and item.event.kind in (p.KIND_MSG, p.KIND_ACTION):
+                self.unread[item.event.room] = self.unread.get(item.event.room, 0) + 1
+                self._refresh_status()
         elif isinstance(item, ev.Older):
             self._older(item.events)
         elif isinstance(item, ev.PrivateIn):
@@ -295,6 +299,7 @@ class ChatApp(App[int]):
 
     def _rooms_changed(self, rooms: tuple[str, ...], current: str) -> None:
         self.rooms, self.room = rooms, current
+        self.unread = {r: n for r, n in self.unread.items() if r in rooms and r != current}
         if current != self.users.room or self._roster_due:
             # The core reports rosters only when asked: ask, then keep the list up to date from events.
             self._roster_due = False
@@ -349,7 +354,13 @@ class ChatApp(App[int]):
             text.append(safe(self.room), style="bold")
             others = [safe(r) for r in self.rooms if r != self.room]
             if others:
-                text.append(f" (also {' '.join(others)})", style="dim")
+                text.append(" (also", style="dim")
+                for room in others:
+                    count = self.unread.get(room, 0)
+                    text.append(f" {room}", style="dim")
+                    if count:  # unread lines: not dim, so that they catch the eye
+                        text.append(f"[{count}]", style="bold")
+                text.append(")", style="dim")
         if self.nick:
             text.append(" │ ", style="dim")
             text.append(safe(self.nick), name_style(self.nick, self.colour))
