@@ -519,3 +519,15 @@ def test_history_lines_never_asks_before_the_first_event(last: int, expected: li
     core = ClientCore("alice", interactive=False, history_lines=20)
     core.start(0.0)
     assert sent(direct(core, msgspec.structs.replace(WELCOME, rooms={GENERAL: last}), T_JOINED)) == expected
+
+
+def test_a_refused_handshake_ends_the_client_with_its_reason_not_as_unreachable() -> None:
+    """Seen under load: fewer than HANDSHAKE_FAILURES unclear failures before the connect timeout
+    used to end in "could not reach the broker" (exit 1) instead of the handshake's reason (exit 3)."""
+    core = ClientCore("eve", interactive=False)
+    core.start(0.0)
+    assert core.on_handshake_failed("wrong key, probably", False, 0.5) == []  # not certain yet
+    assert core.tick(client_core.CONNECT_TIMEOUT + 0.1) == [ev.Exit(ev.EXIT_REFUSED, "wrong key, probably")]
+    certain = ClientCore("eve", interactive=False)
+    certain.start(0.0)
+    assert certain.on_handshake_failed("not admitted", True, 0.1) == [ev.Exit(ev.EXIT_REFUSED, "not admitted")]

@@ -93,6 +93,7 @@ class ClientCore:
         self._quit_deadline = 0.0
         self._slowed_at = -RESEND_AFTER  # when we last told the user to slow down
         self._handshake_failures = 0
+        self._handshake_problem = ""  # the last failed handshake's reason, until the broker answers
         self._id_prefix = secrets.token_hex(4)
         self._counter = 0
         self._deadline = 0.0  # meaning depends on the state: give up, retry, or quit
@@ -135,6 +136,7 @@ class ClientCore:
             return [ev.Notice(f"ignored a malformed message from the broker ({exc})", "error")]
         self._last_heard = now
         self._handshake_failures = 0
+        self._handshake_problem = ""
         if isinstance(message, p.Welcome):
             return self._welcome(message, now)
         if isinstance(message, p.Error):
@@ -177,6 +179,7 @@ class ClientCore:
         if self.state == "closing":
             return []
         self._handshake_failures = self._handshake_failures + 1
+        self._handshake_problem = reason
         if certain or self._handshake_failures >= HANDSHAKE_FAILURES:
             return [ev.Exit(ev.EXIT_REFUSED, reason)]
         return []
@@ -187,6 +190,8 @@ class ClientCore:
             unsent = self._pending()
             return [ev.Exit(ev.EXIT_UNREACHABLE, f"leaving with {unsent} line(s) not delivered")]
         if self.state == "joining" and now >= self._deadline:
+            if self._handshake_problem:  # refused, if less clearly than HANDSHAKE_FAILURES times
+                return [ev.Exit(ev.EXIT_REFUSED, self._handshake_problem)]
             return [ev.Exit(ev.EXIT_UNREACHABLE, f"could not reach the broker within {CONNECT_TIMEOUT:g} s")]
         if self.state == "closing" and now >= self._deadline:
             return [ev.Exit(ev.EXIT_OK)]
