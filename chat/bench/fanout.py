@@ -22,7 +22,7 @@ import zmq
 
 from chat.bench import wire
 from chat.bench.load import DRAIN_BATCH, POLL_MS, SYNC_TIMEOUT, WARM_EVERY, Control, LoadError, Peer, Sockets, cpu_seconds
-from chat.bench.procs import Relay, Worker, cpu_seconds as pid_cpu_seconds, memory_kib
+from chat.bench.procs import Relay, Worker, cpu_seconds as pid_cpu_seconds, main_thread_cpu_seconds, memory_kib
 from chat.bench.receivers import receivers as receivers_body
 from chat.bench.targets import Target, start
 from chat.bench.wire import EVENTS, POLLIN
@@ -217,11 +217,12 @@ def run_fanout(target: Target, receivers: int, lines: int, opts: Any, tmp: Path)
         rx.expect("counting", SYNC_TIMEOUT, relay)
 
         rss0 = memory_kib(pid)
-        cpu0 = pid_cpu_seconds(pid)
+        cpu0, main0 = pid_cpu_seconds(pid), main_thread_cpu_seconds(pid)
         tx.send("go")
         sent = tx.expect("done", opts.run_timeout + SYNC_TIMEOUT, relay)
         got = rx.expect("done", opts.run_timeout + 4 * SYNC_TIMEOUT, relay)
         cpu = pid_cpu_seconds(pid) - cpu0
+        main_cpu = main_thread_cpu_seconds(pid) - main0
         rss, peak = memory_kib(pid), memory_kib(pid, "VmHWM")
 
     input_s = max(sent["accepted_at"] - sent["started"], 1e-9)
@@ -239,6 +240,7 @@ def run_fanout(target: Target, receivers: int, lines: int, opts: Any, tmp: Path)
         "deliveries_per_s": got["received"] / fan_s,
         "fanout_seconds": fan_s,
         "cpu_us_per_line": cpu / lines * 1e6,
+        "main_thread_us_per_line": main_cpu / lines * 1e6,
         "cpu_seconds": cpu,
         "rss_kib_start": rss0,
         "rss_kib_end": rss,

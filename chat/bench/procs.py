@@ -52,6 +52,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def main_thread_cpu_seconds(pid: int) -> float:
+    """CPU time of a process's main thread alone: for the broker, the Python work (libzmq's I/O
+    threads, which write each event to every subscriber, are left out). 0.0 without schedstat."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (FileNotFoundError, ValueError, IndexError):
+        return 0.0
+
+
 def memory_kib(pid: int, key: str = "VmRSS") -> int:
     """A line of /proc/PID/status in KiB: VmRSS (resident now) or VmHWM (resident at most)."""
     with open(f"/proc/{pid}/status") as f:

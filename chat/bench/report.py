@@ -46,7 +46,7 @@ def fanout_table(rows: list[Row]) -> str:
     out = []
     for r in rows:
         if _failed(r):
-            out.append([r["target"], str(r["receivers"]), "FAILED: " + r["failure"].splitlines()[0][:70]] + [""] * 7)
+            out.append([r["target"], str(r["receivers"]), "FAILED: " + r["failure"].splitlines()[0][:70]] + [""] * 8)
             continue
         floor = floors.get(r["receivers"])
         vs_floor = _ratio(r["input_lines_per_s"], floor["input_lines_per_s"]) if floor else None
@@ -58,10 +58,11 @@ def fanout_table(rows: list[Row]) -> str:
         out.append([
             r["target"], str(r["receivers"]), _n(r["lines"]), _n(r["input_lines_per_s"]),
             _n(vs_floor, 2) + "x" if vs_floor else "-", _n(r["deliveries_per_s"]), _n(r["cpu_us_per_line"], 1),
-            _n(growth, 2) + "x" if growth else "-", _n(r["rss_kib_peak"] / 1024, 1), loss,
+            _n(growth, 2) + "x" if growth else "-", _n(r.get("main_thread_us_per_line", 0.0), 1),
+            _n(r["rss_kib_peak"] / 1024, 1), loss,
         ])
     headers = ["target", "recv", "lines", "input lines/s", "vs floor", "deliveries/s", "CPU us/line",
-               f"vs {fewest} recv", "peak RSS MiB", "loss"]
+               f"vs {fewest} recv", "main thread us/line", "peak RSS MiB", "loss"]
     return table(headers, out)
 
 
@@ -127,8 +128,13 @@ def check_targets(results: dict[str, Any]) -> list[Row]:
             name = f"{target}: CPU per input line at {most} receivers <= {CPU_GROWTH:g}x that at {fewest}"
             if lo and hi and most != fewest:
                 growth = _ratio(hi["cpu_us_per_line"], lo["cpu_us_per_line"]) or float("inf")
+                main = _ratio(hi.get("main_thread_us_per_line", 0.0), lo.get("main_thread_us_per_line", 0.0))
+                main_note = (
+                    f"; main (Python) thread alone {hi['main_thread_us_per_line']:.1f} vs "
+                    f"{lo['main_thread_us_per_line']:.1f} = {main:.2f}x" if main else ""
+                )
                 check(name, growth <= CPU_GROWTH,
-                      f"{hi['cpu_us_per_line']:.1f} vs {lo['cpu_us_per_line']:.1f} us/line = {growth:.2f}x")
+                      f"{hi['cpu_us_per_line']:.1f} vs {lo['cpu_us_per_line']:.1f} us/line = {growth:.2f}x{main_note}")
             elif target == "broker+history":
                 check(name, None, "needs two receiver counts" if most == fewest else "not run")
     lat = next((r for r in results.get("latency", []) if r["target"] == "broker" and not _failed(r)), None)
