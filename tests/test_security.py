@@ -38,7 +38,7 @@ def make_keys(tmp_path: Path, name: str) -> Path:
 def secure_broker(procs: Processes, tmp_path: Path, *extra: str) -> tuple[Broker, str]:
     """A --secure broker with its own key folder; returns it and its public key."""
     broker = procs.broker(5.0, "--secure", "--key-dir", str(tmp_path / "broker-keys"), *extra)
-    line = broker.expect(r"^broker: clients join with: .* --server-key '(?P<key>[^']{40})'$")
+    line = broker.expect(r"^broker: clients join with: .* --server-key='?(?P<key>[^' ]{40})'?$")
     return broker, line["key"]
 
 
@@ -142,8 +142,8 @@ def test_secure_hides_text_and_names_on_the_wire(procs: Processes, tmp_path: Pat
         pytest.skip(f"cannot listen on {RELAY_HOST}: {exc}")
     try:
         extra = ("--host", RELAY_HOST)
-        alice_args = (*extra, "--server-key", key, *client_keys(tmp_path, "alice")) if secure else extra
-        bob_args = (*extra, "--server-key", key, *client_keys(tmp_path, "bob")) if secure else extra
+        alice_args = (*extra, f"--server-key={key}", *client_keys(tmp_path, "alice")) if secure else extra
+        bob_args = (*extra, f"--server-key={key}", *client_keys(tmp_path, "bob")) if secure else extra
         alice = procs.join("alicewonder", broker, *alice_args)
         bob = procs.join("bobbuilder", broker, *bob_args)
         alice.send("the eagle lands at midnight")
@@ -182,7 +182,7 @@ def test_a_secure_broker_keeps_its_key_pair(procs: Processes, tmp_path: Path) ->
 def test_a_client_without_the_right_key_is_told_why(procs: Processes, tmp_path: Path, case: str, reason: str) -> None:
     broker, _ = secure_broker(procs, tmp_path)
     other_key = zmq.curve_keypair()[0].decode()
-    args = ("--server-key", other_key, *client_keys(tmp_path, "eve")) if case == "wrong-key" else ()
+    args = (f"--server-key={other_key}", *client_keys(tmp_path, "eve")) if case == "wrong-key" else ()
     started = time.monotonic()
     eve = procs.client("eve", broker.port, *args)
     eve.assert_exit(EXIT_REFUSED, timeout=REFUSAL_TIME)
@@ -193,7 +193,7 @@ def test_a_client_without_the_right_key_is_told_why(procs: Processes, tmp_path: 
 @pytest.mark.timeout(30)
 def test_a_secure_client_of_a_plain_broker_is_told_why(procs: Processes, tmp_path: Path) -> None:
     broker = procs.broker(5.0)
-    eve = procs.client("eve", broker.port, "--server-key", zmq.curve_keypair()[0].decode(), *client_keys(tmp_path, "e"))
+    eve = procs.client("eve", broker.port, "--server-key=" + zmq.curve_keypair()[0].decode(), *client_keys(tmp_path, "e"))
     eve.assert_exit(EXIT_REFUSED, timeout=REFUSAL_TIME)
     assert eve.matching(r"^client: .*(does not use encryption|not this broker's public key)", err=True)
 
@@ -209,8 +209,8 @@ def test_allow_admits_listed_keys_only(procs: Processes, tmp_path: Path) -> None
     (allowed / "alice.key").write_bytes((tmp_path / "alice-keys" / "client.key").read_bytes())
     broker, key = secure_broker(procs, tmp_path, "--allow", str(allowed))
 
-    alice = procs.join("alice", broker, "--server-key", key, *client_keys(tmp_path, "alice"))
-    mallory = procs.client("mallory", broker.port, "--server-key", key, *client_keys(tmp_path, "mallory"))
+    alice = procs.join("alice", broker, f"--server-key={key}", *client_keys(tmp_path, "alice"))
+    mallory = procs.client("mallory", broker.port, f"--server-key={key}", *client_keys(tmp_path, "mallory"))
     mallory.assert_exit(EXIT_REFUSED, timeout=REFUSAL_TIME)
     assert mallory.matching(r"^client: the broker refused this client's key", err=True), mallory.describe()
     alice.send("still here")
@@ -221,15 +221,15 @@ def test_allow_admits_listed_keys_only(procs: Processes, tmp_path: Path) -> None
 @pytest.mark.timeout(40)
 def test_a_name_belongs_to_the_key_that_first_used_it(procs: Processes, tmp_path: Path) -> None:
     broker, key = secure_broker(procs, tmp_path)
-    alice = procs.join("alice", broker, "--server-key", key, *client_keys(tmp_path, "alice"))
+    alice = procs.join("alice", broker, f"--server-key={key}", *client_keys(tmp_path, "alice"))
     alice.close_stdin()
     alice.assert_exit(0)
 
-    impostor = procs.client("ALICE", broker.port, "--server-key", key, *client_keys(tmp_path, "impostor"))
+    impostor = procs.client("ALICE", broker.port, f"--server-key={key}", *client_keys(tmp_path, "impostor"))
     impostor.assert_exit(EXIT_REFUSED, timeout=REFUSAL_TIME)
     assert impostor.matching(r"^client: the name ALICE belongs to another key", err=True), impostor.describe()
 
-    again = procs.join("alice", broker, "--server-key", key, *client_keys(tmp_path, "alice"))
+    again = procs.join("alice", broker, f"--server-key={key}", *client_keys(tmp_path, "alice"))
     again.close_stdin()
     again.assert_exit(0)
 

@@ -214,7 +214,8 @@ def client_command(host: str, port: int, curve: Curve | None) -> str:
         host = socket.gethostname()
     command = f"python client.py --host {shlex.quote(host)} --port {port}"
     if curve is not None:
-        command += f" --server-key {shlex.quote(curve.public.decode())}"
+        # "=": a Z85 key may begin with "-", which would otherwise read as an option
+        command += f" --server-key={shlex.quote(curve.public.decode())}"
     return command
 
 
