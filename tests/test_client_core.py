@@ -531,3 +531,13 @@ def test_a_refused_handshake_ends_the_client_with_its_reason_not_as_unreachable(
     certain = ClientCore("eve", interactive=False)
     certain.start(0.0)
     assert certain.on_handshake_failed("not admitted", True, 0.1) == [ev.Exit(ev.EXIT_REFUSED, "not admitted")]
+
+
+def test_a_line_refused_for_good_is_reported_as_failed_and_not_resent() -> None:
+    core = joined()
+    actions = core.on_input("/pm nobody hello", T_JOINED + 1)
+    (pm,) = sent(actions)
+    assert isinstance(pm, p.Pm)
+    refusal = direct(core, p.Error(p.NO_SUCH_USER, "nobody called nobody is online", pm.id), T_JOINED + 1.1)
+    assert ev.Failed(pm.id, "nobody called nobody is online") in refusal
+    assert all(m != pm for m in sent(core.tick(T_JOINED + 1.1 + client_core.RESEND_AFTER + 0.1)))

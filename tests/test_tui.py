@@ -369,6 +369,9 @@ def test_private_messages_are_marked_and_foreign_text_is_neutralised(
             bob.expect(private("alice", "back at you"))
             await until(pilot, "the acknowledgement", lambda: not app._pending, procs)
             assert matching(app, rf"^{TIME} \[private → bob\] <alice> back at you$")
+            await type_line(pilot, "/pm nobody are you there")  # refused: marked, not left pending
+            await until(pilot, "the refusal", shown(app, r"^!!:!! \[private → nobody\] <alice> are you there$"), procs)
+            assert matching(app, r"nobody called nobody is online") and not app._pending
 
     run(scenario)
 

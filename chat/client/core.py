@@ -478,7 +478,7 @@ class ClientCore:
             return [ev.Notice(f"{error.reason}; your lines will follow", "error")]
         if error.ref in self.unacked:
             del self.unacked[error.ref]  # refused for good: resending would not help
-            return [ev.Notice(error.reason, "error"), *self._pump(now)]
+            return [ev.Failed(error.ref, error.reason), ev.Notice(error.reason, "error"), *self._pump(now)]
         if error.ref == p.Fetch.TYPE.decode():
             return self._skip_unrecoverable(now)
         return [ev.Notice(error.reason, "error")]

@@ -89,6 +89,14 @@ class Sent:
 
 
 @dataclass(frozen=True)
+class Failed:
+    """The broker refused a line we sent (``Sent`` with the same id) for good: it was not delivered."""
+
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Acked:
     id: str
     seq: int
@@ -129,7 +137,7 @@ class Exit:
     reason: str = ""
 
 
-Show = Union[Public, RoomsChanged, RoomsListed, Older, PrivateIn, Sent, Acked, RosterShown, Notice, AskName, Status]
+Show = Union[Public, RoomsChanged, RoomsListed, Older, PrivateIn, Sent, Acked, Failed, RosterShown, Notice, AskName, Status]
 Action = Union[Send, Reconnect, Subscribe, Unsubscribe, Show, Exit]
 
 # Exit codes of client.py (a public interface: scripts depend on them).

@@ -42,6 +42,7 @@ MAX_ENTRIES = 2000  # lines kept in the pane (re-wrapped on every resize); the o
 TRIM_SLACK = 200  # lines beyond MAX_ENTRIES before the oldest are dropped, in one go
 TIME_WIDTH = 6  # "HH:MM "
 PENDING_TIME = "--:--"  # an own line the broker has not acknowledged yet
+FAILED_TIME = "!!:!!"  # an own line the broker refused for good (the reason follows as an error line)
 MIN_TEXT_WIDTH = 10  # narrower than this, lines are cut rather than wrapped to nothing
 
 # The ANSI colours of chat.ui.format, by name, so that a user has the same colour in both front ends.
@@ -83,6 +84,7 @@ class Entry:
     to: str = ""  # OWN pm: the addressee
     id: str = ""  # OWN: the id the core gave the line, for Acked
     pending: bool = False
+    failed: bool = False  # OWN: refused by the broker, never delivered
     room: str = ""  # the room of a public line
     show_room: bool = False  # the viewer is in several rooms: name it before the line
     # Rendering cache: the strips for (width, with day header, colour), and the day.
@@ -124,7 +126,7 @@ def day_header(ts_ms: int, tz: tzinfo | None) -> Text:
 
 def render_text(entry: Entry, tz: tzinfo | None, colour: bool) -> tuple[Text, Text]:
     """The time column and the body of an entry (plain ``Text``, never markup)."""
-    when = PENDING_TIME if entry.pending else f"{_local(entry.ts, tz):%H:%M}"
+    when = FAILED_TIME if entry.failed else PENDING_TIME if entry.pending else f"{_local(entry.ts, tz):%H:%M}"
     time = Text(when.ljust(TIME_WIDTH), style="dim")
     name, text, room = safe(entry.name), safe(entry.text), safe(entry.room)
     who = name_style(entry.name, colour)
@@ -151,7 +153,7 @@ def render_text(entry: Entry, tz: tzinfo | None, colour: bool) -> tuple[Text, Te
         body = Text.assemble(("[private]", mark), " <", (name, who), "> ", text)
     elif entry.kind == OWN:
         own = who + Style(bold=True)
-        line = Style(dim=True) if entry.pending else Style()
+        line = Style(dim=True) if entry.pending else Style(strike=True) if entry.failed else Style()
         if entry.detail == "pm":
             body = Text.assemble((f"[private → {safe(entry.to)}]", mark), " <", (name, own), "> ", text, style=line)
         elif entry.detail == ACTION:

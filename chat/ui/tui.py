@@ -248,6 +248,11 @@ class ChatApp(App[int]):
                 entry.ts, entry.pending = item.ts, False
                 entry.name = entry.name or self.nick  # typed before the WELCOME named us
                 log.changed(entry)
+        elif isinstance(item, ev.Failed):
+            if item.id in self._pending:  # the reason follows as a notice
+                entry = self._pending.pop(item.id)
+                entry.pending, entry.failed = False, True
+                log.changed(entry)
         elif isinstance(item, ev.RosterShown):
             self._roster(item.roster)
         elif isinstance(item, ev.RoomsChanged):
