@@ -258,7 +258,7 @@ def test_a_taken_name_is_refused_with_exit_code_3(procs: Processes, broker: Brok
     assert impostor.matching(r"^client: the name alice is taken", err=True)
     impostor.assert_stdout()
 
-    bob = procs.join("bob", broker)
+    procs.join("bob", broker)
     alice.expect(joined("bob"))  # barrier: the refused client was never announced
     alice.assert_stdout(joined("bob"))
 
