@@ -6,21 +6,21 @@ States::
        ^                |                    |                              |
        +--name refused--+                    +--/quit, end of input--> closing --BYE or timeout--> (exit)
 
-Every public event carries a per-room sequence number. The core shows each exactly once, in order: an
-event that arrives early is held back, a gap is fetched over the DEALER (``FETCH``), a duplicate is
-dropped. ``PONG`` carries the broker's latest numbers, so a client also notices what it missed at the
-tail (the slow-joiner case: events published before its SUB was connected).
+Every public event carries a per-room sequence number; a ``Feed`` per room (``chat.client.feed``) shows
+each exactly once, in order, and says which gaps to fetch over the DEALER (``FETCH``). ``PONG`` carries
+the broker's latest numbers, so a client also notices what it missed at the tail (the slow-joiner
+case: events published before its SUB was connected).
 """
 
 from __future__ import annotations
 
 import secrets
 from collections import OrderedDict, deque
-from dataclasses import dataclass
 from typing import Union
 
 from chat import protocol as p
 from chat.client import events as ev
+from chat.client.feed import Feed, Fetching, Range
 from chat.errors import RemoteProtocolError
 
 CONNECT_TIMEOUT = 5.0  # seconds to wait for the first WELCOME before giving up
@@ -31,7 +31,6 @@ DRAIN_TIMEOUT = 15.0  # seconds /quit waits for what was typed to be acknowledge
 FETCH_RETRY = 2.0  # seconds before an unanswered FETCH is asked again
 HANDSHAKE_FAILURES = 3  # unexplained failed handshakes in a row that mean "refused"
 MAX_IN_FLIGHT = 500  # unacknowledged lines at once; below the broker's DEDUP_IDS_PER_NAME
-MAX_HELD = 10_000  # early events held back per room while a gap is fetched
 DEFAULT_HEARTBEAT = 1.0
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_OLDER = 20  # lines shown by /history without a number
@@ -49,13 +48,6 @@ HELP = """commands:
   /help                  this help
   /quit                  leave the chat (so does end of input)
   //text                 send a line that starts with '/'"""
-
-
-@dataclass
-class _Fetching:
-    first: int
-    last: int
-    sent_at: float
 
 
 Outgoing = Union[p.Say, p.Pm]
@@ -79,13 +71,7 @@ class ClientCore:
         self.history_id = ""
         self.heartbeat = DEFAULT_HEARTBEAT
         self.timeout = DEFAULT_TIMEOUT
-        self.expected: dict[str, int] = {}  # room -> next sequence number to show
-        self.held: dict[str, dict[int, p.Event]] = {}
-        self.fetching: dict[str, _Fetching] = {}
-        self.reported: dict[str, int] = {}  # room -> last number a PONG reported
-        self.live_from: dict[str, int] = {}  # room -> first number of this session: our own from here are not shown
-        self.oldest: dict[str, int] = {}  # room -> oldest number shown so far, for /history
-        self.browsing: dict[str, tuple[int, int]] = {}  # room -> range asked for by /history
+        self.feeds: dict[str, Feed] = {}  # room -> its events' order and gaps
         self.unacked: OrderedDict[str, tuple[Outgoing, float]] = OrderedDict()  # sent, in flight
         self.waiting: deque[Outgoing] = deque()  # typed, not sent yet (away, or the window is full)
         self.deferred: list[str] = []  # commands typed before the WELCOME
@@ -210,9 +196,9 @@ class ClientCore:
             if now - sent_at >= RESEND_AFTER:
                 self.unacked[msg_id] = (message, now)
                 out.append(ev.Send(message))
-        for room, fetching in list(self.fetching.items()):
-            if now - fetching.sent_at >= FETCH_RETRY:
-                out += self._fetch(room, fetching.first, fetching.last, now)
+        for room, feed in self.feeds.items():
+            if feed.fetching is not None and now - feed.fetching.sent_at >= FETCH_RETRY:
+                out += self._fetch(room, (feed.fetching.first, feed.fetching.last), now)
         return out
 
     def next_wakeup(self, now: float) -> float:
@@ -321,8 +307,7 @@ class ClientCore:
         room = parted.room
         if room in self.rooms:
             self.rooms.remove(room)
-        for table in (self.expected, self.held, self.fetching, self.reported, self.live_from, self.oldest, self.browsing):
-            table.pop(room, None)  # type: ignore[attr-defined]
+        self.feeds.pop(room, None)
         if self.current == room:
             self.current = self.rooms[0] if self.rooms else ""
         where = f"; now talking in {self.current}" if self.current else "; you are in no room now"
@@ -367,13 +352,11 @@ class ClientCore:
         if arg and not arg.isdigit() or arg == "0":
             return [ev.Notice("usage: /history [N], N a number of lines", "error")]
         room = self.current
-        oldest = self.oldest.get(room, 1)
-        if oldest <= 1:
+        feed = self.feeds.get(room)
+        wanted = feed.older(int(arg or DEFAULT_OLDER)) if feed is not None else None
+        if wanted is None:
             return [ev.Notice(f"there is nothing older in {room}")]
-        first = max(1, oldest - int(arg or DEFAULT_OLDER))
-        self.browsing[room] = (first, oldest - 1)
-        self.oldest[room] = first
-        return [ev.Send(p.Fetch(room, first, oldest - 1))]
+        return [ev.Send(p.Fetch(room, *wanted))]
 
     def _quit(self, now: float) -> list[ev.Action]:
         """Leave, but only once every line typed has been acknowledged (or DRAIN_TIMEOUT has passed)."""
@@ -429,7 +412,7 @@ class ClientCore:
         if was_lost:
             out.append(ev.Notice("back in: reconnected to the broker"))
         if welcome.history_id != self.history_id:
-            self.expected.clear()  # another history: its numbers are not ours
+            self.feeds.clear()  # another history: its numbers are not ours
         self.history_id = welcome.history_id
         for room, last in welcome.rooms.items():
             out += self._follow(room, last, now)
@@ -445,18 +428,13 @@ class ClientCore:
         return out
 
     def _follow(self, room: str, last: int, now: float) -> list[ev.Action]:
-        """Start (or go on) showing ``room`` from its event ``last``, with history_lines before it."""
-        if room not in self.expected:
-            self.expected[room] = self.oldest[room] = max(1, last + 1 - self.history_lines)
-            self.live_from[room] = last + 1
-            for table in (self.held, self.fetching, self.browsing):
-                table.pop(room, None)  # type: ignore[attr-defined]
-        out: list[ev.Action] = []
-        held = self.held.get(room, {})
-        if self.expected[room] in held:  # heard while getting back in, and now known to follow on
-            out += self._deliver(held.pop(self.expected[room]))
-        if self.expected[room] <= last:
-            out += self._fetch(room, self.expected[room], last, now)
+        """Start (or go on) showing ``room`` after its event ``last``, with history_lines before it."""
+        feed = self.feeds.get(room)
+        if feed is None:
+            feed = self.feeds[room] = Feed.starting_after(last, self.history_lines)
+        out = self._show(feed.resume())  # heard while getting back in, and now known to follow on
+        if feed.expected <= last:
+            out += self._fetch(room, (feed.expected, last), now)
         return out
 
     def _error(self, error: p.Error, now: float) -> list[ev.Action]:
@@ -480,7 +458,7 @@ class ClientCore:
             del self.unacked[error.ref]  # refused for good: resending would not help
             return [ev.Failed(error.ref, error.reason), ev.Notice(error.reason, "error"), *self._pump(now)]
         if error.ref == p.Fetch.TYPE.decode():
-            return self._skip_unrecoverable(now)
+            return self._skip_unrecoverable()
         return [ev.Notice(error.reason, "error")]
 
     def _bye(self, bye: p.Bye, now: float) -> list[ev.Action]:
@@ -492,7 +470,8 @@ class ClientCore:
         """Start getting back in: a fresh DEALER at once (the old one may hold stale requests), then retries."""
         self.state = "lost"
         self._deadline = now + RETRY_INTERVAL
-        self.reported.clear()
+        for feed in self.feeds.values():
+            feed.reported = None
         return [
             ev.Status("reconnecting"),
             ev.Notice(f"lost the broker: {why}; trying to get back in", "error"),
@@ -511,48 +490,26 @@ class ClientCore:
     # ------------------------------------------------------------------ ordering and gaps
 
     def _receive(self, event: p.Event, now: float) -> list[ev.Action]:
-        expected = self.expected.get(event.room)
-        if expected is None or event.seq < expected:
-            return []  # not a room of ours, or a duplicate
-        if event.seq > expected or self.state != "joined":
-            # Early, or heard while getting back in: until the WELCOME names the broker's history,
-            # a restarted broker's numbers cannot be trusted to follow on from ours.
-            held = self.held.setdefault(event.room, {})
-            if len(held) < MAX_HELD:
-                held[event.seq] = event
-            if event.room in self.fetching or self.state != "joined":
-                return []
-            return self._fetch(event.room, expected, event.seq - 1, now)
-        return self._deliver(event)
+        feed = self.feeds.get(event.room)
+        if feed is None:
+            return []  # not a room of ours
+        shown, gap = feed.receive(event, trusted=self.state == "joined")
+        return self._show(shown) + (self._fetch(event.room, gap, now) if gap else [])
 
-    def _deliver(self, event: p.Event) -> list[ev.Action]:
-        """Show ``event`` (the expected one) and whatever was held back behind it."""
-        room = event.room
-        held = self.held.get(room, {})
-        out: list[ev.Action] = []
-        while True:
-            self.expected[room] = event.seq + 1
-            if not self._is_own(event):
-                out.append(ev.Public(event, show_room=len(self.rooms) > 1))
-            next_event = held.pop(event.seq + 1, None)
-            if next_event is None:
-                break
-            event = next_event
-        fetching = self.fetching.get(room)
-        if fetching and self.expected[room] > fetching.last:
-            del self.fetching[room]
-        return out
+    def _show(self, events: list[p.Event]) -> list[ev.Action]:
+        several = len(self.rooms) > 1
+        return [ev.Public(e, show_room=several) for e in events if not self._is_own(e)]
 
     def _is_own(self, event: p.Event) -> bool:
         """Our own events since we joined are not shown back to us: ACK, WELCOME and ENTERED stand for
         them. A topic we set is shown: it is how the change is confirmed."""
-        live_from = self.live_from.get(event.room, 0)
+        feed = self.feeds.get(event.room)
         own = p.name_key(event.name) == p.name_key(self.name)
-        return own and event.seq >= live_from and event.kind != p.KIND_TOPIC
+        return own and feed is not None and event.seq >= feed.live_from and event.kind != p.KIND_TOPIC
 
-    def _fetch(self, room: str, first: int, last: int, now: float) -> list[ev.Action]:
-        self.fetching[room] = _Fetching(first, last, now)
-        return [ev.Send(p.Fetch(room, first, last))]
+    def _fetch(self, room: str, wanted: Range, now: float) -> list[ev.Action]:
+        self.feeds[room].fetching = Fetching(wanted[0], wanted[1], now)
+        return [ev.Send(p.Fetch(room, *wanted))]
 
     def _history(self, history: p.History, now: float) -> list[ev.Action]:
         try:
@@ -560,49 +517,36 @@ class ClientCore:
         except RemoteProtocolError as exc:
             return [ev.Notice(f"ignored a malformed history reply ({exc})", "error")]
         room = history.room
+        feed = self.feeds.get(room)
+        if feed is None:
+            return []
         asked = (history.first, history.last)  # the range this answers, echoed by the broker
-        if self.browsing.get(room) == asked:
-            del self.browsing[room]
+        if feed.browsing == asked:
+            feed.browsing = None
             return [ev.Older(tuple(events))] if events else [ev.Notice(f"nothing older is kept in {room}")]
-        out: list[ev.Action] = []
-        for event in events:
-            out += self._receive(event, now)
-        fetching = self.fetching.get(room)
-        if fetching is None or (fetching.first, fetching.last) != asked:
-            return out  # the answer to an earlier request (a retry): its events are used, nothing more
-        if self.expected[room] > fetching.last:
-            return out
-        if events and self.expected[room] > events[-1].seq:  # cut short to fit a frame: ask for the rest
-            return out + self._fetch(room, self.expected[room], fetching.last, now)
-        return out + self._skip_unrecoverable(now, room)  # the broker no longer has the start of the range
+        shown, ask, lost = feed.answered(events, asked)
+        out = self._lost_events(room, lost) + self._show(shown)
+        return out + (self._fetch(room, ask, now) if ask else [])
 
-    def _skip_unrecoverable(self, now: float, only: str | None = None) -> list[ev.Action]:
-        """The broker no longer has what we are missing: say so and move on to what we hold."""
+    def _skip_unrecoverable(self) -> list[ev.Action]:
+        """The broker refused a FETCH: what we are missing is gone; move on to what we hold."""
         out: list[ev.Action] = []
-        for room, fetching in list(self.fetching.items()):
-            if only is not None and room != only:
-                continue
-            del self.fetching[room]
-            held = self.held.get(room, {})
-            resume = min(held) if held else fetching.last + 1
-            lost = resume - self.expected[room]
-            if lost > 0:
-                out.append(ev.Notice(f"{lost} event(s) in {room} could not be recovered", "error"))
-                self.expected[room] = resume
-            if resume in held:
-                out += self._deliver(held.pop(resume))
+        for room, feed in self.feeds.items():
+            shown, lost = feed.skip_unrecoverable()
+            out += self._lost_events(room, lost) + self._show(shown)
         return out
+
+    @staticmethod
+    def _lost_events(room: str, lost: int) -> list[ev.Action]:
+        return [ev.Notice(f"{lost} event(s) in {room} could not be recovered", "error")] if lost else []
 
     def _pong(self, pong: p.Pong, now: float) -> list[ev.Action]:
         out: list[ev.Action] = []
         for room, last in pong.rooms.items():
-            previous = self.reported.get(room)
-            self.reported[room] = last
-            expected = self.expected.get(room)
-            # Only what the previous PONG reported counts as missing: newer events may still be on the way.
-            if expected is not None and previous is not None and previous >= expected:
-                if room not in self.fetching:
-                    out += self._fetch(room, expected, previous, now)
+            feed = self.feeds.get(room)
+            gap = feed.pong(last) if feed is not None else None
+            if gap:
+                out += self._fetch(room, gap, now)
         return out
 
     def _next_id(self) -> str:
