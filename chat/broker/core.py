@@ -199,13 +199,20 @@ class Broker:
         room = p.room_key(say.room)
         if room not in session.rooms:
             raise RemoteProtocolError(p.NO_SUCH_ROOM, f"you are not in {room}")
-        done = self._acked(session, say.id)
+        return self._publish_line(session, room, say.kind, say.text, say.id, now)
+
+    def _publish_line(
+        self, session: Session, room: str, kind: str, text: str, msg_id: str, now: float
+    ) -> list[Outgoing]:
+        """Publish what a user sent (a line, an action, a topic) and acknowledge it, exactly once."""
+        done = self._acked(session, msg_id)
         if done is not None:  # a resend of a line already published: acknowledge, do not repeat
             return [Reply(session.identity, done)]
-        self._check_text(say.text)
+        if kind != p.KIND_TOPIC:  # a topic has its own, protocol-wide limit
+            self._check_text(text)
         self._spend(session, now)
-        event = self._publish(room, say.kind, session.name, p.neutralise(say.text), now, say.id)
-        ack = p.Ack(say.id, event.seq, event.ts)
+        event = self._publish(room, kind, session.name, p.neutralise(text), now, msg_id)
+        ack = p.Ack(msg_id, event.seq, event.ts)
         self._remember(session.name_key, ack)
         return [event, Reply(session.identity, ack)]
 
@@ -258,13 +265,13 @@ class Broker:
 
     def _enter(self, session: Session, enter: p.Enter, now: float) -> list[Outgoing]:
         room = p.room_key(enter.room)
+        entered = p.Entered(room, self._last_seq(room), self.topics.get(room, ""))
         if room in session.rooms:  # already there: the client switches to it
-            return [Reply(session.identity, p.Entered(room, self._last_seq(room), self.topics.get(room, "")))]
+            return [Reply(session.identity, entered)]
         if len(session.rooms) >= p.MAX_ROOMS_PER_SESSION:
             raise RemoteProtocolError(p.BAD_FIELD, f"one can be in at most {p.MAX_ROOMS_PER_SESSION} rooms")
         if room not in self.members and len(self.members) >= MAX_ROOMS:
             raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more rooms")
-        entered = p.Entered(room, self._last_seq(room), self.topics.get(room, ""))
         self._add_member(session, room)
         return [Reply(session.identity, entered), self._publish(room, p.KIND_ENTER, session.name, "", now)]
 
@@ -284,16 +291,10 @@ class Broker:
         room = p.room_key(topic.room)
         if room not in session.rooms:
             raise RemoteProtocolError(p.NO_SUCH_ROOM, f"you are not in {room}")
-        done = self._acked(session, topic.id)
-        if done is not None:
-            return [Reply(session.identity, done)]
-        self._spend(session, now)
-        text = p.neutralise(topic.text)
-        self.topics[room] = text
-        event = self._publish(room, p.KIND_TOPIC, session.name, text, now, topic.id)
-        ack = p.Ack(topic.id, event.seq, event.ts)
-        self._remember(session.name_key, ack)
-        return [event, Reply(session.identity, ack)]
+        out = self._publish_line(session, room, p.KIND_TOPIC, topic.text, topic.id, now)
+        if isinstance(out[0], p.Event):  # published now, not a resend
+            self.topics[room] = out[0].text
+        return out
 
     def _add_member(self, session: Session, room: str) -> None:
         session.rooms.add(room)
