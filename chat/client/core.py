@@ -80,6 +80,7 @@ class ClientCore:
         self._slowed_at = -RESEND_AFTER  # when we last told the user to slow down
         self._handshake_failures = 0
         self._handshake_problem = ""  # the last failed handshake's reason, until the broker answers
+        self._own_key = ""
         self._id_prefix = secrets.token_hex(4)
         self._counter = 0
         self._deadline = 0.0  # meaning depends on the state: give up, retry, or quit
@@ -224,14 +225,14 @@ class ClientCore:
         if word in ("/quit", "/exit"):
             return self._quit(now)
         if word in ("/who", "/whosonline"):
-            if rest and p.room_problem(rest):
-                return [ev.Notice(p.room_problem(rest) or "", "error")]
+            if rest and (problem := p.room_problem(rest)):
+                return [ev.Notice(problem, "error")]
             return [ev.Send(p.Who(rest))]
         if word in ("/join", "/switch"):
             return self._join_room(word, rest)
         if word == "/leave":
             room = rest or self.current
-            if room not in self.rooms and p.room_key(room) not in self.rooms:
+            if p.room_key(room) not in self.rooms:
                 return [ev.Notice(f"you are not in {p.neutralise(room) or 'any room'}", "error")]
             return [ev.Send(p.Part(room))]
         if word == "/rooms":
@@ -275,8 +276,8 @@ class ClientCore:
         first, _, text = rest.partition(" ")
         if first.startswith("#"):
             room, text = first, text.strip()
-            if p.room_problem(room):
-                return [ev.Notice(p.room_problem(room) or "", "error")]
+            if problem := p.room_problem(room):
+                return [ev.Notice(problem, "error")]
         else:
             room, text = self.current, rest
         if not room:
@@ -397,6 +398,7 @@ class ClientCore:
         was_lost = self.state == "lost"
         self.state = "joined"
         self.name = welcome.name
+        self._own_key = p.name_key(welcome.name)  # compared with every event's sender: computed once
         self.heartbeat = welcome.heartbeat_ms / 1000
         self.timeout = welcome.timeout_ms / 1000
         self._last_ping = now
@@ -504,7 +506,7 @@ class ClientCore:
         """Our own events since we joined are not shown back to us: ACK, WELCOME and ENTERED stand for
         them. A topic we set is shown: it is how the change is confirmed."""
         feed = self.feeds.get(event.room)
-        own = p.name_key(event.name) == p.name_key(self.name)
+        own = p.name_key(event.name) == self._own_key
         return own and feed is not None and event.seq >= feed.live_from and event.kind != p.KIND_TOPIC
 
     def _fetch(self, room: str, wanted: Range, now: float) -> list[ev.Action]:
