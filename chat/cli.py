@@ -90,7 +90,7 @@ def broker_parser() -> argparse.ArgumentParser:
         type=_count,
         default=PUB_HWM,
         metavar="N",
-        help=f"events queued per slow subscriber before it must fetch them again (default {PUB_HWM})",
+        help=f"published messages (batches of events) queued per slow subscriber before it must fetch them again (default {PUB_HWM})",
     )
     limits = parser.add_argument_group("limits and flood control")
     limits.add_argument("--max-sessions", type=_count, default=MAX_SESSIONS, metavar="N", help="users at once (default %(default)s)")

@@ -5,11 +5,13 @@ checked here, so that the broker, the client and the fuzz tests share one defini
 
 Direct messages (DEALER <-> ROUTER) are three frames::
 
-    [b"chat/1", TYPE, JSON-BODY]
+    [b"chat/2", TYPE, JSON-BODY]
 
-Published events (PUB -> SUB) carry the room as a topic frame first, so that SUB prefix filtering works::
+Published events (PUB -> SUB) carry the room as a topic frame first, so that SUB prefix filtering works,
+and one or more events of that room in one body (``{"events": [...]}``), so that libzmq's work per
+subscriber is spent once per batch rather than once per line::
 
-    [b"#general\\x00", b"chat/1", b"EVENT", JSON-BODY]
+    [b"#general\\x00", b"chat/2", b"EVENTS", JSON-BODY]
 
 Receivers ignore JSON fields they do not know; that is how the protocol grows without breaking old peers.
 """
@@ -22,7 +24,7 @@ import msgspec
 
 from chat.errors import RemoteProtocolError
 
-VERSION = 1
+VERSION = 2  # 2: events are published in batches (EVENTS); 1 published one EVENT per message
 PROTOCOL_PREFIX = b"chat/"
 PROTOCOL_TAG = PROTOCOL_PREFIX + str(VERSION).encode()
 
@@ -34,6 +36,10 @@ MAX_NAME_CHARS = 32
 MAX_ID_CHARS = 64
 MAX_FETCH = 1000  # events in one HISTORY reply (fewer when they would not fit in one frame)
 FRAME_OVERHEAD = 1024  # bytes kept free in a frame for what wraps a list of events
+# A published body is filled with events up to a frame (one event always fits: text is at most
+# MAX_TEXT_CHARS). libzmq copies each published message to every subscriber's queue and writes it to
+# every subscriber's connection: the fuller the message, the less of that cost each line carries.
+PUB_BATCH_BYTES = MAX_FRAME_BYTES - FRAME_OVERHEAD
 
 DEFAULT_ROOM = "#general"
 TOPIC_END = b"\x00"  # ends every topic frame, so that "#dev\0" never prefix-matches "#devops\0"
@@ -239,9 +245,8 @@ class Pong(Message, frozen=True):
 
 
 class Event(Message, frozen=True):
-    """Something public that happened in a room: published on PUB and replayed in HISTORY."""
+    """Something public that happened in a room: published on PUB (in EVENTS) and replayed in HISTORY."""
 
-    TYPE: ClassVar[bytes] = b"EVENT"
     seq: int
     ts: int
     kind: str
@@ -251,13 +256,23 @@ class Event(Message, frozen=True):
 
 
 class _EventBody(msgspec.Struct, frozen=True):
-    """An event's JSON body: the Event without its room."""
+    """An event as the JSON of a published body or a HISTORY reply carries it: the Event without its room."""
 
     seq: int
     ts: int
     kind: str
     name: str
     text: str = ""
+
+
+class _EventsBody(msgspec.Struct, frozen=True):
+    """The body of a published message: events of the topic's room, in ascending seq."""
+
+    TYPE: ClassVar[bytes] = b"EVENTS"
+    events: list[_EventBody]
+
+
+EVENTS = _EventsBody.TYPE  # the type frame of every published message
 
 
 class History(Message, frozen=True):
@@ -288,9 +303,23 @@ _MISSING_FIELD = re.compile(r"missing required field `([^`]*)`")
 _DECODERS: dict[type[Message], msgspec.json.Decoder[Any]] = {}
 
 
-def encode(message: Message) -> list[bytes]:
-    """Frames of a direct message (without the ROUTER's identity frame)."""
-    return [PROTOCOL_TAG, message.TYPE, _ENCODER.encode(message)]
+def encode(message: Message, tag: bytes = PROTOCOL_TAG) -> list[bytes]:
+    """Frames of a direct message (without the ROUTER's identity frame).
+
+    ``tag`` is this side's version, except where ``answer_tag`` says to answer in the peer's.
+    """
+    return [tag, message.TYPE, _ENCODER.encode(message)]
+
+
+def answer_tag(frames: list[bytes]) -> bytes:
+    """The version tag to refuse a request in: the request's own when it names another version (so that
+    an older or newer client can read why it is refused; ERROR has the same shape in every version),
+    else ours."""
+    tag = bytes(frames[0]) if frames else b""
+    number = tag[len(PROTOCOL_PREFIX) :]
+    if tag.startswith(PROTOCOL_PREFIX) and number.isdigit() and len(number) <= 4:
+        return tag
+    return PROTOCOL_TAG
 
 
 def topic_frame(room: str) -> bytes:
@@ -303,10 +332,31 @@ def endpoint(host: str, port: int | str) -> str:
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
-def encode_event(event: Event) -> list[bytes]:
-    """Frames of a published event."""
-    body = _EventBody(event.seq, event.ts, event.kind, event.name, event.text)
-    return [topic_frame(event.room), PROTOCOL_TAG, Event.TYPE, _ENCODER.encode(body)]
+def encode_events(events: list[Event]) -> list[list[bytes]]:
+    """The published messages that carry ``events``: one per room and batch, in order within each room.
+
+    A message is filled up to PUB_BATCH_BYTES; a busy room's batch is split over several messages.
+    """
+    by_room: dict[str, list[bytes]] = {}
+    encode = _ENCODER.encode
+    for event in events:
+        body = encode(_EventBody(event.seq, event.ts, event.kind, event.name, event.text))
+        by_room.setdefault(event.room, []).append(body)
+    messages: list[list[bytes]] = []
+    for room, bodies in by_room.items():
+        topic = topic_frame(room)
+        start, size = 0, 0
+        for i, body in enumerate(bodies):
+            if size + len(body) > PUB_BATCH_BYTES and i > start:
+                messages.append(_events_message(topic, bodies[start:i]))
+                start, size = i, 0
+            size += len(body) + 1
+        messages.append(_events_message(topic, bodies[start:]))
+    return messages
+
+
+def _events_message(topic: bytes, bodies: list[bytes]) -> list[bytes]:
+    return [topic, PROTOCOL_TAG, EVENTS, b'{"events":[' + b",".join(bodies) + b"]}"]
 
 
 def encoded_size(body: Any) -> int:
@@ -332,7 +382,7 @@ def _from_body(cls: type[Any], raw: bytes) -> Any:
         problem = str(exc)
         if problem.startswith("Expected `object`") and " - at `$" not in problem:  # the body itself
             raise RemoteProtocolError(BAD_JSON, "body must be a JSON object") from None
-        kind = getattr(cls, "TYPE", b"EVENT").decode()
+        kind = cls.TYPE.decode()
         missing = _MISSING_FIELD.search(problem)
         if missing:
             raise RemoteProtocolError(BAD_FIELD, f"{kind} needs field {missing[1]!r}") from None
@@ -351,8 +401,8 @@ def _check_version(tag: bytes) -> None:
     if tag.startswith(PROTOCOL_PREFIX):
         raise RemoteProtocolError(
             BAD_VERSION,
-            f"protocol version {tag[len(PROTOCOL_PREFIX):][:16].decode('ascii', 'replace')!r} is not supported;"
-            f" this peer speaks {VERSION}",
+            f"chat protocol version {tag[len(PROTOCOL_PREFIX):][:16].decode('ascii', 'replace')!r} is not"
+            f" supported: this side speaks version {VERSION}; use a client and a broker of the same version",
         )
     raise RemoteProtocolError(BAD_FRAMES, f"first frame must be {PROTOCOL_TAG.decode()!r}")
 
@@ -372,8 +422,12 @@ def decode(frames: list[bytes], table: dict[bytes, type[Message]]) -> Message:
     """
     _check_frames(frames, 3)
     tag, kind, raw = frames
-    _check_version(tag)
     cls = table.get(bytes(kind))
+    try:
+        _check_version(tag)
+    except RemoteProtocolError as exc:
+        exc.ref = kind.decode() if cls is not None else ""  # "JOIN": an old client knows its JOIN failed
+        raise
     if cls is None:
         raise RemoteProtocolError(BAD_TYPE, f"unknown message type {bytes(kind)[:32]!r}")
     message = _from_body(cls, raw)
@@ -398,12 +452,12 @@ def decode_broker(frames: list[bytes]) -> Message:
     return decode(frames, BROKER_MESSAGES)
 
 
-def decode_event(frames: list[bytes]) -> Event:
-    """Decode a published event (topic frame first)."""
+def decode_events(frames: list[bytes]) -> list[Event]:
+    """Decode a published message (topic frame first) into its events, at least one."""
     _check_frames(frames, 4)
     topic, tag, kind, raw = frames
     _check_version(tag)
-    if kind != Event.TYPE:
+    if kind != EVENTS:
         raise RemoteProtocolError(BAD_TYPE, f"unknown published type {bytes(kind)[:32]!r}")
     if not topic.endswith(TOPIC_END):
         raise RemoteProtocolError(BAD_FRAMES, "topic frame must end with a zero byte")
@@ -411,8 +465,10 @@ def decode_event(frames: list[bytes]) -> Event:
         room = topic[:-1].decode("utf-8")
     except UnicodeDecodeError:
         raise RemoteProtocolError(BAD_FRAMES, "topic frame is not valid UTF-8") from None
-    body = _from_body(_EventBody, raw)
-    return Event(body.seq, body.ts, body.kind, body.name, body.text, room)
+    body = _from_body(_EventsBody, raw)
+    if not body.events:
+        raise RemoteProtocolError(BAD_FIELD, "EVENTS holds no event")
+    return [Event(e.seq, e.ts, e.kind, e.name, e.text, room) for e in body.events]
 
 
 def history_events(history: History) -> list[Event]:

@@ -44,7 +44,9 @@ def sendable(out: list[Outgoing]) -> list[Outgoing]:
             assert p.decode_broker(p.encode(item.message)) == item.message
         else:
             assert isinstance(item, p.Event)
-            assert p.decode_event(p.encode_event(item)) == item
+    events = [item for item in out if isinstance(item, p.Event)]
+    published = [e for message in p.encode_events(events) for e in p.decode_events(message)]
+    assert sorted(published, key=lambda e: (e.room, e.seq)) == sorted(events, key=lambda e: (e.room, e.seq))
     return out
 
 
@@ -473,7 +475,8 @@ def test_without_the_right_token_the_name_is_taken(broker: Broker, holder_token:
         ([b"garbage"], p.BAD_FRAMES),
         ([], p.BAD_FRAMES),
         ([p.PROTOCOL_TAG, b"SAY", b'{"id":"1","text":"hi"}', b"extra"], p.BAD_FRAMES),
-        ([b"chat/2", b"PING", b"{}"], p.BAD_VERSION),
+        ([b"chat/1", b"PING", b"{}"], p.BAD_VERSION),
+        ([b"chat/3", b"PING", b"{}"], p.BAD_VERSION),
         ([p.PROTOCOL_TAG, b"SHOUT", b"{}"], p.BAD_TYPE),
         (p.encode(p.Welcome("x", 1, {}, 1, 1, "h")), p.BAD_TYPE),
         ([p.PROTOCOL_TAG, b"SAY", b"\xff"], p.BAD_JSON),
@@ -490,7 +493,7 @@ def test_malformed_frames_get_an_error_and_the_broker_keeps_serving(
     join(broker, A, "alice")
     join(broker, B, "bob")
     error = only_error(send(broker, A, frames), A)
-    assert (error.code, error.ref) == (code, "")
+    assert (error.code, error.ref) == (code, "PING" if code == p.BAD_VERSION else "")  # a type both versions know
     error = only_error(send(broker, C, frames), C)  # from a connection with no session, too
     assert error.code == code
     event, _ = say(broker, B, "still working", "b1")
@@ -554,3 +557,15 @@ def test_lone_surrogates_in_names_and_tokens_never_crash_the_broker(broker: Brok
     send(broker, B, [p.PROTOCOL_TAG, b"JOIN", b'{"name":"carol","token":"x"}'])
     send(broker, A, [p.PROTOCOL_TAG, b"PM", b'{"id":"1","to":"\\ud800","text":"hi"}'])
     send(broker, A, [p.PROTOCOL_TAG, b"WHO", b'{"room":"\\ud800"}'])
+
+
+def test_a_request_of_another_version_is_refused_in_that_version(broker: Broker) -> None:
+    """ERROR looks the same in every version: tagged chat/1, a version 1 client can read why it is refused."""
+    [reply] = broker.handle(A, [b"chat/1", b"JOIN", b'{"name": "old"}'])
+    assert isinstance(reply, Reply) and isinstance(reply.message, p.Error)
+    assert reply.tag == b"chat/1"
+    assert (reply.message.code, reply.message.ref) == (p.BAD_VERSION, "JOIN")
+    assert "this side speaks version 2" in reply.message.reason
+    assert not broker.sessions
+    [other] = broker.handle(A, [b"chat/2", b"SHOUT", b"{}"])  # any other refusal: in our version
+    assert isinstance(other, Reply) and other.tag == p.PROTOCOL_TAG

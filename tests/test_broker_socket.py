@@ -16,7 +16,7 @@ import zmq
 
 from conftest import Broker, Processes, joined, left, private, said
 
-TAG = b"chat/1"
+TAG = b"chat/2"
 TOPIC = b"#general\x00"
 REPLY_TIMEOUT = 5.0  # seconds: an answer from a broker on this machine takes milliseconds
 
@@ -57,12 +57,12 @@ class Peer:
     def send(self, kind: str, body: dict[str, Any] | None = None) -> None:
         self.sock.send_multipart(frames(kind, body))
 
-    def recv(self, timeout: float = REPLY_TIMEOUT) -> tuple[str, dict[str, Any]]:
-        """The next direct message, checked for shape: three frames, our version, a JSON object."""
+    def recv(self, timeout: float = REPLY_TIMEOUT, tag: bytes = TAG) -> tuple[str, dict[str, Any]]:
+        """The next direct message, checked for shape: three frames, ``tag`` (our version), a JSON object."""
         if not wait_readable(self.sock, timeout, self.broker):
             pytest.fail(f"no answer from the broker within {timeout:g} s\n{self.broker.context()}")
         reply = self.sock.recv_multipart()
-        assert len(reply) == 3 and reply[0] == TAG, reply
+        assert len(reply) == 3 and reply[0] == tag, reply
         body = json.loads(reply[2].decode("utf-8"))
         assert isinstance(body, dict), reply
         return reply[1].decode("ascii"), body
@@ -77,10 +77,10 @@ class Peer:
         assert got == answer, (got, reply)
         return reply
 
-    def error(self, raw: Frames) -> dict[str, Any]:
-        """Send raw frames; the answer must be an ERROR with a code, a reason and a ref."""
+    def error(self, raw: Frames, tag: bytes = TAG) -> dict[str, Any]:
+        """Send raw frames; the answer must be an ERROR (in version ``tag``) with a code, a reason and a ref."""
         self.sock.send_multipart(raw)
-        kind, body = self.recv()
+        kind, body = self.recv(tag=tag)
         assert kind == "ERROR", (raw, kind, body)
         assert isinstance(body["code"], str) and isinstance(body["ref"], str), body
         assert isinstance(body["reason"], str) and body["reason"], body
@@ -123,14 +123,14 @@ class Subscriber:
             probe.say("sync")
             message = self.recv(timeout=0.1)
             if message is not None:
-                return [event(message)] + self.drain()
+                return events(message) + self.drain()
         pytest.fail(f"the SUB got nothing within {REPLY_TIMEOUT:g} s")
 
     def drain(self, quiet: float = 0.05) -> list[dict[str, Any]]:
         """What has arrived already (until the SUB is quiet for ``quiet`` seconds)."""
         got = []
         while (message := self.recv(timeout=quiet)) is not None:
-            got.append(event(message))
+            got += events(message)
         return got
 
     def until(self, kind: str, text: str) -> list[dict[str, Any]]:
@@ -140,19 +140,24 @@ class Subscriber:
             message = self.recv()
             if message is None:
                 pytest.fail(f"no {kind} event {text!r} within {REPLY_TIMEOUT:g} s; got {got}")
-            got.append(event(message))
-            if got[-1]["kind"] == kind and got[-1]["text"] == text:
-                return got
+            for one in events(message):
+                got.append(one)
+                if one["kind"] == kind and one["text"] == text:
+                    return got  # (what came with it in the same message is dropped)
 
 
-def event(message: Frames) -> dict[str, Any]:
-    """The body of a published event, after checking its four frames."""
+def events(message: Frames) -> list[dict[str, Any]]:
+    """The events of a published message, after checking its four frames: at least one, in seq order."""
     assert len(message) == 4, message
     topic, tag, kind, body = message
-    assert (topic, tag, kind) == (TOPIC, TAG, b"EVENT"), message
+    assert (topic, tag, kind) == (TOPIC, TAG, b"EVENTS"), message
     decoded = json.loads(body.decode("utf-8"))
-    assert isinstance(decoded, dict) and {"seq", "ts", "kind", "name", "text"} <= decoded.keys(), decoded
-    return decoded
+    assert isinstance(decoded, dict) and decoded["events"], decoded
+    for one in decoded["events"]:
+        assert isinstance(one, dict) and {"seq", "ts", "kind", "name", "text"} <= one.keys(), one
+    seqs = [one["seq"] for one in decoded["events"]]
+    assert seqs == sorted(seqs), seqs
+    return decoded["events"]
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -226,7 +231,8 @@ MALFORMED = [
     ("two frames", [TAG, b"PING"], "bad_frames"),
     ("four frames", [TAG, b"PING", b"{}", b"{}"], "bad_frames"),
     ("a tag that is not a protocol", [b"\x00\xffjunk", b"PING", b"{}"], "bad_frames"),
-    ("protocol version 2", [b"chat/2", b"PING", b"{}"], "bad_version"),
+    ("protocol version 1", [b"chat/1", b"PING", b"{}"], "bad_version"),
+    ("protocol version 3", [b"chat/3", b"JOIN", b'{"name": "alice"}'], "bad_version"),
     ("an unknown type", [TAG, b"SHOUT", b"{}"], "bad_type"),
     ("a binary type", [TAG, b"\xff\x00", b"{}"], "bad_type"),
     ("a body that is not UTF-8", [TAG, b"JOIN", b'{"name": "\xff\xfe"}'], "bad_json"),
@@ -260,10 +266,12 @@ def test_a_malformed_request_gets_an_error_with_a_stable_code(
     dealer: MakePeer, what: str, raw: Frames, code: str
 ) -> None:
     peer = dealer()
-    reply = peer.error(raw)
+    # A refusal of another version is tagged with that version, so that its client can read it.
+    reply = peer.error(raw, tag=raw[0] if code == "bad_version" else TAG)
     assert reply["code"] == code, (what, reply)
     if code == "bad_version":
-        assert "1" in reply["reason"], reply  # it names the version it speaks
+        assert "this side speaks version 2" in reply["reason"], reply  # it names the version it speaks
+        assert reply["ref"] == raw[1].decode(), reply  # and which request it refused
     # The peer can still join on the same connection: nothing was held against it.
     peer.join("alice")
 
@@ -308,7 +316,7 @@ def test_the_broker_keeps_serving_a_chatting_client_through_garbage(
     sent: list[str] = []
 
     for number, (what, raw, code) in enumerate(MALFORMED):
-        assert garbage.error(raw)["code"] == code, what
+        assert garbage.error(raw, tag=raw[0] if code == "bad_version" else TAG)["code"] == code, what
         sent.append(f"line {number} after {what}")
         alice.send(sent[-1])
 
@@ -424,8 +432,9 @@ def test_a_silent_session_expires_with_a_timeout_leave(
     while time.monotonic() < deadline:  # the watcher keeps itself alive; the quiet one says nothing
         watcher.expect("PING", answer="PONG")
         message = sub.recv(timeout=0.1)
-        if message is not None and event(message)["kind"] == "leave":
-            assert (event(message)["name"], event(message)["text"]) == ("quiet", "timeout")
+        leaves = [one for one in events(message) if one["kind"] == "leave"] if message is not None else []
+        if leaves:
+            assert [(one["name"], one["text"]) for one in leaves] == [("quiet", "timeout")]
             break
     else:
         pytest.fail("the silent session was never expired")

@@ -23,7 +23,8 @@ def direct(core: ClientCore, message: p.Message, now: float) -> list[ev.Action]:
 
 
 def publish(core: ClientCore, event: p.Event, now: float = 1.0) -> list[ev.Action]:
-    return core.on_published(p.encode_event(event), now)
+    [message] = p.encode_events([event])
+    return core.on_published(message, now)
 
 
 def event(seq: int, name: str = "bob", text: str | None = None, kind: str = p.KIND_MSG) -> p.Event:
@@ -387,9 +388,10 @@ def test_private_message_is_shown() -> None:
 
 def test_malformed_frames_from_the_broker_are_a_notice() -> None:
     core = joined()
-    assert notices(core.on_direct([b"chat/1", b"ACK", b"{}"], 1.0))
+    assert notices(core.on_direct([p.PROTOCOL_TAG, b"ACK", b"{}"], 1.0))
     assert notices(core.on_direct([b"junk"], 1.0))
-    assert notices(core.on_published([b"#general", b"chat/1", b"EVENT", b"{}"], 1.0))
+    assert notices(core.on_published([b"#general", p.PROTOCOL_TAG, b"EVENTS", b"{}"], 1.0))
+    assert notices(core.on_published([b"#general\x00", b"chat/1", b"EVENT", b'{"seq":4}'], 1.0))
     assert shown(publish(core, event(4))) == [4]  # and it goes on
 
 
@@ -541,3 +543,32 @@ def test_a_line_refused_for_good_is_reported_as_failed_and_not_resent() -> None:
     refusal = direct(core, p.Error(p.NO_SUCH_USER, "nobody called nobody is online", pm.id), T_JOINED + 1.1)
     assert ev.Failed(pm.id, "nobody called nobody is online") in refusal
     assert all(m != pm for m in sent(core.tick(T_JOINED + 1.1 + client_core.RESEND_AFTER + 0.1)))
+
+
+# --------------------------------------------------------------------------- protocol version 2
+
+
+def test_a_published_batch_is_shown_event_by_event_and_its_gap_fetched() -> None:
+    core = joined()  # expects seq 4 next (its own join)
+    [batch] = p.encode_events([event(seq) for seq in (6, 7, 8)])
+    actions = core.on_published(batch, 1.0)
+    assert shown(actions) == []  # 4 and 5 are missing: held until they come
+    assert sent(actions) == [p.Fetch(GENERAL, 4, 5)]
+    [gap] = p.encode_events([event(4, name="alice", kind=p.KIND_JOIN), event(5)])
+    assert shown(core.on_published(gap, 1.1)) == [5, 6, 7, 8]  # 4 is our own join
+
+
+def test_a_broker_of_another_version_ends_the_join_with_exit_3() -> None:
+    core = ClientCore("alice", interactive=False)
+    core.start(0.0)
+    old = [b"chat/1", b"ERROR", b'{"code":"bad_version","reason":"this peer speaks 1","ref":""}']
+    actions = core.on_direct(old, 0.1)
+    assert exits(actions) == [ev.EXIT_REFUSED]
+    assert actions[0].reason.startswith("the broker speaks another protocol version")
+    assert "version '1' is not supported: this side speaks version 2" in actions[0].reason
+
+
+def test_a_message_of_another_version_once_joined_is_only_a_notice() -> None:
+    core = joined()
+    actions = core.on_direct([b"chat/3", b"ACK", b"{}"], 1.0)
+    assert exits(actions) == [] and notices(actions)

@@ -548,6 +548,7 @@ class ScriptedBroker:
         self.port = int(self.router.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1])
         self.pub_port = int(self.xpub.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1])
         self.seen: list[tuple[str, dict[str, Any]]] = []
+        self.tag = b"chat/2"  # the version it speaks
 
     def close(self) -> None:
         self.router.close(linger=0)
@@ -558,7 +559,7 @@ class ScriptedBroker:
         deadline = time.monotonic() + timeout
         while self.router.poll(max(1, int((deadline - time.monotonic()) * 1000))):
             identity, tag, got, body = self.router.recv_multipart()
-            assert tag == b"chat/1"
+            assert tag == b"chat/2"
             self.seen.append((got.decode(), json.loads(body)))
             if got.decode() == kind:
                 return identity, self.seen[-1][1]
@@ -567,7 +568,7 @@ class ScriptedBroker:
         pytest.fail(f"no {kind} from the client within {timeout:g} s; got {self.seen}")
 
     def reply(self, identity: bytes, kind: str, body: dict[str, Any]) -> None:
-        self.router.send_multipart([identity, b"chat/1", kind.encode(), json.dumps(body).encode()])
+        self.router.send_multipart([identity, self.tag, kind.encode(), json.dumps(body).encode()])
 
     def welcome(self, identity: bytes, name: str, last: int, history_id: str) -> None:
         self.reply(identity, "WELCOME", {
@@ -585,8 +586,8 @@ class ScriptedBroker:
     def event(seq: int, kind: str, name: str, text: str = "") -> dict[str, Any]:
         return {"seq": seq, "ts": int(time.time() * 1000), "kind": kind, "name": name, "text": text}
 
-    def publish(self, event: dict[str, Any]) -> None:
-        self.xpub.send_multipart([b"#general\x00", b"chat/1", b"EVENT", json.dumps(event).encode()])
+    def publish(self, *events: dict[str, Any]) -> None:
+        self.xpub.send_multipart([b"#general\x00", self.tag, b"EVENTS", json.dumps({"events": events}).encode()])
 
 
 @pytest.fixture
@@ -642,3 +643,54 @@ def test_events_of_a_restarted_broker_are_shown_once(procs: Processes, scripted:
         *[said("alice", f"new line {seq}") for seq in range(2, 6)],
         said("alice", "after"),
     )
+
+
+@pytest.mark.timeout(20)
+def test_a_batch_of_events_is_shown_line_by_line_in_order(procs: Processes, scripted: ScriptedBroker) -> None:
+    """Under load the broker packs several events in one published message (PROTOCOL.md, version 2)."""
+    bob = procs.client("bob", scripted.port, "--history", "0")
+    identity, _ = scripted.next("JOIN")
+    scripted.welcome(identity, "bob", last=0, history_id="h")
+    scripted.subscribed()
+    scripted.publish(scripted.event(1, "join", "bob"))
+    scripted.publish(*[scripted.event(seq, "msg", "alice", f"line {seq}") for seq in range(2, 7)])
+    scripted.publish(scripted.event(7, "msg", "alice", "alone"))
+    bob.expect(said("alice", "alone"))
+    bob.assert_stdout(*[said("alice", f"line {seq}") for seq in range(2, 7)], said("alice", "alone"))
+
+
+@pytest.mark.timeout(20)
+def test_a_broker_of_another_protocol_version_is_refused_with_exit_code_3(
+    procs: Processes, scripted: ScriptedBroker
+) -> None:
+    """A version 1 broker answers our JOIN with bad_version in its own version: say so, do not hang."""
+    scripted.tag = b"chat/1"
+    bob = procs.client("bob", scripted.port)
+    identity, _ = scripted.next("JOIN")
+    started = time.monotonic()
+    scripted.reply(identity, "ERROR", {"code": "bad_version", "ref": "",
+                                       "reason": "protocol version '2' is not supported; this peer speaks 1"})
+    bob.assert_exit(EXIT_REFUSED, timeout=8)
+    assert time.monotonic() - started < 3.0  # at once, not after the connect timeout
+    assert bob.matching(r"^client: the broker speaks another protocol version", err=True), bob.context()
+    bob.assert_stdout()
+
+
+@pytest.mark.timeout(20)
+def test_an_old_client_is_told_in_its_own_version_why_it_is_refused(broker: Broker) -> None:
+    """What a version 1 client receives from this broker: an ERROR it can decode, naming both versions."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(f"tcp://{HOST}:{broker.port}")
+        sock.send_multipart([b"chat/1", b"JOIN", json.dumps({"name": "old"}).encode()])
+        assert sock.poll(5000), "no answer within 5 s"
+        tag, kind, body = sock.recv_multipart()
+        assert (tag, kind) == (b"chat/1", b"ERROR")
+        error = json.loads(body)
+        assert (error["code"], error["ref"]) == ("bad_version", "JOIN"), error
+        assert "'1' is not supported: this side speaks version 2" in error["reason"], error
+    finally:
+        sock.close()
+        ctx.term()

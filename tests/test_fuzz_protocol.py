@@ -54,7 +54,7 @@ def loosely_typed(hint: typing.Any) -> st.SearchStrategy[typing.Any]:
 @st.composite
 def shaped_body(draw: st.DrawFn, kind: bytes) -> bytes:
     """A JSON body with (mostly) the fields that ``kind`` has, so that decoding gets past the type checks."""
-    cls = {**p.CLIENT_MESSAGES, **p.BROKER_MESSAGES, p.Event.TYPE: p.Event}.get(kind)
+    cls = {**p.CLIENT_MESSAGES, **p.BROKER_MESSAGES, b"EVENT": p.Event}.get(kind)
     body: dict[str, typing.Any] = {}
     if cls is not None:
         hints = typing.get_type_hints(cls)
@@ -65,7 +65,7 @@ def shaped_body(draw: st.DrawFn, kind: bytes) -> bytes:
     return json.dumps(body).encode()  # ensure_ascii: lone surrogates become \\udXXX escapes
 
 
-tags = st.sampled_from([p.PROTOCOL_TAG, b"chat/2", b"chat/", b"chat/1 ", b""]) | st.binary(max_size=8)
+tags = st.sampled_from([p.PROTOCOL_TAG, b"chat/1", b"chat/3", b"chat/", b"chat/2 ", b""]) | st.binary(max_size=8)
 kinds = st.sampled_from(ALL_TYPES) | st.binary(max_size=8)
 
 
@@ -82,8 +82,9 @@ def direct_frames(draw: st.DrawFn) -> list[bytes]:
 @st.composite
 def published_frames(draw: st.DrawFn) -> list[bytes]:
     topic = draw(st.sampled_from([b"#general\x00", b"#general", b"\xff\x00", b""]) | st.binary(max_size=12))
-    kind = draw(st.sampled_from([p.Event.TYPE, b"SAY"]) | st.binary(max_size=6))
-    body = draw(shaped_body(p.Event.TYPE) | st.binary(max_size=64))
+    kind = draw(st.sampled_from([p.EVENTS, b"EVENT", b"SAY"]) | st.binary(max_size=6))
+    events = draw(st.lists(shaped_body(b"EVENT"), max_size=3))
+    body = draw(st.just(b'{"events":[' + b",".join(events) + b"]}") | st.binary(max_size=64))
     frames = [topic, draw(tags), kind, body]
     if draw(st.integers(0, 9)) == 0:
         frames = draw(st.lists(st.sampled_from(frames) | st.binary(max_size=16), max_size=6))
@@ -132,9 +133,15 @@ def test_decode_broker_returns_a_message_or_raises_remote_protocol_error(frames:
 
 @FUZZ
 @given(any_frames | published_frames())
-@example([b"#general\x00", p.PROTOCOL_TAG, b"EVENT", b"[" * 3000])
-def test_decode_event_returns_an_event_or_raises_remote_protocol_error(frames: list[bytes]) -> None:
-    decode_fully(p.decode_event, frames)
+@example([b"#general\x00", p.PROTOCOL_TAG, b"EVENTS", b'{"events":' + b"[" * 3000])
+def test_decode_events_returns_events_or_raises_remote_protocol_error(frames: list[bytes]) -> None:
+    try:
+        events = p.decode_events(frames)
+    except RemoteProtocolError as exc:
+        assert exc.code in CODES
+        return
+    assert events and all(isinstance(e, p.Event) for e in events)
+    p.encode_events(events)  # a client may print what it accepted: it must be valid UTF-8 again
 
 
 @FUZZ
@@ -146,8 +153,7 @@ def test_whatever_a_decoder_accepts_can_be_encoded_again(decoder, frames: list[b
     if message is not None:
         p.encode(message)
         if isinstance(message, p.History):
-            for event in p.history_events(message):
-                p.encode_event(event)
+            p.encode_events(p.history_events(message))
 
 
 # --------------------------------------------------------------------------- round trips
@@ -222,7 +228,17 @@ def test_broker_messages_round_trip(message: p.Message) -> None:
 @QUICK
 @given(events)
 def test_events_round_trip(event: p.Event) -> None:
-    assert p.decode_event(p.encode_event(event)) == event
+    [message] = p.encode_events([event])
+    assert p.decode_events(message) == [event]
+
+
+@QUICK
+@given(st.lists(events, max_size=40))
+def test_batches_round_trip_per_room_in_order(batch: list[p.Event]) -> None:
+    decoded = [e for message in p.encode_events(batch) for e in p.decode_events(message)]
+    for room in {e.room for e in batch}:
+        assert [e for e in decoded if e.room == room] == [e for e in batch if e.room == room]
+    assert len(decoded) == len(batch)
 
 
 # --------------------------------------------------------------------------- neutralise

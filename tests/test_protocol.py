@@ -9,7 +9,17 @@ import pytest
 from chat import protocol as p
 from chat.errors import RemoteProtocolError
 
-TAG = b"chat/1"
+TAG = b"chat/2"
+
+
+def published(event: p.Event) -> list[bytes]:
+    """The one PUB message that carries ``event`` alone."""
+    [message] = p.encode_events([event])
+    return message
+
+
+def events_frames(room: bytes, *events: dict) -> list[bytes]:
+    return [room, TAG, b"EVENTS", json.dumps({"events": list(events)}).encode()]
 
 CLIENT_SAMPLES = [
     p.Join("alice"),
@@ -67,11 +77,40 @@ def test_broker_message_round_trip(message: p.Message) -> None:
 
 def test_event_round_trip_carries_the_room_in_the_topic_frame() -> None:
     event = p.Event(seq=42, ts=1764190000123, kind=p.KIND_MSG, name="alice", text="hi", room="#dev")
-    encoded = p.encode_event(event)
+    encoded = published(event)
     assert encoded[0] == b"#dev\x00"
-    assert encoded[1:3] == [TAG, b"EVENT"]
-    assert "room" not in json.loads(encoded[3])
-    assert p.decode_event(encoded) == event
+    assert encoded[1:3] == [TAG, b"EVENTS"]
+    assert json.loads(encoded[3]) == {"events": [{"seq": 42, "ts": 1764190000123, "kind": "msg", "name": "alice", "text": "hi"}]}
+    assert p.decode_events(encoded) == [event]
+
+
+def test_a_batch_is_one_message_per_room_in_order_within_each_room() -> None:
+    batch = [
+        p.Event(1, 10, p.KIND_MSG, "alice", "one", "#general"),
+        p.Event(7, 11, p.KIND_JOIN, "bob", "", "#dev"),
+        p.Event(2, 12, p.KIND_MSG, "bob", "two", "#general"),
+        p.Event(8, 13, p.KIND_MSG, "bob", "three", "#dev"),
+    ]
+    messages = p.encode_events(batch)
+    assert [m[0] for m in messages] == [b"#general\x00", b"#dev\x00"]
+    assert [p.decode_events(m) for m in messages] == [[batch[0], batch[2]], [batch[1], batch[3]]]
+    assert p.encode_events([]) == []
+
+
+def test_a_batch_is_split_so_that_each_message_fits_in_a_frame() -> None:
+    text = "x" * p.MAX_TEXT_CHARS
+    batch = [p.Event(seq, seq, p.KIND_MSG, "alice", text) for seq in range(1, 201)]  # about 400 KB
+    messages = p.encode_events(batch)
+    assert len(messages) > 1
+    assert all(len(m[3]) <= p.PUB_BATCH_BYTES + 64 < p.MAX_FRAME_BYTES for m in messages)
+    assert [e for m in messages for e in p.decode_events(m)] == batch  # nothing lost, nothing reordered
+    widest = p.Event(1, 1, p.KIND_MSG, "a" * p.MAX_NAME_CHARS, "\U0001f600" * p.MAX_TEXT_CHARS)
+    assert len(published(widest)[3]) < p.MAX_FRAME_BYTES  # the largest possible event travels alone
+
+
+def test_published_message_without_events_is_bad_field() -> None:
+    assert refused(events_frames(b"#general\x00"), p.decode_events) == p.BAD_FIELD
+    assert refused([b"#general\x00", TAG, b"EVENTS", b'{"events":{}}'], p.decode_events) == p.BAD_FIELD
 
 
 def test_topic_frame_ends_with_a_zero_byte_so_prefixes_do_not_match() -> None:
@@ -103,13 +142,13 @@ def test_unknown_json_fields_are_ignored() -> None:
     assert p.decode_client(frames(b"SAY", body)) == p.Say("1", "hi")
     ack = {"id": "1", "seq": 2, "ts": 3, "signature": "abc"}
     assert p.decode_broker(frames(b"ACK", ack)) == p.Ack("1", 2, 3)
-    event = [b"#general\x00", TAG, b"EVENT", json.dumps({"seq": 1, "ts": 2, "kind": "msg", "name": "a", "x": 1}).encode()]
-    assert p.decode_event(event) == p.Event(1, 2, "msg", "a", "", "#general")
+    event = events_frames(b"#general\x00", {"seq": 1, "ts": 2, "kind": "msg", "name": "a", "x": 1})
+    assert p.decode_events(event) == [p.Event(1, 2, "msg", "a", "", "#general")]
 
 
 def test_unknown_event_kind_is_accepted_for_generic_display() -> None:
     event = p.Event(seq=1, ts=2, kind="topic", name="alice", text="new topic")
-    assert p.decode_event(p.encode_event(event)).kind == "topic"
+    assert p.decode_events(published(event))[0].kind == "topic"
 
 
 def test_endpoint_brackets_ipv6_hosts() -> None:
@@ -129,19 +168,30 @@ def test_direct_message_needs_exactly_three_frames(count: int) -> None:
 
 @pytest.mark.parametrize("count", [3, 5])
 def test_published_event_needs_exactly_four_frames(count: int) -> None:
-    good = p.encode_event(p.Event(1, 2, "msg", "a", "b"))
+    good = published(p.Event(1, 2, "msg", "a", "b"))
     bad = good[:3] if count == 3 else good + [b""]
-    assert refused(bad, p.decode_event) == p.BAD_FRAMES
+    assert refused(bad, p.decode_events) == p.BAD_FRAMES
 
 
 def test_another_version_is_bad_version_and_names_ours() -> None:
     with pytest.raises(RemoteProtocolError) as info:
-        p.decode_client(frames(b"PING", {}, tag=b"chat/2"))
+        p.decode_client(frames(b"PING", {}, tag=b"chat/1"))
     assert info.value.code == p.BAD_VERSION
-    assert "1" in info.value.reason
-    assert refused(frames(b"ACK", {"id": "1", "seq": 1, "ts": 1}, tag=b"chat/2"), p.decode_broker) == p.BAD_VERSION
-    event = p.encode_event(p.Event(1, 2, "msg", "a"))
-    assert refused([event[0], b"chat/2", *event[2:]], p.decode_event) == p.BAD_VERSION
+    assert "'1' is not supported: this side speaks version 2" in info.value.reason
+    assert info.value.ref == "PING"  # a type of ours: an old client can tell which request failed
+    assert refused(frames(b"ACK", {"id": "1", "seq": 1, "ts": 1}, tag=b"chat/3"), p.decode_broker) == p.BAD_VERSION
+    event = published(p.Event(1, 2, "msg", "a"))
+    assert refused([event[0], b"chat/1", *event[2:]], p.decode_events) == p.BAD_VERSION
+
+
+@pytest.mark.parametrize(
+    "tag, answer",
+    [(b"chat/1", b"chat/1"), (b"chat/3", b"chat/3"), (b"chat/2", b"chat/2"), (b"chat/x", b"chat/2"),
+     (b"chat/12345", b"chat/2"), (b"chat/", b"chat/2"), (b"http/1.1", b"chat/2")],
+)
+def test_a_refusal_is_tagged_with_the_version_its_request_named(tag: bytes, answer: bytes) -> None:
+    assert p.answer_tag([tag, b"JOIN", b"{}"]) == answer
+    assert p.encode(p.Error(p.BAD_VERSION, "r", "JOIN"), answer)[0] == answer
 
 
 @pytest.mark.parametrize("tag", [b"", b"chat", b"CHAT/1", b"http/1.1", b"\xff\xfe"])
@@ -159,19 +209,21 @@ def test_client_types_are_not_broker_types_and_back() -> None:
     assert refused(p.encode(p.Bye("x")), p.decode_client) == p.BAD_TYPE
 
 
-def test_published_type_must_be_event() -> None:
-    event = p.encode_event(p.Event(1, 2, "msg", "a"))
-    assert refused([event[0], TAG, b"SAY", event[3]], p.decode_event) == p.BAD_TYPE
+def test_published_type_must_be_events() -> None:
+    event = published(p.Event(1, 2, "msg", "a"))
+    assert refused([event[0], TAG, b"SAY", event[3]], p.decode_events) == p.BAD_TYPE
+    body = json.dumps({"seq": 1, "ts": 2, "kind": "msg", "name": "a"}).encode()
+    assert refused([event[0], TAG, b"EVENT", body], p.decode_events) == p.BAD_TYPE  # version 1's type
 
 
 def test_topic_frame_must_end_with_zero_byte() -> None:
-    event = p.encode_event(p.Event(1, 2, "msg", "a"))
-    assert refused([b"#general", *event[1:]], p.decode_event) == p.BAD_FRAMES
+    event = published(p.Event(1, 2, "msg", "a"))
+    assert refused([b"#general", *event[1:]], p.decode_events) == p.BAD_FRAMES
 
 
 def test_topic_frame_must_be_utf8() -> None:
-    event = p.encode_event(p.Event(1, 2, "msg", "a"))
-    assert refused([b"#\xff\x00", *event[1:]], p.decode_event) == p.BAD_FRAMES
+    event = published(p.Event(1, 2, "msg", "a"))
+    assert refused([b"#\xff\x00", *event[1:]], p.decode_events) == p.BAD_FRAMES
 
 
 def test_oversized_frame_is_too_large() -> None:
@@ -235,8 +287,8 @@ def test_wrong_field_type_from_broker_is_bad_field(kind: bytes, body: dict) -> N
 
 
 def test_bool_for_int_in_event_is_bad_field() -> None:
-    raw = json.dumps({"seq": True, "ts": 1, "kind": "msg", "name": "a"}).encode()
-    assert refused([b"#general\x00", TAG, b"EVENT", raw], p.decode_event) == p.BAD_FIELD
+    raw = events_frames(b"#general\x00", {"seq": True, "ts": 1, "kind": "msg", "name": "a"})
+    assert refused(raw, p.decode_events) == p.BAD_FIELD
 
 
 @pytest.mark.parametrize(
@@ -358,8 +410,8 @@ def test_deeply_nested_json_is_bad_json() -> None:
     """A 4 KB body of brackets must be refused like any other bad body, not crash the decoder."""
     assert refused(frames(b"SAY", b"[" * 4000)) == p.BAD_JSON
     assert refused(frames(b"SAY", b'{"a":' * 4000)) == p.BAD_JSON
-    raw = b'{"seq":1,"ts":1,"kind":"msg","name":"a","x":' + b"[" * 4000
-    assert refused([b"#general\x00", TAG, b"EVENT", raw], p.decode_event) == p.BAD_JSON
+    raw = b'{"events":[{"seq":1,"ts":1,"kind":"msg","name":"a","x":' + b"[" * 4000
+    assert refused([b"#general\x00", TAG, b"EVENTS", raw], p.decode_events) == p.BAD_JSON
 
 
 @pytest.mark.parametrize(
@@ -384,8 +436,7 @@ def test_whatever_is_accepted_can_be_sent_on(decoder, kind: bytes, body: bytes) 
         return
     p.encode(message)  # must not raise UnicodeEncodeError
     if isinstance(message, p.History):
-        for event in p.history_events(message):
-            p.encode_event(event)
+        p.encode_events(p.history_events(message))
 
 
 # --------------------------------------------------------------------------- neutralise

@@ -95,7 +95,7 @@ def test_invalid_room_names_are_refused_with_a_reason(procs: Processes, broker: 
     sock.linger = 0
     sock.connect(broker.endpoint)
     try:
-        sock.send_multipart([b"chat/1", b"JOIN", json.dumps({"name": "raw", "rooms": [bad]}).encode()])
+        sock.send_multipart([b"chat/2", b"JOIN", json.dumps({"name": "raw", "rooms": [bad]}).encode()])
         assert sock.poll(5000)
         _, kind, body = sock.recv_multipart()
         assert kind == b"ERROR" and json.loads(body)["code"] == "room_invalid"

@@ -115,14 +115,14 @@ def dealer(ctx: zmq.Context, broker: Broker) -> zmq.Socket:
 
 
 def request(sock: zmq.Socket, kind: str, body: dict, timeout: float = 5.0) -> tuple[str, dict]:
-    sock.send_multipart([b"chat/1", kind.encode(), json.dumps(body).encode()])
+    sock.send_multipart([b"chat/2", kind.encode(), json.dumps(body).encode()])
     return reply(sock, timeout)
 
 
 def reply(sock: zmq.Socket, timeout: float = 5.0) -> tuple[str, dict]:
     assert sock.poll(int(timeout * 1000)), "no reply from the broker"
     tag, kind, body = sock.recv_multipart()
-    assert tag == b"chat/1"
+    assert tag == b"chat/2"
     return kind.decode(), json.loads(body)
 
 
@@ -246,7 +246,7 @@ def test_a_flood_is_slowed_down_and_others_do_not_notice(procs: Processes, ctx: 
     kind, _ = request(flooder, "JOIN", {"name": "flood", "token": "t"})
     assert kind == "WELCOME"
     for i in range(30):
-        flooder.send_multipart([b"chat/1", b"SAY", json.dumps({"id": f"f{i}", "text": f"spam {i}"}).encode()])
+        flooder.send_multipart([b"chat/2", b"SAY", json.dumps({"id": f"f{i}", "text": f"spam {i}"}).encode()])
     answers = [reply(flooder) for _ in range(30)]
     acked = [body["id"] for kind, body in answers if kind == "ACK"]
     limited = [body for kind, body in answers if kind == "ERROR"]
@@ -265,7 +265,7 @@ def test_sessions_are_capped_and_unjoined_sockets_cost_nothing(procs: Processes,
     # Hundreds of identities that never join: each gets an error, none is remembered.
     strangers = [dealer(ctx, broker) for _ in range(200)]
     for sock in strangers:
-        sock.send_multipart([b"chat/1", b"PING", b"{}"])
+        sock.send_multipart([b"chat/2", b"PING", b"{}"])
     for sock in strangers:
         assert reply(sock)[1]["code"] == "not_joined"
     users = [dealer(ctx, broker) for _ in range(4)]
@@ -291,7 +291,7 @@ def test_oversized_frames_are_dropped_before_python_and_the_broker_goes_on(
     bob = procs.join("bob", broker)
     alice = procs.join("alice", broker)
     huge = dealer(ctx, broker)
-    huge.send_multipart([b"chat/1", b"SAY", b"x" * (200 * 1024)])  # beyond ZMQ_MAXMSGSIZE: disconnected
+    huge.send_multipart([b"chat/2", b"SAY", b"x" * (200 * 1024)])  # beyond ZMQ_MAXMSGSIZE: disconnected
     long_text = dealer(ctx, broker)
     assert request(long_text, "JOIN", {"name": "wordy"})[0] == "WELCOME"
     kind, body = request(long_text, "SAY", {"id": "1", "text": "y" * 101})
@@ -303,10 +303,10 @@ def test_oversized_frames_are_dropped_before_python_and_the_broker_goes_on(
 def random_frames(rng: random.Random) -> list[bytes]:
     """Garbage, truncations and near misses of valid requests."""
     valid = [
-        [b"chat/1", b"SAY", json.dumps({"id": "z", "text": "hi"}).encode()],
-        [b"chat/1", b"JOIN", json.dumps({"name": "fuzzer"}).encode()],
-        [b"chat/1", b"FETCH", json.dumps({"room": "#general", "first": 1, "last": 3}).encode()],
-        [b"chat/1", b"PM", json.dumps({"id": "q", "to": "bob", "text": "x"}).encode()],
+        [b"chat/2", b"SAY", json.dumps({"id": "z", "text": "hi"}).encode()],
+        [b"chat/2", b"JOIN", json.dumps({"name": "fuzzer"}).encode()],
+        [b"chat/2", b"FETCH", json.dumps({"room": "#general", "first": 1, "last": 3}).encode()],
+        [b"chat/2", b"PM", json.dumps({"id": "q", "to": "bob", "text": "x"}).encode()],
     ]
     choice = rng.randrange(5)
     if choice == 0:

@@ -110,15 +110,16 @@ class Sender:
             if not int(sock.get(EVENTS)) & POLLIN:  # cheaper than the zmq.Again of an empty recv
                 break
             try:
-                seq = wire.body_seq(wire.recv_event(sock))
+                events = wire.recv_events(sock)
             except zmq.Again:
                 return
-            if seq <= self.sub_last:
-                self.sub_disorder += 1
-                continue
-            self.sub_last = seq
-            if not self.peer.chat:
-                self.accepted = seq  # a baseline acknowledges nothing: a line is in when it is published
+            for event in events:
+                if event.seq <= self.sub_last:
+                    self.sub_disorder += 1
+                    continue
+                self.sub_last = event.seq
+                if not self.peer.chat:
+                    self.accepted = event.seq  # a baseline acknowledges nothing: a line is in when published
 
     def ack_seq(self) -> int:
         """The seq of the last acknowledged line (broker) or of the last line sent (baseline)."""

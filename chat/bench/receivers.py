@@ -16,7 +16,6 @@ seconds (what is missing is lost), or at the time bound.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -28,14 +27,11 @@ from chat.bench.wire import EVENTS, POLLIN
 
 QUIET = 5.0  # seconds without any event after which the receivers stop waiting (longer than any stall seen)
 WARM_SRC = -1  # by sender: warm-up lines come from this sender number
-TEXT = b'"text":"'
-SRC_N = re.compile(rb'"src":(-?\d+),"n":(\d+)')
 
 
-def sent_ns(body: bytes) -> int:
+def sent_ns(text: str) -> int:
     """The send time a latency line carries at the start of its text."""
-    start = body.index(TEXT) + len(TEXT)
-    return int(body[start : body.index(b" ", start)])
+    return int(text[: text.index(" ")])
 
 
 class Receivers:
@@ -72,30 +68,31 @@ class Receivers:
         self.last_event_at = time.monotonic()
 
     def _drain_by_seq(self, sock: zmq.Socket, i: int) -> None:
-        recv_event, body_seq, now_ns = wire.recv_event, wire.body_seq, time.monotonic_ns
+        recv_events, now_ns = wire.recv_events, time.monotonic_ns
         prev, lo, hi, got, latency = self.last[i], self.lo, self.hi, 0, self.latency
         for _ in range(DRAIN_BATCH):
             if not int(sock.get(EVENTS)) & POLLIN:  # cheaper than the zmq.Again of an empty recv
                 break
             try:
-                body = recv_event(sock)
-                seq = body_seq(body)
+                events = recv_events(sock)
             except zmq.Again:
                 break
-            except (wire.WireError, ValueError):
+            except wire.WireError:
                 self.bad += 1
                 continue
-            if seq <= prev:
-                self.disorder += 1
-                continue
-            prev = seq
-            if lo <= seq <= hi:
-                got += 1
-                if latency is not None:
-                    try:
-                        latency.append(now_ns() - sent_ns(body))
-                    except ValueError:
-                        self.bad += 1
+            for event in events:
+                seq = event.seq
+                if seq <= prev:
+                    self.disorder += 1
+                    continue
+                prev = seq
+                if lo <= seq <= hi:
+                    got += 1
+                    if latency is not None:
+                        try:
+                            latency.append(now_ns() - sent_ns(event.text))
+                        except ValueError:
+                            self.bad += 1
         self.last[i] = prev
         self.got[i] += got
 
@@ -105,30 +102,30 @@ class Receivers:
             if not int(sock.get(EVENTS)) & POLLIN:  # cheaper than the zmq.Again of an empty recv
                 break
             try:
-                body = wire.recv_event(sock)
+                events = wire.recv_events(sock)
             except zmq.Again:
                 break
             except wire.WireError:
                 self.bad += 1
                 continue
-            match = SRC_N.search(body)
-            src, n = (int(match[1]), int(match[2])) if match else (None, 0)
-            if src == WARM_SRC:
-                self.last[i] = max(self.last[i], n)
-                continue
-            if src is None or not 0 <= src < self.senders:
-                self.bad += 1
-                continue
-            if n < expected[src]:
-                self.disorder += 1
-                continue
-            expected[src] = n + 1  # a jump: what was skipped shows as loss
-            self.got[i] += 1
-            if latency is not None:
-                try:
-                    latency.append(now_ns() - sent_ns(body))
-                except ValueError:
+            for event in events:
+                src, n = event.src, event.n
+                if src == WARM_SRC:
+                    self.last[i] = max(self.last[i], n)
+                    continue
+                if src is None or not 0 <= src < self.senders:
                     self.bad += 1
+                    continue
+                if n < expected[src]:
+                    self.disorder += 1
+                    continue
+                expected[src] = n + 1  # a jump: what was skipped shows as loss
+                self.got[i] += 1
+                if latency is not None:
+                    try:
+                        latency.append(now_ns() - sent_ns(event.text))
+                    except ValueError:
+                        self.bad += 1
 
     # ------------------------------------------------------------------ phases
 

@@ -11,15 +11,31 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import zmq
 
 from chat.protocol import DEFAULT_ROOM, PROTOCOL_TAG, topic_frame
 
 TOPIC = topic_frame(DEFAULT_ROOM)
-EVENT = b"EVENT"
+PUBLISHED = b"EVENTS"  # the type frame of every published message
 # Plain ints: pyzmq's constants are enum flags, and ``int & flag`` costs microseconds in a hot loop.
 EVENTS, POLLIN, RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
-SEQ_PREFIX = b'{"seq":'  # how the broker's event bodies start (it writes the fields in PROTOCOL.md's order)
+
+
+class WireEvent(msgspec.Struct):
+    """What the receivers read of an event (other fields are skipped by the decoder, in C)."""
+
+    seq: int
+    text: str = ""
+    src: int | None = None  # a baseline's events only: which sender, and its line number
+    n: int = 0
+
+
+class _Published(msgspec.Struct):
+    events: list[WireEvent]
+
+
+_decode_published = msgspec.json.Decoder(_Published).decode
 
 
 class WireError(Exception):
@@ -44,11 +60,12 @@ def say(msg_id: str, text: str) -> list[bytes]:
 
 
 def raw_event(seq: int, text: str, src: int = 0, n: int = 0) -> list[bytes]:
-    """What a baseline relays: an event like the broker's, numbered by the sender (``src``, ``n``: per sender)."""
-    body = b'{"seq":%d,"src":%d,"n":%d,"ts":0,"kind":"msg","name":"bench","text":"%s"}' % (
+    """What a baseline relays: a published message of one event like the broker's, numbered by the sender
+    (``src``, ``n``: per sender)."""
+    body = b'{"events":[{"seq":%d,"src":%d,"n":%d,"ts":0,"kind":"msg","name":"bench","text":"%s"}]}' % (
         seq, src, n, text.encode()
     )
-    return [TOPIC, PROTOCOL_TAG, EVENT, body]
+    return [TOPIC, PROTOCOL_TAG, PUBLISHED, body]
 
 
 def reply(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
@@ -61,21 +78,8 @@ def reply(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
     return frames[1], body
 
 
-def body_seq(body: bytes) -> int:
-    """The ``seq`` of an event body (the fast path skips a full JSON parse)."""
-    if body.startswith(SEQ_PREFIX):
-        try:
-            return int(body[7 : body.index(b",", 7)])
-        except ValueError:
-            pass
-    seq = json.loads(body).get("seq")
-    if not isinstance(seq, int):
-        raise WireError(f"an event without an integer seq: {body[:60]!r}")
-    return seq
-
-
-def recv_event(sock: zmq.Socket) -> bytes:
-    """The body of the next published event on ``sock``, its frames checked (``zmq.Again``: none queued).
+def recv_events(sock: zmq.Socket) -> list[WireEvent]:
+    """The events of the next published message on ``sock``, its frames checked (``zmq.Again``: none queued).
 
     Four plain ``recv`` calls and one RCVMORE check: half the cost of ``recv_multipart`` (which asks
     RCVMORE after every frame), so that the receivers keep up. A message of another shape raises
@@ -86,14 +90,20 @@ def recv_event(sock: zmq.Socket) -> bytes:
     try:
         tag, kind, body = recv(zmq.NOBLOCK), recv(zmq.NOBLOCK), recv(zmq.NOBLOCK)
     except zmq.Again:
-        raise WireError("an event of fewer than 4 frames") from None
+        raise WireError("a published message of fewer than 4 frames") from None
     if sock.get(RCVMORE):
         while sock.get(RCVMORE):
             sock.recv(zmq.NOBLOCK)
-        raise WireError("an event of more than 4 frames")
-    if topic != TOPIC or tag != PROTOCOL_TAG or kind != EVENT:
-        raise WireError(f"an event framed {topic[:16]!r} {tag[:16]!r} {kind[:16]!r}")
-    return body
+        raise WireError("a published message of more than 4 frames")
+    if topic != TOPIC or tag != PROTOCOL_TAG or kind != PUBLISHED:
+        raise WireError(f"a published message framed {topic[:16]!r} {tag[:16]!r} {kind[:16]!r}")
+    try:
+        events = _decode_published(body).events
+    except msgspec.DecodeError as exc:  # ValidationError is one too
+        raise WireError(f"a published body that breaks the contract ({exc}): {body[:60]!r}") from None
+    if not events:
+        raise WireError("a published message without events")
+    return events
 
 
 def send(sock: zmq.Socket, frames: list[bytes]) -> None:

@@ -39,6 +39,7 @@ class Reply:
 
     identity: bytes
     message: p.Message
+    tag: bytes = p.PROTOCOL_TAG  # another version's tag only to refuse a request of that version
 
 
 Outgoing = Union[Reply, p.Event]  # an Event is published on PUB
@@ -99,7 +100,8 @@ class Broker:
         try:
             message = p.decode_client(frames)
         except RemoteProtocolError as exc:
-            return [Reply(identity, p.Error(exc.code, exc.reason, exc.ref))]
+            tag = p.answer_tag(frames) if exc.code == p.BAD_VERSION else p.PROTOCOL_TAG
+            return [Reply(identity, p.Error(exc.code, exc.reason, exc.ref), tag)]
         now = self.clock()
         session = self.sessions.get(identity)
         try:

@@ -120,6 +120,8 @@ class ClientCore:
         try:
             message = p.decode_broker(frames)
         except RemoteProtocolError as exc:
+            if exc.code == p.BAD_VERSION and self.state in ("joining", "lost"):
+                return [ev.Exit(ev.EXIT_REFUSED, f"the broker speaks another protocol version: {exc.reason}")]
             return [ev.Notice(f"ignored a malformed message from the broker ({exc})", "error")]
         self._last_heard = now
         self._handshake_failures = 0
@@ -151,10 +153,13 @@ class ClientCore:
     def on_published(self, frames: list[bytes], now: float) -> list[ev.Action]:
         """Frames received on the SUB."""
         try:
-            event = p.decode_event(frames)
+            events = p.decode_events(frames)
         except RemoteProtocolError as exc:
             return [ev.Notice(f"ignored a malformed event ({exc})", "error")]
-        return self._receive(event, now)
+        actions: list[ev.Action] = []
+        for event in events:
+            actions += self._receive(event, now)
+        return actions
 
     def on_handshake_failed(self, reason: str, certain: bool, now: float) -> list[ev.Action]:
         """The connection itself was refused (CURVE: wrong key, no key, key not admitted).
