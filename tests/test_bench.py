@@ -58,3 +58,22 @@ def test_quick_bench_runs_every_workload_without_loss(tmp_path: Path) -> None:
     assert "failure" not in scale, scale["failure"]
     assert scale["joined"] == scale["clients"] and scale["join_errors"] == scale["idle_errors"] == 0
     assert scale["rss_kib_per_client"] > 0 and scale["idle_cpu_pct"] >= 0
+
+
+# The receivers' check of every seq (a batch of events arrives at once): loss cannot hide in a fast path.
+@pytest.mark.parametrize(
+    "seqs, prev, expected",
+    [
+        ([11, 12, 13], 10, (13, 3, 0)),  # the next ones, in order: all counted
+        ([11, 13, 14], 10, (14, 3, 0)),  # a jump: 12 is not counted (it shows as loss)
+        ([11, 11, 12], 10, (12, 2, 1)),  # a duplicate: out of order, not counted twice
+        ([9, 11], 10, (11, 1, 1)),  # an old one: out of order
+        ([14, 12, 13], 11, (14, 1, 2)),  # reordered: only what advances counts
+        ([1, 2, 3, 4], 0, (4, 2, 0)),  # warm-up seqs outside the timed range 3..20 are not counted
+        ([19, 20, 21], 18, (21, 2, 0)),  # nor those after it
+    ],
+)
+def test_receivers_count_each_timed_seq_once_and_in_order(seqs: list[int], prev: int, expected: tuple) -> None:
+    from chat.bench.receivers import count_in_order
+
+    assert count_in_order(seqs, prev, 3, 20) == expected

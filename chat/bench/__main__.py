@@ -70,9 +70,9 @@ def parser() -> argparse.ArgumentParser:
     )
     pos_int, pos_float = _positive(int), _positive(float)
     fan = ap.add_argument_group("1. fan-out throughput (4.: the same with --secure and with history on)")
-    fan.add_argument("--lines", type=pos_int, default=20_000, help="lines per run (default %(default)s)")
+    fan.add_argument("--lines", type=pos_int, default=40_000, help="lines per run (default %(default)s)")
     fan.add_argument("--receivers", type=_counts, default=[10, 100], help="receiver counts (default 10,100)")
-    fan.add_argument("--max-deliveries", type=pos_int, default=1_000_000,
+    fan.add_argument("--max-deliveries", type=pos_int, default=2_000_000,
                      help="lines per run are cut to this over the receivers (default %(default)s)")
     fan.add_argument("--line-bytes", type=pos_int, default=100, help="bytes of text per line (default %(default)s)")
     fan.add_argument("--window", type=pos_int, default=500, help="unacknowledged lines at most (default %(default)s)")

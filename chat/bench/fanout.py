@@ -110,16 +110,16 @@ class Sender:
             if not int(sock.get(EVENTS)) & POLLIN:  # cheaper than the zmq.Again of an empty recv
                 break
             try:
-                events = wire.recv_events(sock)
+                seqs = wire.recv_seqs(sock)
             except zmq.Again:
                 return
-            for event in events:
-                if event.seq <= self.sub_last:
+            for seq in seqs:
+                if seq <= self.sub_last:
                     self.sub_disorder += 1
                     continue
-                self.sub_last = event.seq
+                self.sub_last = seq
                 if not self.peer.chat:
-                    self.accepted = event.seq  # a baseline acknowledges nothing: a line is in when published
+                    self.accepted = seq  # a baseline acknowledges nothing: a line is in when it is published
 
     def ack_seq(self) -> int:
         """The seq of the last acknowledged line (broker) or of the last line sent (baseline)."""
