@@ -272,5 +272,8 @@ def serve(
         if announcer is not None:
             announcer.stop()
         server.close()
+        # Wait (up to the ROUTER's linger) until the goodbyes are on the wire: without it the process
+        # could exit while libzmq's I/O thread still held them, and a client would wait for its time-out.
+        server.ctx.term()
     print("broker: stopped", file=out, flush=True)
     return 0
