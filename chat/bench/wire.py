@@ -9,7 +9,7 @@ events and numbers them itself.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 import zmq
@@ -89,26 +89,22 @@ def reply(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
 
 def recv_events(sock: zmq.Socket) -> list[WireEvent]:
     """The events of the next published message on ``sock``, its frames checked (``zmq.Again``: none queued)."""
-    body = recv_published(sock)
-    try:
-        events = _decode_published(body).events
-    except msgspec.DecodeError as exc:  # ValidationError is one too
-        raise WireError(f"a published body that breaks the contract ({exc}): {body[:60]!r}") from None
-    if not events:
-        raise WireError("a published message without events")
-    return events
+    return _events(recv_published(sock), _decode_published)
 
 
 def recv_seqs(sock: zmq.Socket) -> list[int]:
     """Only the seqs of the next published message on ``sock`` (each event is checked for one)."""
-    body = recv_published(sock)
+    return [event.seq for event in _events(recv_published(sock), _decode_seqs)]
+
+
+def _events(body: bytes, decode: Callable[[bytes], Any]) -> list[Any]:
     try:
-        seqs = [event.seq for event in _decode_seqs(body).events]
-    except msgspec.DecodeError as exc:
+        events = decode(body).events
+    except msgspec.DecodeError as exc:  # ValidationError is one too
         raise WireError(f"a published body that breaks the contract ({exc}): {body[:60]!r}") from None
-    if not seqs:
+    if not events:
         raise WireError("a published message without events")
-    return seqs
+    return events  # type: ignore[no-any-return]
 
 
 def recv_published(sock: zmq.Socket) -> bytes:
