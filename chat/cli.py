@@ -254,6 +254,13 @@ def find_broker(args: argparse.Namespace, interactive: bool) -> int | None:
         if not found:
             print(f"client: heard no broker announcing itself within {args.listen:g} s", file=sys.stderr)
         return EXIT_OK if found else EXIT_UNREACHABLE
+    ours = [broker for broker in found if broker.version == p.VERSION]
+    if found and not ours:
+        listing = "\n".join(f"  {b.describe()}" for b in found)
+        print(f"client: heard only brokers of another protocol version; use a client of theirs:\n{listing}",
+              file=sys.stderr)
+        return EXIT_REFUSED
+    found = ours
     if not found:
         print(f"client: heard no broker on the LAN within {args.listen:g} s; trying 127.0.0.1", file=sys.stderr)
         args.host, args.port = "127.0.0.1", args.port or DEFAULT_PORT

@@ -6,7 +6,7 @@ client that is given no ``--host`` listens for a bounded time and joins the brok
 not authenticated, so with ``--secure`` the key a beacon carries is trusted only on first use, after
 showing its fingerprint, and remembered like SSH's known_hosts; a changed key is refused loudly.
 
-    beacon = b"LANCHAT" + JSON {"v": 1, "port": 5555, "name": "host", "key": "Z85 public key or empty"}
+    beacon = b"LANCHAT" + JSON {"v": 2, "port": 5555, "name": "host", "key": "Z85 public key or empty"}
 """
 
 from __future__ import annotations
@@ -37,10 +37,12 @@ class Found:
     port: int
     name: str
     key: str = ""
+    version: int = p.VERSION  # the protocol version it speaks
 
     def describe(self) -> str:
         secure = f", encrypted, key fingerprint {fingerprint(self.key.encode())}" if self.key else ""
-        return f"{self.name} at {self.host}:{self.port}{secure}"
+        other = f", protocol version {self.version} (this client: {p.VERSION})" if self.version != p.VERSION else ""
+        return f"{self.name} at {self.host}:{self.port}{secure}{other}"
 
 
 def beacon(port: int, name: str, key: str = "") -> bytes:
@@ -49,21 +51,26 @@ def beacon(port: int, name: str, key: str = "") -> bytes:
 
 
 def parse_beacon(data: bytes, sender: str) -> Found | None:
-    """The broker a datagram announces, or None for anything that is not a valid beacon of ours."""
+    """The broker a datagram announces, or None for anything that is not a valid beacon.
+
+    A broker of another protocol version is still a broker: shown with its version, and when a client
+    joins it, the broker's bad_version answer says why it cannot (rather than "heard no broker")."""
     if not data.startswith(BEACON_PREFIX) or len(data) > MAX_BEACON_BYTES:
         return None
     try:
         body = json.loads(data[len(BEACON_PREFIX) :].decode())
     except (UnicodeDecodeError, ValueError):
         return None
-    if not isinstance(body, dict) or body.get("v") != p.VERSION:
+    if not isinstance(body, dict):
         return None
-    port, name, key = body.get("port"), body.get("name", ""), body.get("key", "")
+    version, port, name, key = body.get("v"), body.get("port"), body.get("name", ""), body.get("key", "")
+    if not isinstance(version, int) or isinstance(version, bool) or not 0 < version < 10_000:
+        return None
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         return None
     if not isinstance(name, str) or not isinstance(key, str) or len(key) not in (0, 40):
         return None
-    return Found(sender, port, p.neutralise(name)[:64] or sender, key)
+    return Found(sender, port, p.neutralise(name)[:64] or sender, key, version)
 
 
 class Announcer:

@@ -179,3 +179,21 @@ def test_a_beacon_key_is_trusted_on_first_use_and_a_changed_one_refused(procs: P
     again = client(procs, lan, "a", "alice")
     assert again.wait(15) == 3, again.describe()
     assert again.matching(r"^client: REFUSING TO CONNECT: the broker at .* now announces a DIFFERENT key", err=True)
+
+
+def test_a_broker_of_another_protocol_version_is_named_not_joined(procs: Processes, lan: Lan) -> None:
+    """A beacon of version 1 on the LAN: the client says which broker it heard and why it cannot join."""
+    old = (
+        "import json, threading; from chat.discovery import Announcer;"
+        f" Announcer({BROADCAST!r}, 5670, b'LANCHAT' + json.dumps({{'v': 1, 'port': 5555, 'name': 'old'}}).encode()).start();"
+        " threading.Event().wait()"  # until the test ends it
+    )
+    start(procs, lan, "b", "version 1 beacon (host b)", ["-c", old], False)
+    lister = start(procs, lan, "c", "lister (host c)", ["client.py", "--list-brokers"], False)
+    assert lister.wait(10) == 0, lister.describe()
+    assert lister.matching(rf"^old at {re.escape(lan.addr('b'))}:5555, protocol version 1 \(this client: 2\)$")
+
+    alice = client(procs, lan, "a", "alice")  # no --host
+    assert alice.wait(10) == 3, alice.describe()
+    assert alice.matching(r"^client: heard only brokers of another protocol version", err=True), alice.describe()
+    assert alice.matching(r"^  old at .*, protocol version 1 \(this client: 2\)$", err=True), alice.describe()
