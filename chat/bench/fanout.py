@@ -23,7 +23,7 @@ import zmq
 from chat.bench import wire
 from chat.bench.load import DRAIN_BATCH, POLL_MS, SYNC_TIMEOUT, WARM_EVERY, Control, LoadError, Peer, Sockets, cpu_seconds
 from chat.bench.procs import Relay, Worker, cpu_seconds as pid_cpu_seconds, main_thread_cpu_seconds, memory_kib
-from chat.bench.receivers import receivers as receivers_body
+from chat.bench.receivers import count_in_order, receivers as receivers_body
 from chat.bench.targets import Target, start
 from chat.bench.wire import EVENTS, POLLIN
 
@@ -113,13 +113,11 @@ class Sender:
                 seqs = wire.recv_seqs(sock)
             except zmq.Again:
                 return
-            for seq in seqs:
-                if seq <= self.sub_last:
-                    self.sub_disorder += 1
-                    continue
-                self.sub_last = seq
-                if not self.peer.chat:
-                    self.accepted = seq  # a baseline acknowledges nothing: a line is in when it is published
+            # The receivers' rule (an empty timed range: our own SUB's lines are not deliveries).
+            self.sub_last, _, disorder = count_in_order(seqs, self.sub_last, 1, 0)
+            self.sub_disorder += disorder
+            if not self.peer.chat:
+                self.accepted = self.sub_last  # a baseline acknowledges nothing: a line is in when it is published
 
     def ack_seq(self) -> int:
         """The seq of the last acknowledged line (broker) or of the last line sent (baseline)."""
