@@ -105,6 +105,9 @@ class Join(Message, frozen=True):
     name: str
     token: str = ""  # the client's secret: a later JOIN with the same name and token takes the session back
     rooms: list[str] = msgspec.field(default_factory=list)  # rooms to be in; none: the default room
+    # The seq of the last PRIVATE this client has shown: the broker sends again the ones after it that
+    # went to this client (same token). -1 (absent): send none again, as a client that does not count.
+    private_seq: int = -1
 
 
 class Say(Message, frozen=True):
@@ -237,6 +240,7 @@ class Private(Message, frozen=True):
     to: str
     text: str
     ts: int
+    seq: int = 0  # numbers the recipient's private messages 1, 2, 3...: a resent one is recognised by it
 
 
 class Pong(Message, frozen=True):

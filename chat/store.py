@@ -1,4 +1,4 @@
-"""Persistent history: every public event in SQLite (WAL), written in batches.
+"""Persistent history: every public event and private message in SQLite (WAL), written in batches.
 
 The broker appends events while it handles a batch of requests and calls ``flush`` once before it sends
 anything: one transaction per batch, and nothing is acknowledged or published before it is on disk. WAL
@@ -13,6 +13,7 @@ import sqlite3
 from pathlib import Path
 
 from chat import protocol as p
+from chat.broker.history import RECENT_ACKS, PrivateRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -28,8 +29,21 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS owners (name_key TEXT PRIMARY KEY, public_key TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS private (
+    recipient_key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    text TEXT NOT NULL,
+    sender_key TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    token_digest TEXT NOT NULL,
+    PRIMARY KEY (recipient_key, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_by_sender ON events (sender_key, ts) WHERE sender_key != '';
+CREATE INDEX IF NOT EXISTS private_by_sender ON private (sender_key, ts);
 """
-RECENT_IDS = 20_000  # acknowledged ids loaded at start, so that resends after a restart are recognised
 
 
 class SqliteHistory:
@@ -48,7 +62,9 @@ class SqliteHistory:
         else:
             self.history_id = row[0]
         self._pending: list[tuple[p.Event, str]] = []
+        self._pending_private: list[PrivateRecord] = []
         self._last: dict[str, int] = {}
+        self._last_private: dict[str, int] = {}
 
     def last_seq(self, room: str) -> int:
         if room not in self._last:
@@ -62,16 +78,23 @@ class SqliteHistory:
 
     def flush(self) -> None:
         """Write what was appended since the last flush, in one transaction."""
-        if not self._pending:
+        if not self._pending and not self._pending_private:
             return
         rows = [
             (e.room, e.seq, e.ts, e.kind, e.name, e.text, p.name_key(e.name) if msg_id else "", msg_id)
             for e, msg_id in self._pending
         ]
+        private_rows = [
+            (r.recipient_key, r.message.seq, r.message.ts, r.message.name, r.message.to, r.message.text,
+             r.sender_key, r.msg_id, r.token_digest)
+            for r in self._pending_private
+        ]
         with self.db:  # BEGIN ... COMMIT
             self.db.execute("BEGIN")
             self.db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.db.executemany("INSERT INTO private VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", private_rows)
         self._pending.clear()
+        self._pending_private.clear()
 
     def fetch(self, room: str, first: int, last: int) -> list[p.Event]:
         rows = self.db.execute(
@@ -82,13 +105,41 @@ class SqliteHistory:
         events += [e for e, _ in self._pending if e.room == room and first <= e.seq <= last]
         return events
 
-    def recent_acks(self, limit: int = RECENT_IDS) -> list[tuple[str, p.Ack]]:
-        """(sender key, ACK) of the most recent acknowledged lines, oldest first."""
+    def recent_acks(self, sender_key: str, limit: int = RECENT_ACKS) -> list[p.Ack]:
+        """The last ``limit`` ACKs of one user (lines, topics and private messages), oldest first."""
         rows = self.db.execute(
-            "SELECT sender_key, msg_id, seq, ts FROM events WHERE msg_id != '' ORDER BY ts DESC LIMIT ?",
-            (limit,),
+            "SELECT * FROM ("
+            " SELECT msg_id, seq, ts FROM events WHERE sender_key = ? ORDER BY ts DESC LIMIT ?)"
+            " UNION ALL SELECT * FROM ("
+            " SELECT msg_id, 0, ts FROM private WHERE sender_key = ? AND msg_id != '' ORDER BY ts DESC LIMIT ?)",
+            (sender_key, limit, sender_key, limit),
         ).fetchall()
-        return [(key, p.Ack(msg_id, seq, ts)) for key, msg_id, seq, ts in reversed(rows)]
+        rows.sort(key=lambda row: row[2])
+        return [p.Ack(msg_id, seq, ts) for msg_id, seq, ts in rows[-limit:]]
+
+    def last_private_seq(self, recipient_key: str) -> int:
+        if recipient_key not in self._last_private:
+            row = self.db.execute("SELECT MAX(seq) FROM private WHERE recipient_key = ?", (recipient_key,)).fetchone()
+            self._last_private[recipient_key] = row[0] or 0
+        return self._last_private[recipient_key]
+
+    def append_private(self, record: PrivateRecord) -> None:
+        self._pending_private.append(record)
+        self._last_private[record.recipient_key] = record.message.seq
+
+    def privates_after(self, recipient_key: str, after: int, token_digest: str, limit: int) -> list[p.Private]:
+        rows = self.db.execute(
+            "SELECT name, recipient, text, ts, seq FROM private"
+            " WHERE recipient_key = ? AND seq > ? AND token_digest = ? ORDER BY seq LIMIT ?",
+            (recipient_key, after, token_digest, limit),
+        ).fetchall()
+        found = [p.Private(name, to, text, ts, seq) for name, to, text, ts, seq in rows]
+        found += [
+            r.message
+            for r in self._pending_private
+            if r.recipient_key == recipient_key and r.message.seq > after and r.token_digest == token_digest
+        ]
+        return found[:limit]
 
     def name_owner(self, name_key: str) -> str:
         row = self.db.execute("SELECT public_key FROM owners WHERE name_key = ?", (name_key,)).fetchone()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from chat import protocol as p
-from chat.broker.core import Broker, Outgoing, Reply
+from chat.broker.core import DEDUP_IDS_PER_NAME, Broker, Outgoing, Reply
+from chat.store import SqliteHistory
 
 A, B, C = b"\x00A", b"\x00B", b"\x00C"  # ROUTER identities
 T0 = 1_764_190_000.0
@@ -272,13 +274,13 @@ def test_pm_goes_to_the_target_only_and_is_acknowledged(broker: Broker, clock: C
     clock.advance(1)
     out = send(broker, A, p.Pm("p1", "BOB", "psst"))
     assert events(out) == []  # never on the PUB socket
-    assert replies(out, B) == [p.Private("alice", "bob", "psst", ms(clock.now))]
+    assert replies(out, B) == [p.Private("alice", "bob", "psst", ms(clock.now), seq=1)]
     assert replies(out, A) == [p.Ack("p1", 0, ms(clock.now))]
     assert replies(out, C) == []
     assert len(out) == 2
 
 
-def test_pm_is_not_kept_in_history(broker: Broker) -> None:
+def test_pm_is_never_in_the_public_history(broker: Broker) -> None:
     join(broker, A, "alice")
     join(broker, B, "bob")
     send(broker, A, p.Pm("p1", "bob", "secret"))
@@ -312,6 +314,108 @@ def test_resent_pm_is_acknowledged_again_even_after_the_target_left(broker: Brok
     ack = replies(send(broker, A, p.Pm("p1", "bob", "psst")), A)[0]
     send(broker, B, p.Leave())
     assert send(broker, A, p.Pm("p1", "bob", "psst")) == [Reply(A, ack)]
+
+
+def test_pms_are_numbered_in_their_recipients_own_sequence(broker: Broker) -> None:
+    join(broker, A, "alice")
+    join(broker, B, "bob")
+    join(broker, C, "carol")
+    seqs = []
+    for n, (sender, to) in enumerate([(A, "bob"), (C, "bob"), (A, "carol"), (A, "bob")]):
+        (private,) = [m for m in replies(send(broker, sender, p.Pm(f"p{n}", to, "hi"))) if isinstance(m, p.Private)]
+        seqs.append((private.to, private.seq))
+    assert seqs == [("bob", 1), ("bob", 2), ("carol", 1), ("bob", 3)]
+
+
+def test_a_pm_sent_while_its_target_reconnects_comes_again_after_the_welcome(broker: Broker) -> None:
+    """The PRIVATE went to bob's old connection, which the ROUTER no longer has: it is not lost."""
+    join(broker, A, "alice")
+    join(broker, B, "bob", token="t-bob")
+    send(broker, A, p.Pm("p1", "bob", "one"))
+    shown = 1  # bob's client showed the first; the second goes to the stale identity B
+    send(broker, A, p.Pm("p2", "bob", "two"))
+    out = send(broker, b"\x00B2", p.Join("bob", "t-bob", private_seq=shown))
+    welcome, *rest = replies(out, b"\x00B2")
+    assert isinstance(welcome, p.Welcome)
+    assert [(m.seq, m.text) for m in rest if isinstance(m, p.Private)] == [(2, "two")]
+    assert len(rest) == 1
+    # Asked again (a retried JOIN), it comes again; the client drops it by its seq.
+    again = replies(send(broker, b"\x00B2", p.Join("bob", "t-bob", private_seq=shown)), b"\x00B2")
+    assert [m.seq for m in again if isinstance(m, p.Private)] == [2]
+    # A JOIN without private_seq (a client that does not count them) gets none again.
+    assert replies(send(broker, b"\x00B2", p.Join("bob", "t-bob")), b"\x00B2")[1:] == []
+
+
+def test_pms_to_a_name_go_again_only_to_the_client_they_were_sent_to(broker: Broker) -> None:
+    join(broker, A, "alice")
+    join(broker, B, "bob", token="t-bob")
+    send(broker, A, p.Pm("p1", "bob", "for the first bob"))
+    send(broker, B, p.Leave())
+    out = send(broker, C, p.Join("bob", "t-someone-else", private_seq=0))
+    assert [m for m in replies(out, C) if isinstance(m, p.Private)] == []
+    out = send(broker, A, p.Pm("p2", "bob", "for the second bob"))
+    assert [(m.seq, m.text) for m in replies(out, C)] == [(2, "for the second bob")]
+
+
+def test_a_pm_resent_to_a_restarted_broker_is_acked_as_before_and_not_delivered_again(
+    tmp_path: Path, clock: Clock
+) -> None:
+    db = tmp_path / "history.db"
+    first = SqliteHistory(db)
+    broker = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=first)
+    join(broker, A, "alice", token="t-alice")
+    join(broker, B, "bob", token="t-bob")
+    ack = replies(send(broker, A, p.Pm("p1", "bob", "psst")), A)[0]
+    said_ack = say(broker, A, "hello", "s1")[1]
+    first.flush()  # what the server loop does before it sends the ACK
+    first.db.close()  # the broker dies (no shutdown: nobody is told)
+
+    clock.advance(5)
+    restarted = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=SqliteHistory(db))
+    join(restarted, A, "alice", token="t-alice")
+    join(restarted, B, "bob", token="t-bob")
+    assert send(restarted, A, p.Pm("p1", "bob", "psst")) == [Reply(A, ack)]
+    assert send(restarted, A, p.Say("s1", "hello")) == [Reply(A, said_ack)]
+    # bob's numbering goes on where it was
+    (private,) = [m for m in replies(send(restarted, A, p.Pm("p2", "bob", "again")), B)]
+    assert isinstance(private, p.Private) and private.seq == 2
+
+
+def test_a_pm_stored_before_a_restart_comes_again_to_its_client_after_it(tmp_path: Path, clock: Clock) -> None:
+    db = tmp_path / "history.db"
+    first = SqliteHistory(db)
+    broker = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=first)
+    join(broker, A, "alice", token="t-alice")
+    join(broker, B, "bob", token="t-bob")
+    send(broker, A, p.Pm("p1", "bob", "while you were away"))  # bob's connection was already stale
+    first.flush()
+    first.db.close()
+    restarted = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=SqliteHistory(db))
+    out = send(restarted, B, p.Join("bob", "t-bob", private_seq=0))
+    assert [(m.seq, m.text) for m in replies(out, B) if isinstance(m, p.Private)] == [(1, "while you were away")]
+
+
+def test_resent_ids_are_recognised_per_user_up_to_the_last_1000(tmp_path: Path, clock: Clock) -> None:
+    """PROTOCOL.md: the broker remembers each user's last 1000 ids, also across a restart."""
+    db = tmp_path / "history.db"
+    first = SqliteHistory(db)
+    broker = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=first, rate=0)
+    join(broker, A, "alice")
+    join(broker, B, "bob")
+    oldest = say(broker, A, "the oldest", "a0")[1]
+    clock.advance(0.001)
+    kept = say(broker, A, "kept", "a1")[1]
+    for n in range(DEDUP_IDS_PER_NAME - 1):  # alice's newer ids push "a0" out; bob's do not count
+        clock.advance(0.001)
+        say(broker, A, f"{n}", f"a-{n}")
+        say(broker, B, f"{n}", f"b-{n}")
+    first.flush()
+    first.db.close()
+    restarted = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=SqliteHistory(db), rate=0)
+    join(restarted, A, "alice")
+    assert send(restarted, A, p.Say("a1", "kept")) == [Reply(A, kept)]
+    event, ack = say(restarted, A, "the oldest", "a0")  # forgotten: taken for a new line
+    assert ack != oldest and event.text == "the oldest"
 
 
 # --------------------------------------------------------------------------- who, ping, fetch

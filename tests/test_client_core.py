@@ -79,7 +79,7 @@ def test_start_with_a_name_sends_join_with_a_random_token() -> None:
     core = ClientCore("alice", interactive=False)
     actions = core.start(0.0)
     assert ev.Status("connecting") in actions
-    assert sent(actions) == [p.Join("alice", core.token, [GENERAL])]
+    assert sent(actions) == [p.Join("alice", core.token, [GENERAL], private_seq=0)]
     assert len(core.token) >= 16 and core.token != ClientCore("alice", interactive=False).token
 
 
@@ -87,7 +87,7 @@ def test_start_without_a_name_asks_for_one_and_takes_the_next_line() -> None:
     core = ClientCore(None, interactive=True)
     assert core.start(0.0) == [ev.AskName()]
     actions = core.on_input("alice\n", 0.5)
-    assert sent(actions) == [p.Join("alice", core.token, [GENERAL])]
+    assert sent(actions) == [p.Join("alice", core.token, [GENERAL], private_seq=0)]
 
 
 def test_a_typed_name_that_breaks_the_rules_is_asked_again_without_sending() -> None:
@@ -137,7 +137,7 @@ def test_name_taken_interactive_asks_again_and_uses_the_next_line() -> None:
     assert actions == [ev.AskName("the name alice is taken; choose another")]
     assert exits(core.tick(client_core.CONNECT_TIMEOUT + 1)) == []  # a person is being asked: no time-out
     actions = core.on_input("alice2", 10.0)
-    assert sent(actions) == [p.Join("alice2", core.token, [GENERAL])]
+    assert sent(actions) == [p.Join("alice2", core.token, [GENERAL], private_seq=0)]
     assert ev.Status("connected", "alice2") in direct(core, msgspec.structs.replace(WELCOME, name="alice2"), 10.1)
 
 
@@ -386,6 +386,30 @@ def test_private_message_is_shown() -> None:
     assert direct(core, private, 1.0) == [ev.PrivateIn(private)]
 
 
+def test_a_private_message_sent_again_is_not_shown_again_and_the_rejoin_names_the_last_one() -> None:
+    core = joined()
+    first, second = p.Private("bob", "alice", "one", 7, seq=1), p.Private("bob", "alice", "two", 8, seq=2)
+    assert direct(core, first, 1.0) == [ev.PrivateIn(first)]
+    assert direct(core, second, 1.1) == [ev.PrivateIn(second)]
+    t, actions = lose(core)
+    assert p.Join("alice", core.token, [GENERAL], private_seq=2) in sent(actions)
+    direct(core, WELCOME, t + 0.5)
+    third = p.Private("bob", "alice", "three", 9, seq=3)
+    # the broker sends again what came after the JOIN's private_seq; a retried JOIN may bring it twice
+    assert direct(core, first, t + 0.6) == []
+    assert direct(core, third, t + 0.6) == [ev.PrivateIn(third)]
+    assert direct(core, third, t + 0.7) == []
+
+
+def test_private_messages_are_counted_afresh_with_another_history() -> None:
+    core = joined()
+    direct(core, p.Private("bob", "alice", "one", 7, seq=5), 1.0)
+    t, _ = lose(core)
+    direct(core, msgspec.structs.replace(WELCOME, history_id="hist-2"), t + 0.5)  # a broker without its store
+    fresh = p.Private("bob", "alice", "new", 9, seq=1)
+    assert direct(core, fresh, t + 0.6) == [ev.PrivateIn(fresh)]
+
+
 def test_malformed_frames_from_the_broker_are_a_notice() -> None:
     core = joined()
     assert notices(core.on_direct([p.PROTOCOL_TAG, b"ACK", b"{}"], 1.0))
@@ -462,8 +486,8 @@ def test_broker_silence_beyond_the_timeout_means_reconnecting() -> None:
     retry = core.tick(t + client_core.RETRY_INTERVAL)
     everything = actions + retry
     assert ev.Reconnect() in everything
-    assert p.Join("alice", first_token, [GENERAL]) in sent(everything)
-    assert retry == [ev.Reconnect(), ev.Send(p.Join("alice", first_token, [GENERAL]))]  # and again, every RETRY_INTERVAL
+    assert p.Join("alice", first_token, [GENERAL], private_seq=0) in sent(everything)
+    assert retry == [ev.Reconnect(), ev.Send(p.Join("alice", first_token, [GENERAL], private_seq=0))]  # and again, every RETRY_INTERVAL
 
 
 def test_bye_from_a_stopping_broker_means_reconnecting() -> None:
@@ -500,7 +524,7 @@ def test_not_joined_while_joined_rejoins_at_once() -> None:
     core = joined()
     actions = direct(core, p.Error(p.NOT_JOINED, "join first", "PING"), 1.0)
     assert ev.Status("reconnecting") in actions
-    assert p.Join("alice", core.token, [GENERAL]) in sent(actions + core.tick(1.0))
+    assert p.Join("alice", core.token, [GENERAL], private_seq=0) in sent(actions + core.tick(1.0))
 
 
 # --------------------------------------------------------------------------- recent history on joining

@@ -9,6 +9,11 @@ Session states, all of them, in one place::
 An identity without a session costs no memory: the broker answers it and forgets it. A session is bound
 to one ROUTER identity; the name shown on everything it sends comes from the session, never from the
 message. A client that reconnects (new identity) can take its session back with the token it joined with.
+
+A private message is stored before it is acknowledged, numbered in its recipient's own sequence, and sent
+to the recipient's connection of the moment. That connection may be stale (the recipient is
+reconnecting), and the ROUTER then drops it silently: so every JOIN that names the last private seq its
+client has shown (``private_seq``) gets the later ones that went to that client again, after its WELCOME.
 """
 
 from __future__ import annotations
@@ -20,15 +25,17 @@ from dataclasses import dataclass, field
 from typing import Callable, Union
 
 from chat import protocol as p
-from chat.broker.history import History, MemoryHistory
+from chat.broker.history import RECENT_ACKS, History, MemoryHistory, PrivateRecord, token_digest
 from chat.errors import RemoteProtocolError
 
-SESSION_TIMEOUT = 5.0  # seconds of silence after which a session is expired
+# Seconds of silence after which a session is expired. Long enough for a laptop on Wi-Fi: roaming
+# between access points, a busy channel or a power-saving radio can hold packets back for 10 s and more.
+SESSION_TIMEOUT = 20.0
 RATE = 5.0  # lines a session may send per second, on average (SAY, PM and WHO count)
 BURST = 20  # lines a session may send at once before RATE applies
 HEARTBEATS_PER_TIMEOUT = 3  # clients are told to ping this many times per timeout
 MAX_SESSIONS = 10_000
-DEDUP_IDS_PER_NAME = 1000  # acknowledged ids remembered per user, to drop resent duplicates
+DEDUP_IDS_PER_NAME = RECENT_ACKS  # acknowledged ids remembered per user, to drop resent duplicates
 DEDUP_NAMES = 2 * MAX_SESSIONS
 MAX_ROOMS = 10_000  # rooms that can exist at once (with members or with a topic)
 
@@ -86,9 +93,7 @@ class Broker:
         self._seq: dict[str, int] = {}
         self.topics: dict[str, str] = {}  # room -> topic (kept in memory only)
         self.members: dict[str, int] = {}  # room -> sessions in it; a room with none is not listed
-        self._acks: OrderedDict[str, OrderedDict[str, p.Ack]] = OrderedDict()
-        for key, ack in self.history.recent_acks():
-            self._remember(key, ack)
+        self._acks: OrderedDict[str, OrderedDict[str, p.Ack]] = OrderedDict()  # per user, loaded on joining
 
     # ------------------------------------------------------------------ entry points
 
@@ -166,7 +171,7 @@ class Broker:
             if session.name_key != key:
                 raise RemoteProtocolError(p.ALREADY_JOINED, f"this connection is already joined as {session.name}")
             session.last_seen = now  # a retried JOIN: answer it again
-            return [Reply(identity, self._welcome(session))]
+            return [Reply(identity, self._welcome(session)), *self._privates_again(session, join)]
         holder = self.names.get(key)
         if holder is not None:
             same_token = join.token and holder.token and secrets.compare_digest(join.token.encode(), holder.token.encode())
@@ -175,7 +180,7 @@ class Broker:
                 del self.sessions[holder.identity]
                 holder.identity, holder.last_seen = identity, now
                 self.sessions[identity] = holder
-                return [Reply(identity, self._welcome(holder))]
+                return [Reply(identity, self._welcome(holder)), *self._privates_again(holder, join)]
             raise RemoteProtocolError(p.NAME_TAKEN, f"the name {holder.name} is taken; choose another")
         if len(self.sessions) >= self.max_sessions:
             raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more users")
@@ -191,11 +196,23 @@ class Broker:
             self.history.set_name_owner(key, peer_key)  # first use: the name is this key's from now on
         self.sessions[identity] = session
         self.names[key] = session
+        if key not in self._acks:  # (also after a restart) resends of this user's lines are recognised
+            for ack in self.history.recent_acks(key, DEDUP_IDS_PER_NAME):
+                self._remember(key, ack)
         # WELCOME before the join event: its sequence numbers are the ones the client must follow on from.
         out: list[Outgoing] = [Reply(identity, self._welcome(session))]
         for room in sorted(session.rooms):
             out.append(self._publish(room, p.KIND_JOIN, session.name, "", now))
-        return out
+        return out + self._privates_again(session, join)
+
+    def _privates_again(self, session: Session, join: p.Join) -> list[Outgoing]:
+        """The private messages after ``join.private_seq`` that went to this client (its token), again:
+        one sent while it was reconnecting went to a connection the ROUTER no longer had."""
+        if join.private_seq < 0 or not session.token:
+            return []
+        digest = token_digest(session.token)
+        again = self.history.privates_after(session.name_key, join.private_seq, digest, p.MAX_FETCH)
+        return [Reply(session.identity, private) for private in again]
 
     def _say(self, session: Session, say: p.Say, now: float) -> list[Outgoing]:
         room = p.room_key(say.room)
@@ -228,9 +245,14 @@ class Broker:
         self._check_text(pm.text)
         self._spend(session, now)
         ts = int(now * 1000)
+        seq = self.history.last_private_seq(target.name_key) + 1
+        private = p.Private(session.name, target.name, p.neutralise(pm.text), ts, seq)
+        # Stored (with the sender's id) before anything is sent: the batch's flush comes first.
+        self.history.append_private(
+            PrivateRecord(private, target.name_key, session.name_key, pm.id, token_digest(target.token))
+        )
         ack = p.Ack(pm.id, 0, ts)
         self._remember(session.name_key, ack)
-        private = p.Private(session.name, target.name, p.neutralise(pm.text), ts)
         return [Reply(target.identity, private), Reply(session.identity, ack)]
 
     def _who(self, session: Session, who: p.Who, now: float) -> list[Outgoing]:

@@ -1,14 +1,39 @@
-"""Where the broker keeps published events, so that clients can fetch what they missed."""
+"""Where the broker keeps published events and private messages, so that clients get what they missed."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections import deque
+from dataclasses import dataclass
 from typing import Protocol
 
-from chat.protocol import Ack, Event
+from chat.protocol import Ack, Event, Private
 
 KEEP_EVENTS = 10_000  # per room, for the in-memory history
+KEEP_PRIVATE = 1000  # per recipient, for the in-memory history
+RECENT_ACKS = 1000  # acknowledged ids of one user loaded when they join, to recognise resends
+
+
+@dataclass(frozen=True)
+class PrivateRecord:
+    """A private message as the broker keeps it: what was delivered, to whom, and the sender's id.
+
+    ``token_digest`` names the recipient's client it went to (``token_digest`` of its JOIN token): only
+    that client may have it delivered again. A message kept for someone offline (not built yet) would
+    carry "" there, for whoever next joins under that name.
+    """
+
+    message: Private  # message.seq numbers the recipient's private messages: 1, 2, 3...
+    recipient_key: str  # name_key of message.to
+    sender_key: str  # name_key of message.name
+    msg_id: str  # the sender's id of the PM, to acknowledge a resend with the same ACK
+    token_digest: str
+
+
+def token_digest(token: str) -> str:
+    """What the store keeps of a client's JOIN token: enough to recognise it, not enough to use it."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:32] if token else ""
 
 
 class History(Protocol):
@@ -26,8 +51,19 @@ class History(Protocol):
 
     def fetch(self, room: str, first: int, last: int) -> list[Event]: ...
 
-    def recent_acks(self) -> list[tuple[str, Ack]]:
-        """(sender name key, ACK) of recently acknowledged lines, oldest first, to seed duplicate detection."""
+    def recent_acks(self, sender_key: str, limit: int = RECENT_ACKS) -> list[Ack]:
+        """The last ``limit`` ACKs of one user's lines and private messages, oldest first, to seed
+        duplicate detection when they join (also after a restart)."""
+
+    def last_private_seq(self, recipient_key: str) -> int:
+        """The seq of the last private message kept for ``recipient_key`` (0: none yet)."""
+
+    def append_private(self, record: PrivateRecord) -> None:
+        """Keep a private message; like ``append``, durable at the next ``flush``."""
+
+    def privates_after(self, recipient_key: str, after: int, token_digest: str, limit: int) -> list[Private]:
+        """The private messages to ``recipient_key`` with seq > ``after`` that went to the client of
+        ``token_digest``, in ascending seq, at most ``limit`` (the oldest ones)."""
 
     def name_owner(self, name_key: str) -> str:
         """The public key that owns a name ("" when none does)."""
@@ -43,6 +79,8 @@ class MemoryHistory:
         self._keep = keep
         self._rooms: dict[str, deque[Event]] = {}
         self._owners: dict[str, str] = {}
+        self._privates: dict[str, deque[PrivateRecord]] = {}
+        self._private_seqs: dict[str, int] = {}
 
     def last_seq(self, room: str) -> int:
         events = self._rooms.get(room)
@@ -67,8 +105,23 @@ class MemoryHistory:
     def flush(self) -> None:
         pass  # nothing to make durable
 
-    def recent_acks(self) -> list[tuple[str, Ack]]:
-        return []  # a new memory history has seen nothing
+    def recent_acks(self, sender_key: str, limit: int = RECENT_ACKS) -> list[Ack]:
+        return []  # the broker's own memory of ids covers everything this history has seen
+
+    def last_private_seq(self, recipient_key: str) -> int:
+        return self._private_seqs.get(recipient_key, 0)
+
+    def append_private(self, record: PrivateRecord) -> None:
+        kept = self._privates.get(record.recipient_key)
+        if kept is None:
+            kept = self._privates[record.recipient_key] = deque(maxlen=KEEP_PRIVATE)
+        kept.append(record)
+        self._private_seqs[record.recipient_key] = record.message.seq
+
+    def privates_after(self, recipient_key: str, after: int, token_digest: str, limit: int) -> list[Private]:
+        kept = self._privates.get(recipient_key, ())
+        found = [r.message for r in kept if r.message.seq > after and r.token_digest == token_digest]
+        return found[:limit]
 
     def name_owner(self, name_key: str) -> str:
         return self._owners.get(name_key, "")

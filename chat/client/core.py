@@ -69,6 +69,7 @@ class ClientCore:
         self.state = "naming"
         self.token = secrets.token_hex(16)  # lets a JOIN on a new connection take this session back
         self.history_id = ""
+        self.private_seq = 0  # the last PRIVATE shown: a lower or equal one is a resend, not shown again
         self.heartbeat = DEFAULT_HEARTBEAT
         self.timeout = DEFAULT_TIMEOUT
         self.feeds: dict[str, Feed] = {}  # room -> its events' order and gaps
@@ -137,7 +138,7 @@ class ClientCore:
         if isinstance(message, p.History):
             return self._history(message, now)
         if isinstance(message, p.Private):
-            return [ev.PrivateIn(message)]
+            return self._private(message)
         if isinstance(message, p.Roster):
             return [ev.RosterShown(message)]
         if isinstance(message, p.Bye):
@@ -388,8 +389,9 @@ class ClientCore:
         return [ev.Status("connecting"), ev.Send(self._join_message())]
 
     def _join_message(self) -> p.Join:
-        """JOIN names our rooms too, so that a restarted broker puts us back in all of them."""
-        return p.Join(self.name, self.token, list(self.rooms))
+        """JOIN names our rooms too, so that a restarted broker puts us back in all of them, and the last
+        private message we have shown, so that it sends again any later one that went astray."""
+        return p.Join(self.name, self.token, list(self.rooms), self.private_seq)
 
     def _refused(self, reason: str) -> list[ev.Action]:
         if self.interactive:
@@ -420,6 +422,7 @@ class ClientCore:
             out.append(ev.Notice("back in: reconnected to the broker"))
         if welcome.history_id != self.history_id:
             self.feeds.clear()  # another history: its numbers are not ours
+            self.private_seq = 0
         self.history_id = welcome.history_id
         for room, last in welcome.rooms.items():
             out += self._follow(room, last, now)
@@ -467,6 +470,13 @@ class ClientCore:
         if error.ref == p.Fetch.TYPE.decode():
             return self._skip_unrecoverable()
         return [ev.Notice(error.reason, "error")]
+
+    def _private(self, private: p.Private) -> list[ev.Action]:
+        if private.seq:  # 0: a broker that does not number private messages
+            if private.seq <= self.private_seq:
+                return []  # sent again on our JOIN, and shown already
+            self.private_seq = private.seq
+        return [ev.PrivateIn(private)]
 
     def _bye(self, bye: p.Bye, now: float) -> list[ev.Action]:
         if self.state == "closing":
