@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sqlite3
@@ -36,6 +37,37 @@ def _port(text: str) -> int:
     return port
 
 
+def _client_port(text: str) -> int:
+    port = _port(text)
+    if port == 0:
+        raise argparse.ArgumentTypeError("give the broker's port, a number from 1 to 65535")
+    return port
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError("give a number of lines a second, 0 or more (0: no limit)")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("give a number of 1 or more")
+    return value
+
+
+def _name(text: str) -> str:
+    problem = p.name_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not 0.1 <= value <= 3600:
@@ -51,6 +83,8 @@ def _count(text: str) -> int:
 
 
 def _room(text: str) -> str:
+    if not text.startswith("#"):
+        text = "#" + text  # --room dev is #dev, as /join dev would be typed by most
     problem = p.room_problem(text)
     if problem:
         raise argparse.ArgumentTypeError(problem)
@@ -93,7 +127,7 @@ def broker_parser() -> argparse.ArgumentParser:
         help=f"published messages (batches of events) queued per slow subscriber before it must fetch them again (default {PUB_HWM})",
     )
     limits = parser.add_argument_group("limits and flood control")
-    limits.add_argument("--max-sessions", type=_count, default=MAX_SESSIONS, metavar="N", help="users at once (default %(default)s)")
+    limits.add_argument("--max-sessions", type=_at_least_one, default=MAX_SESSIONS, metavar="N", help="users at once (default %(default)s)")
     limits.add_argument(
         "--max-text",
         type=_text_limit,
@@ -101,8 +135,8 @@ def broker_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"characters in one message (default and most {p.MAX_TEXT_CHARS})",
     )
-    limits.add_argument("--rate", type=float, default=RATE, help="lines a user may send per second (default %(default)g; 0: no limit)")
-    limits.add_argument("--burst", type=_count, default=BURST, help="lines a user may send at once (default %(default)s)")
+    limits.add_argument("--rate", type=_rate, default=RATE, help="lines a user may send per second (default %(default)g; 0: no limit)")
+    limits.add_argument("--burst", type=_at_least_one, default=BURST, help="lines a user may send at once (default %(default)s)")
     security = parser.add_argument_group("encryption (CurveZMQ)")
     security.add_argument("--secure", action="store_true", help="encrypt both sockets; clients need the broker's public key")
     security.add_argument(
@@ -136,8 +170,8 @@ def client_parser() -> argparse.ArgumentParser:
         default=None,
         help="the broker's host name or address (default: a broker heard announcing itself on the LAN, else 127.0.0.1)",
     )
-    parser.add_argument("--port", type=_port, default=None, help="the broker's ROUTER port (default 5555)")
-    parser.add_argument("--name", help="your user name (asked for when not given)")
+    parser.add_argument("--port", type=_client_port, default=None, help="the broker's ROUTER port (default 5555)")
+    parser.add_argument("--name", type=_name, help="your user name (asked for when not given)")
     parser.add_argument(
         "--history",
         type=_count,
@@ -147,7 +181,8 @@ def client_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--plain", action="store_true", help="plain line mode even on a terminal")
     parser.add_argument(
-        "--room", type=_room, default=p.DEFAULT_ROOM, help=f"the room to start in (default {p.DEFAULT_ROOM})"
+        "--room", type=_room, default=p.DEFAULT_ROOM,
+        help=f"the room to start in (default {p.DEFAULT_ROOM}; the '#' may be left out)",
     )
     parser.add_argument("--list-brokers", action="store_true", help="print the brokers heard on the LAN and exit")
     parser.add_argument(

@@ -264,17 +264,28 @@ def test_a_taken_name_is_refused_with_exit_code_3(procs: Processes, broker: Brok
 
 
 @pytest.mark.timeout(20)
-@pytest.mark.parametrize("given", ["--name", "first input line"])
-def test_a_name_with_a_space_is_refused_with_exit_code_3(procs: Processes, broker: Broker, given: str) -> None:
-    if given == "--name":
-        client = procs.client("two words", broker.port)
-    else:
-        client = procs.client(None, broker.port)
-        client.send("two words")
+def test_a_name_with_a_space_on_the_first_input_line_is_refused_with_exit_code_3(
+    procs: Processes, broker: Broker
+) -> None:
+    client = procs.client(None, broker.port)
+    client.send("two words")
     started = time.monotonic()
     client.assert_exit(EXIT_REFUSED, timeout=8)
     assert time.monotonic() - started < 3.0  # refused at once, not after the connect timeout
     assert client.matching(r"^client: .*space", err=True), client.context()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("where", [("--host", HOST, "--port", "1"), ("--listen", "5")])
+def test_a_bad_name_flag_is_a_usage_error_before_any_connecting_or_listening(
+    procs: Processes, where: tuple[str, ...]
+) -> None:
+    """Exit 2 at once, naming the flag: not 3 after the LAN has been listened to (5 s here)."""
+    started = time.monotonic()
+    process = procs.process("client.py", *where, "--name", "two words")
+    process.assert_exit(EXIT_USAGE)
+    assert time.monotonic() - started < 4.0
+    assert process.matching(r"^client.py: error: argument --name: a name cannot contain spaces$", err=True)
 
 
 @pytest.mark.timeout(20)
@@ -306,15 +317,41 @@ def test_no_name_and_no_input_exits_with_code_3(procs: Processes, broker: Broker
         ("client.py", ("--port", "70000")),
         ("client.py", ("--history", "-1")),
         ("client.py", ("--no-such-flag",)),
+        ("client.py", ("--port", "0")),
+        ("client.py", ("--room", "#no.dots")),
         ("broker.py", ("--timeout", "0")),
         ("broker.py", ("--pub-port", "-1")),
+        ("broker.py", ("--rate", "-1")),
+        ("broker.py", ("--rate", "nan")),
+        ("broker.py", ("--rate", "inf")),
+        ("broker.py", ("--burst", "0")),
+        ("broker.py", ("--max-sessions", "0")),
     ],
 )
 def test_a_bad_command_line_exits_with_code_2(procs: Processes, script: str, args: tuple[str, ...]) -> None:
     process = procs.process(script, *args)
     process.assert_exit(EXIT_USAGE)
     assert process.matching(r"^usage: ", err=True), process.context()
+    if args[0] != "--no-such-flag":
+        flag = re.escape(args[0])
+        assert process.matching(rf"^{script}: error: argument {flag}: ", err=True), process.context()
     assert process.stdout() == []
+
+
+def test_the_default_session_timeout_survives_a_wifi_lan() -> None:
+    """A laptop on Wi-Fi goes quiet for seconds (roaming, power saving): 5 s dropped it; 15-30 s does not."""
+    from chat.cli import broker_parser
+
+    assert 15 <= broker_parser().parse_args([]).timeout <= 30
+
+
+@pytest.mark.timeout(20)
+def test_a_room_given_without_its_hash_is_that_room(procs: Processes, broker: Broker) -> None:
+    dev = procs.join("dora", broker, "--room", "dev")
+    other = procs.join("erin", broker, "--room", "#dev")
+    dev.expect(joined("erin"))
+    other.send("in dev")
+    dev.expect(said("erin", "in dev"))
 
 
 # --------------------------------------------------------------------------- the broker comes and goes
