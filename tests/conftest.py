@@ -11,6 +11,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -422,6 +423,98 @@ class Processes:
             except OSError as exc:  # go on: every other process must still be ended
                 problems.append(f"{process.label} (pid {process.pid}): {exc!r}")
         assert not problems, f"could not end every process: {problems}"
+
+
+# --------------------------------------------------------------------------- a link that can be cut
+
+
+class Relay:
+    """A TCP relay on 127.0.0.1 in front of one port, whose connections a test can cut and refuse.
+
+    What a flaky Wi-Fi link does to a client: its TCP connection breaks, libzmq reconnects on its own,
+    and the broker's ROUTER sees a new peer identity (the old one is stale).
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target = (HOST, target_port)
+        self.listener = socket.create_server((HOST, 0))
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.accepting = threading.Event()
+        self.accepting.set()
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._closed = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True, name="relay")]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                near, _ = self.listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            if not self.accepting.is_set():
+                near.close()  # the link is down: the client's connection fails and libzmq retries
+                continue
+            far = socket.create_connection(self.target, timeout=5)
+            with self._lock:
+                self._open += [near, far]
+            for a, b in ((near, far), (far, near)):
+                thread = threading.Thread(target=self._pump, args=(a, b), daemon=True, name="relay pump")
+                thread.start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        """Break every connection through the relay, and refuse new ones until ``restore``."""
+        self.accepting.clear()
+        with self._lock:
+            for sock in self._open:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self._open.clear()
+
+    def restore(self) -> None:
+        self.accepting.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.cut()
+        self._threads[0].join(1.0)
+        self.listener.close()
+
+
+@pytest.fixture
+def relays() -> Iterator[Callable[[int], Relay]]:
+    """Make relays in front of ports; each is closed when the test ends."""
+    made: list[Relay] = []
+
+    def make(port: int) -> Relay:
+        relay = Relay(port)
+        made.append(relay)
+        return relay
+
+    try:
+        yield make
+    finally:
+        for relay in made:
+            relay.close()
 
 
 @pytest.fixture

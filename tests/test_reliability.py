@@ -1,16 +1,18 @@
-"""Nothing is lost: a paused subscriber and a killed broker, with real processes."""
+"""Nothing is lost: a paused subscriber, a killed broker, a cut link, with real processes."""
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 import signal
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 import zmq
 
-from conftest import Processes, said
+from conftest import Processes, Relay, private, said
 
 LINE_RE = re.compile(r"^\[[^\]]+\] alice: (?P<n>\d+) ")
 
@@ -122,3 +124,95 @@ def test_a_history_range_out_of_bounds_gets_a_clear_error(procs: Processes) -> N
     finally:
         sock.close()
         ctx.term()
+
+
+@pytest.mark.timeout(60)
+def test_a_pm_sent_while_its_target_reconnects_is_delivered_once(
+    procs: Processes, relays: Callable[[int], Relay]
+) -> None:
+    """bob's link breaks; libzmq reconnects him under a new identity, which the broker does not know
+    (``not_joined``) until bob's JOIN takes his session back. A PM sent meanwhile went to the stale
+    identity, and the ROUTER dropped it, while alice got her ACK. And a line bob typed meanwhile is
+    refused with ``not_joined``: bob rejoins and sends it again."""
+    broker = procs.broker(5.0)
+    link = relays(broker.port)
+    bob = procs.join("bob", broker, "--port", str(link.port))  # the later --port wins: through the link
+    alice = procs.join("alice", broker)
+    alice.send("/pm bob before the cut")
+    bob.expect(private("alice", "before the cut"))
+
+    link.cut()
+    alice.send("/pm bob during the cut")
+    alice.send("after the pm")  # bob's SUB does not go through the link: this says the PM was handled
+    bob.expect(said("alice", "after the pm"))
+    bob.send("typed during the cut")
+    link.restore()
+
+    bob.expect_err(r"^\*\*\* back in: reconnected to the broker$", timeout=15)
+    bob.expect(private("alice", "during the cut"))
+    alice.expect(said("bob", "typed during the cut"))
+    alice.send("/pm bob after the cut")
+    bob.expect(private("alice", "after the cut"))
+    alice.send("/who")
+    alice.expect(r"online \(2\): alice, bob")  # bob was never dropped and announced
+    bob.send("/quit")
+    bob.assert_exit(0, timeout=15)
+    assert len(bob.matching(r"\(private\): ")) == 3, bob.context()
+    assert len(alice.matching(said("bob", "typed during the cut"))) == 1
+
+
+class RawPeer:
+    """A DEALER that speaks the protocol by hand, to resend exactly what a test wants resent."""
+
+    def __init__(self, ctx: zmq.Context, port: int, name: str, token: str) -> None:
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.connect(f"tcp://127.0.0.1:{port}")
+        self.name, self.token = name, token
+
+    def request(self, kind: str, body: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+        self.sock.send_multipart([b"chat/2", kind.encode(), json.dumps(body).encode()])
+        assert self.sock.poll(10_000), f"no answer to {kind}"
+        _, answer, raw = self.sock.recv_multipart()
+        return answer, json.loads(raw)
+
+    def join(self) -> None:
+        answer, body = self.request("JOIN", {"name": self.name, "token": self.token})
+        assert answer == b"WELCOME", body
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.timeout(60)
+def test_lines_and_pms_resent_to_a_restarted_broker_are_acked_as_before_and_not_shown_again(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """The ids the broker remembers are reloaded from its store: a resend whose first ACK was lost in
+    the crash gets that ACK again (the same seq and time stamp) and reaches nobody a second time."""
+    broker = procs.broker(5.0, "--db", str(tmp_path / "history.db"))
+    bob = procs.join("bob", broker)
+    ctx = zmq.Context()
+    alice = RawPeer(ctx, broker.port, "alice", secrets.token_hex(16))
+    try:
+        alice.join()
+        said_ack = alice.request("SAY", {"id": "s1", "text": "said once"})
+        pm_ack = alice.request("PM", {"id": "p1", "to": "bob", "text": "whispered once"})
+        assert said_ack[0] == pm_ack[0] == b"ACK", (said_ack, pm_ack)
+        bob.expect_all(said("alice", "said once"), private("alice", "whispered once"))
+        broker.kill()
+        procs.restart(broker)
+        bob.expect_err(r"^\*\*\* back in: reconnected to the broker$", timeout=20)
+
+        alice.close()
+        alice = RawPeer(ctx, broker.port, "alice", alice.token)  # a new connection, as after a crash
+        alice.join()
+        assert alice.request("SAY", {"id": "s1", "text": "said once"}) == said_ack
+        assert alice.request("PM", {"id": "p1", "to": "bob", "text": "whispered once"}) == pm_ack
+        alice.request("PM", {"id": "p2", "to": "bob", "text": "the end"})
+        bob.expect(private("alice", "the end"))
+        assert len(bob.matching(said("alice", "said once"))) == 1, bob.context()
+        assert len(bob.matching(private("alice", "whispered once"))) == 1, bob.context()
+    finally:
+        alice.close()
+        ctx.destroy(linger=0)
