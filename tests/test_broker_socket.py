@@ -513,3 +513,31 @@ def test_private_messages_never_reach_the_fan_out(
     bob.close_stdin()
     bob.assert_exit(0)
     alice.expect(left("bob"))
+
+
+@pytest.mark.timeout(20)
+# The limit counts characters, not bytes: one of 1, 2 and 4 bytes in UTF-8.
+@pytest.mark.parametrize("limit, char", [(None, "x"), (None, "é"), (None, "\U0001f600"), (5, "\U0001f600")])
+def test_the_text_limit_is_exact_for_lines_and_pms(
+    procs: Processes, dealer: MakePeer, subscriber: MakeSubscriber, limit: int | None, char: str
+) -> None:
+    """PROTOCOL.md: text is 1 to 2000 characters (--max-text lowers it): the limit passes, one more is refused."""
+    broker = procs.broker(5.0, *(("--max-text", str(limit)) if limit else ()))
+    most = limit or 2000
+    alice, bob = dealer(broker), dealer(broker)
+    alice.join("alice")
+    bob.join("bob")
+    sub = subscriber(TOPIC, broker)
+    sub.sync(alice)
+    longest = char * most
+    assert alice.say(longest)["seq"] > 0
+    assert sub.until("msg", longest)[-1]["text"] == longest
+    alice.expect("PM", {"id": "pm-longest", "to": "bob", "text": longest}, answer="ACK")
+    kind, body = bob.recv()
+    assert (kind, body["text"]) == ("PRIVATE", longest)
+    for request, extra in (("SAY", {}), ("PM", {"to": "bob"})):
+        reply = alice.error(frames(request, {"id": f"{request}-over", "text": longest + char, **extra}))
+        assert (reply["code"], reply["ref"]) == ("bad_field", f"{request}-over"), reply
+        assert str(most) in reply["reason"], reply
+    assert alice.expect("PING", answer="PONG")  # nothing else came back, and the broker goes on
+    assert not bob.sock.poll(100), "a refused PM reached its target"

@@ -342,3 +342,37 @@ def test_random_frames_at_a_live_broker_lose_nothing_for_real_clients(procs: Pro
     assert request(probe, "JOIN", {"name": "probe"})[0] == "WELCOME"
     assert request(probe, "PING", {})[0] == "PONG"
     assert broker.proc.poll() is None
+
+
+def free_udp_port() -> int:
+    """A UDP port the OS had free a moment ago, for one test's beacons on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.timeout(60)
+def test_a_beacon_key_is_trusted_on_first_use_and_a_changed_one_refused_without_root(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """The TOFU check on 127.0.0.1 (the LAN test needs root for its network namespaces): the same
+    address and port, announcing another key, is refused with exit 3 and the reason."""
+    beacons = ("--announce", "--announce-to", "127.0.0.1", "--beacon-port", str(free_udp_port()))
+    first, key = secure_broker(procs, tmp_path, *beacons)
+    # No --host: the client listens for the beacon, takes the key from it, and leaves at end of input.
+    listen = ("--name", "alice", "--beacon-port", beacons[-1], "--listen", "1.5", *client_keys(tmp_path, "alice"))
+    alice = procs.process("client.py", *listen)
+    alice.assert_exit(0, timeout=REFUSAL_TIME)
+    assert alice.matching(r"^client: first time with this broker: its key has fingerprint [0-9a-f:]{47}; trusting", err=True)
+    assert alice.matching(r"^\*\*\* joined as alice", err=True), alice.describe()
+    assert first.stop() == 0
+
+    other = ("--secure", "--key-dir", str(tmp_path / "impostor-keys"), "--port", str(first.port))
+    impostor = procs.broker(5.0, *other, "--pub-port", str(first.pub_port), *beacons)
+    assert not impostor.matching(re.escape(key))
+    again = procs.process("client.py", *listen)
+    again.assert_exit(EXIT_REFUSED, timeout=REFUSAL_TIME)
+    assert again.matching(
+        rf"^client: REFUSING TO CONNECT: the broker at 127\.0\.0\.1:{first.port} now announces a DIFFERENT key", err=True
+    ), again.describe()
+    assert not again.matching(r"^\*\*\* joined", err=True)
