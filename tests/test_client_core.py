@@ -527,6 +527,17 @@ def test_not_joined_while_joined_rejoins_at_once() -> None:
     assert p.Join("alice", core.token, [GENERAL], private_seq=0) in sent(actions + core.tick(1.0))
 
 
+def test_a_line_refused_with_not_joined_is_sent_again_after_the_rejoin_not_dropped() -> None:
+    """PROTOCOL.md: not_joined means "rejoin and resend" (a line queued across a broker restart)."""
+    core = joined()
+    _, line = typed(core, "queued on the old connection", now=0.5)
+    assert isinstance(line, p.Say)
+    actions = direct(core, p.Error(p.NOT_JOINED, "join first", line.id), 1.0)
+    assert not [a for a in actions if isinstance(a, ev.Failed)]
+    assert p.Join("alice", core.token, [GENERAL], private_seq=0) in sent(actions)
+    assert line in sent(direct(core, WELCOME, 1.2))
+
+
 # --------------------------------------------------------------------------- recent history on joining
 
 
