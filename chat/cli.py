@@ -84,7 +84,8 @@ def _count(text: str) -> int:
 
 def _room(text: str) -> str:
     if not text.startswith("#"):
-        text = "#" + text  # --room dev is #dev, as /join dev would be typed by most
+        # --room dev is #dev: unquoted, a shell takes '--room #dev' for '--room' and a comment
+        text = "#" + text
     problem = p.room_problem(text)
     if problem:
         raise argparse.ArgumentTypeError(problem)

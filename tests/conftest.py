@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Callable, Iterator, Pattern
+from typing import IO, Any, Callable, Iterator, Pattern
 
 import pytest
 
@@ -429,45 +429,64 @@ class Processes:
 
 
 class Relay:
-    """A TCP relay on 127.0.0.1 in front of one port, whose connections a test can cut and refuse.
+    """A TCP relay on loopback in front of broker ports: it records every byte that crosses it, both ways,
+    and a test can cut its connections and refuse new ones.
 
-    What a flaky Wi-Fi link does to a client: its TCP connection breaks, libzmq reconnects on its own,
-    and the broker's ROUTER sees a new peer identity (the old one is stale).
+    Cutting does to a client what a flaky Wi-Fi link does: its TCP connection breaks, libzmq reconnects on
+    its own, and the broker's ROUTER sees a new peer identity (the old one is stale). ``same_ports``
+    listens on the upstream port numbers (on another loopback address), for a client that must reach the
+    PUB port the broker names.
     """
 
-    def __init__(self, target_port: int) -> None:
-        self.target = (HOST, target_port)
-        self.listener = socket.create_server((HOST, 0))
-        self.listener.settimeout(0.05)
-        self.port = self.listener.getsockname()[1]
+    def __init__(
+        self, ports: list[int], *, listen_host: str = HOST, upstream_host: str = HOST, same_ports: bool = False
+    ) -> None:
+        self.upstream_host = upstream_host
+        self.recorded = bytearray()
         self.accepting = threading.Event()
         self.accepting.set()
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
+        self._listeners: list[socket.socket] = []
         self._closed = threading.Event()
-        self._threads = [threading.Thread(target=self._accept, daemon=True, name="relay")]
-        self._threads[0].start()
+        self.ports: list[int] = []
+        for port in ports:
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((listen_host, port if same_ports else 0))
+            listener.listen()
+            listener.settimeout(0.05)
+            self._listeners.append(listener)
+            self.ports.append(listener.getsockname()[1])
+            threading.Thread(target=self._accept, args=(listener, port), daemon=True, name="relay").start()
 
-    def _accept(self) -> None:
+    @property
+    def port(self) -> int:
+        return self.ports[0]
+
+    def _accept(self, listener: socket.socket, upstream_port: int) -> None:
         while not self._closed.is_set():
             try:
-                near, _ = self.listener.accept()
-            except (socket.timeout, OSError):
+                near, _ = listener.accept()
+            except socket.timeout:
                 continue
+            except OSError:
+                return
             if not self.accepting.is_set():
                 near.close()  # the link is down: the client's connection fails and libzmq retries
                 continue
-            far = socket.create_connection(self.target, timeout=5)
+            far = socket.create_connection((self.upstream_host, upstream_port), timeout=5)
+            far.settimeout(None)
             with self._lock:
                 self._open += [near, far]
             for a, b in ((near, far), (far, near)):
-                thread = threading.Thread(target=self._pump, args=(a, b), daemon=True, name="relay pump")
-                thread.start()
+                threading.Thread(target=self._pump, args=(a, b), daemon=True, name="relay pump").start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                with self._lock:
+                    self.recorded += data
                 sink.sendall(data)
         except OSError:
             pass
@@ -477,6 +496,10 @@ class Relay:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def seen(self) -> bytes:
+        with self._lock:
+            return bytes(self.recorded)
 
     def cut(self) -> None:
         """Break every connection through the relay, and refuse new ones until ``restore``."""
@@ -496,17 +519,17 @@ class Relay:
     def close(self) -> None:
         self._closed.set()
         self.cut()
-        self._threads[0].join(1.0)
-        self.listener.close()
+        for listener in self._listeners:
+            listener.close()
 
 
 @pytest.fixture
-def relays() -> Iterator[Callable[[int], Relay]]:
-    """Make relays in front of ports; each is closed when the test ends."""
+def relays() -> Iterator[Callable[..., Relay]]:
+    """Make relays (``Relay(ports, ...)``); each is closed when the test ends."""
     made: list[Relay] = []
 
-    def make(port: int) -> Relay:
-        relay = Relay(port)
+    def make(ports: list[int], **options: Any) -> Relay:
+        relay = Relay(ports, **options)
         made.append(relay)
         return relay
 

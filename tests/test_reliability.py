@@ -128,14 +128,14 @@ def test_a_history_range_out_of_bounds_gets_a_clear_error(procs: Processes) -> N
 
 @pytest.mark.timeout(60)
 def test_a_pm_sent_while_its_target_reconnects_is_delivered_once(
-    procs: Processes, relays: Callable[[int], Relay]
+    procs: Processes, relays: Callable[..., Relay]
 ) -> None:
     """bob's link breaks; libzmq reconnects him under a new identity, which the broker does not know
     (``not_joined``) until bob's JOIN takes his session back. A PM sent meanwhile went to the stale
     identity, and the ROUTER dropped it, while alice got her ACK. And a line bob typed meanwhile is
     refused with ``not_joined``: bob rejoins and sends it again."""
     broker = procs.broker(5.0)
-    link = relays(broker.port)
+    link = relays([broker.port])
     bob = procs.join("bob", broker, "--port", str(link.port))  # the later --port wins: through the link
     alice = procs.join("alice", broker)
     alice.send("/pm bob before the cut")

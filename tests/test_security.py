@@ -11,15 +11,14 @@ import json
 import random
 import re
 import socket
-import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 import zmq
 
-from conftest import Broker, Processes, said
+from conftest import Broker, Processes, Relay, said
 
 RELAY_HOST = "127.0.0.2"
 REFUSAL_TIME = 8.0  # seconds within which a refused client must have said why and exited
@@ -44,60 +43,6 @@ def secure_broker(procs: Processes, tmp_path: Path, *extra: str) -> tuple[Broker
 
 def client_keys(tmp_path: Path, who: str) -> tuple[str, ...]:
     return ("--key-dir", str(tmp_path / f"{who}-keys"))
-
-
-class Relay:
-    """A TCP relay that records every byte that crosses it, both ways."""
-
-    def __init__(self, listen_host: str, ports: list[int], upstream_host: str) -> None:
-        self.upstream_host = upstream_host
-        self.recorded = bytearray()
-        self.lock = threading.Lock()
-        self.sockets: list[socket.socket] = []
-        self.closed = threading.Event()
-        for port in ports:
-            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((listen_host, port))
-            listener.listen()
-            self.sockets.append(listener)
-            threading.Thread(target=self._accept, args=(listener, port), daemon=True).start()
-
-    def _accept(self, listener: socket.socket, port: int) -> None:
-        while not self.closed.is_set():
-            try:
-                downstream, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection((self.upstream_host, port), timeout=5)
-            upstream.settimeout(None)
-            self.sockets += [downstream, upstream]
-            threading.Thread(target=self._pump, args=(downstream, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, downstream), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                with self.lock:
-                    self.recorded += data
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.closed.set()
-        for sock in self.sockets:
-            sock.close()
-
-    def seen(self) -> bytes:
-        with self.lock:
-            return bytes(self.recorded)
 
 
 @pytest.fixture
@@ -131,13 +76,15 @@ def reply(sock: zmq.Socket, timeout: float = 5.0) -> tuple[str, dict]:
 
 @pytest.mark.timeout(40)
 @pytest.mark.parametrize("secure", [True, False], ids=["secure", "plain"])
-def test_secure_hides_text_and_names_on_the_wire(procs: Processes, tmp_path: Path, secure: bool) -> None:
+def test_secure_hides_text_and_names_on_the_wire(
+    procs: Processes, relays: Callable[..., Relay], tmp_path: Path, secure: bool
+) -> None:
     if secure:
         broker, key = secure_broker(procs, tmp_path)
     else:
         broker, key = procs.broker(5.0), ""
     try:
-        relay = Relay(RELAY_HOST, [broker.port, broker.pub_port], "127.0.0.1")
+        relay = relays([broker.port, broker.pub_port], listen_host=RELAY_HOST, same_ports=True)
     except OSError as exc:  # pragma: no cover - 127.0.0.2 is loopback on Linux
         pytest.skip(f"cannot listen on {RELAY_HOST}: {exc}")
     try:
