@@ -418,6 +418,27 @@ def test_resent_ids_are_recognised_per_user_up_to_the_last_1000(tmp_path: Path, 
     assert ack != oldest and event.text == "the oldest"
 
 
+def test_a_users_ids_are_recognised_after_a_restart_however_much_others_said_since(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """The ids reloaded at a restart were the last 20,000 of all users together: a busy room pushed a
+    quiet user's line out, and its resend was published twice. Now they are loaded per user."""
+    db = tmp_path / "history.db"
+    first = SqliteHistory(db)
+    broker = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=first, rate=0)
+    join(broker, A, "alice")
+    join(broker, B, "bob")
+    quiet = say(broker, A, "said once", "a1")[1]
+    for n in range(20_001):
+        clock.advance(0.001)
+        broker.handle(B, p.encode(p.Say(f"b-{n}", "busy")))
+    first.flush()
+    first.db.close()
+    restarted = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=SqliteHistory(db))
+    join(restarted, A, "alice")
+    assert send(restarted, A, p.Say("a1", "said once")) == [Reply(A, quiet)]
+
+
 # --------------------------------------------------------------------------- who, ping, fetch
 
 
