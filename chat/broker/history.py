@@ -20,8 +20,9 @@ class PrivateRecord:
     """A private message as the broker keeps it: what was delivered, to whom, and the sender's id.
 
     ``token_digest`` names the recipient's client it went to (``token_digest`` of its JOIN token): only
-    that client may have it delivered again. A message kept for someone offline (not built yet) would
-    carry "" there, for whoever next joins under that name.
+    that client may have it delivered again ("": a client without a token, which never has). Messages
+    kept for someone offline (not built yet) can live in the same table, with a mark of their own there,
+    to be delivered to whoever next joins under that name (with its key, under --secure).
     """
 
     message: Private  # message.seq numbers the recipient's private messages: 1, 2, 3...
