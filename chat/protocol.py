@@ -246,6 +246,7 @@ class Private(Message, frozen=True):
 class Pong(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"PONG"
     rooms: dict[str, int]
+    private_seq: int = 0  # the seq of the last PRIVATE sent to this client: one it lacks went astray
 
 
 class Event(Message, frozen=True):

@@ -346,6 +346,15 @@ def test_a_pm_sent_while_its_target_reconnects_comes_again_after_the_welcome(bro
     assert replies(send(broker, b"\x00B2", p.Join("bob", "t-bob")), b"\x00B2")[1:] == []
 
 
+def test_pong_reports_the_last_pm_sent_to_the_client_so_that_a_lost_one_is_noticed(broker: Broker) -> None:
+    join(broker, A, "alice")
+    join(broker, B, "bob", token="t-bob")
+    assert replies(send(broker, B, p.Ping()), B) == [p.Pong({"#general": 2}, private_seq=0)]
+    send(broker, A, p.Pm("p1", "bob", "one"))
+    send(broker, A, p.Pm("p2", "alice", "to myself"))  # alice's own count, not bob's
+    assert replies(send(broker, B, p.Ping()), B) == [p.Pong({"#general": 2}, private_seq=1)]
+
+
 def test_pms_to_a_name_go_again_only_to_the_client_they_were_sent_to(broker: Broker) -> None:
     join(broker, A, "alice")
     join(broker, B, "bob", token="t-bob")

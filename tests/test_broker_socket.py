@@ -379,7 +379,7 @@ def test_requests_of_a_joined_session(dealer: MakePeer) -> None:
     alice.join("alice")
     bob.join("bob")
 
-    assert alice.expect("PING", answer="PONG") == {"rooms": {"#general": 2}}
+    assert alice.expect("PING", answer="PONG") == {"rooms": {"#general": 2}, "private_seq": 0}
     roster = alice.expect("WHO", answer="ROSTER")
     assert roster["names"] == ["alice", "bob"] and roster["room"] == "" and isinstance(roster["ts"], int)
 

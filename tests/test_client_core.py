@@ -401,6 +401,22 @@ def test_a_private_message_sent_again_is_not_shown_again_and_the_rejoin_names_th
     assert direct(core, third, t + 0.7) == []
 
 
+def test_a_pong_naming_a_private_message_never_seen_asks_for_it_again_once() -> None:
+    """A PRIVATE travels before the PONG on the same connection: if the PONG names a later one, it was
+    lost (the ROUTER drops what it cannot queue). The client JOINs again on the same connection, which
+    brings it; it asks once per loss, not on every PONG."""
+    core = joined()
+    direct(core, p.Private("bob", "alice", "one", 7, seq=1), 1.0)
+    assert sent(direct(core, p.Pong({GENERAL: 3}, private_seq=1), 1.1)) == []
+    asked = sent(direct(core, p.Pong({GENERAL: 3}, private_seq=3), 1.2))
+    assert asked == [p.Join("alice", core.token, [GENERAL], private_seq=1)]
+    assert direct(core, WELCOME, 1.3) == []  # the answer to a JOIN on a joined connection
+    assert sent(direct(core, p.Pong({GENERAL: 3}, private_seq=3), 1.4)) == []
+    lost = p.Private("carol", "alice", "three", 9, seq=3)
+    assert direct(core, lost, 1.5) == [ev.PrivateIn(lost)]
+    assert sent(direct(core, p.Pong({GENERAL: 3}, private_seq=4), 1.6)) != []
+
+
 def test_private_messages_are_counted_afresh_with_another_history() -> None:
     core = joined()
     direct(core, p.Private("bob", "alice", "one", 7, seq=5), 1.0)

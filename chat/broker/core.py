@@ -63,6 +63,7 @@ class Session:
     allowance: float = BURST  # the flood-control token bucket
     allowance_at: float = 0.0
     rooms: set[str] = field(default_factory=lambda: {p.DEFAULT_ROOM})
+    private_seq: int = 0  # the seq of the last private message sent to this session's client
 
 
 class Broker:
@@ -139,7 +140,7 @@ class Broker:
 
     def _dispatch(self, session: Session, message: p.Message, now: float) -> list[Outgoing]:
         if isinstance(message, p.Ping):
-            return [Reply(session.identity, p.Pong(self._room_seqs(session)))]
+            return [Reply(session.identity, p.Pong(self._room_seqs(session), session.private_seq))]
         if isinstance(message, p.Say):
             return self._say(session, message, now)
         if isinstance(message, p.Pm):
@@ -212,6 +213,8 @@ class Broker:
             return []
         digest = token_digest(session.token)
         again = self.history.privates_after(session.name_key, join.private_seq, digest, p.MAX_FETCH)
+        if again:
+            session.private_seq = max(session.private_seq, again[-1].seq)
         return [Reply(session.identity, private) for private in again]
 
     def _say(self, session: Session, say: p.Say, now: float) -> list[Outgoing]:
@@ -251,6 +254,7 @@ class Broker:
         self.history.append_private(
             PrivateRecord(private, target.name_key, session.name_key, pm.id, token_digest(target.token))
         )
+        target.private_seq = seq
         ack = p.Ack(pm.id, 0, ts)
         self._remember(session.name_key, ack)
         return [Reply(target.identity, private), Reply(session.identity, ack)]

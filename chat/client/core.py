@@ -70,6 +70,7 @@ class ClientCore:
         self.token = secrets.token_hex(16)  # lets a JOIN on a new connection take this session back
         self.history_id = ""
         self.private_seq = 0  # the last PRIVATE shown: a lower or equal one is a resend, not shown again
+        self._private_asked = 0  # the highest PONG.private_seq we rejoined for: asked once, not every PONG
         self.heartbeat = DEFAULT_HEARTBEAT
         self.timeout = DEFAULT_TIMEOUT
         self.feeds: dict[str, Feed] = {}  # room -> its events' order and gaps
@@ -422,7 +423,7 @@ class ClientCore:
             out.append(ev.Notice("back in: reconnected to the broker"))
         if welcome.history_id != self.history_id:
             self.feeds.clear()  # another history: its numbers are not ours
-            self.private_seq = 0
+            self.private_seq = self._private_asked = 0
         self.history_id = welcome.history_id
         for room, last in welcome.rooms.items():
             out += self._follow(room, last, now)
@@ -559,6 +560,11 @@ class ClientCore:
 
     def _pong(self, pong: p.Pong, now: float) -> list[ev.Action]:
         out: list[ev.Action] = []
+        if pong.private_seq > max(self.private_seq, self._private_asked) and self.state == "joined":
+            # A PRIVATE travels before the PONG on the same connection: one we lack went astray. A JOIN
+            # again (on this connection: no new session) brings it, and the broker's WELCOME is ignored.
+            self._private_asked = pong.private_seq
+            out.append(ev.Send(self._join_message()))
         for room, last in pong.rooms.items():
             feed = self.feeds.get(room)
             gap = feed.pong(last) if feed is not None else None
