@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,6 +98,19 @@ def say(broker: Broker, identity: bytes, text: str, msg_id: str) -> tuple[p.Even
 
 def ms(seconds: float) -> int:
     return int(seconds * 1000)
+
+
+def on_disk(db: Path, clock: Clock, **options: Any) -> Broker:
+    """A broker whose history is the SQLite file ``db`` (--db FILE)."""
+    return Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=SqliteHistory(db), **options)
+
+
+def crash_and_restart(broker: Broker, db: Path, clock: Clock, **options: Any) -> Broker:
+    """The broker dies (no goodbyes) after its last flush, as SIGKILL would; a new one starts on ``db``."""
+    assert isinstance(broker.history, SqliteHistory)
+    broker.history.flush()  # the server loop flushes before it sends anything of a batch
+    broker.history.db.close()
+    return on_disk(db, clock, **options)
 
 
 # --------------------------------------------------------------------------- joining
@@ -370,17 +384,13 @@ def test_a_pm_resent_to_a_restarted_broker_is_acked_as_before_and_not_delivered_
     tmp_path: Path, clock: Clock
 ) -> None:
     db = tmp_path / "history.db"
-    first = SqliteHistory(db)
-    broker = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=first)
+    broker = on_disk(db, clock)
     join(broker, A, "alice", token="t-alice")
     join(broker, B, "bob", token="t-bob")
     ack = replies(send(broker, A, p.Pm("p1", "bob", "psst")), A)[0]
     said_ack = say(broker, A, "hello", "s1")[1]
-    first.flush()  # what the server loop does before it sends the ACK
-    first.db.close()  # the broker dies (no shutdown: nobody is told)
-
     clock.advance(5)
-    restarted = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=SqliteHistory(db))
+    restarted = crash_and_restart(broker, db, clock)
     join(restarted, A, "alice", token="t-alice")
     join(restarted, B, "bob", token="t-bob")
     assert send(restarted, A, p.Pm("p1", "bob", "psst")) == [Reply(A, ack)]
@@ -392,14 +402,11 @@ def test_a_pm_resent_to_a_restarted_broker_is_acked_as_before_and_not_delivered_
 
 def test_a_pm_stored_before_a_restart_comes_again_to_its_client_after_it(tmp_path: Path, clock: Clock) -> None:
     db = tmp_path / "history.db"
-    first = SqliteHistory(db)
-    broker = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=first)
+    broker = on_disk(db, clock)
     join(broker, A, "alice", token="t-alice")
     join(broker, B, "bob", token="t-bob")
     send(broker, A, p.Pm("p1", "bob", "while you were away"))  # bob's connection was already stale
-    first.flush()
-    first.db.close()
-    restarted = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=SqliteHistory(db))
+    restarted = crash_and_restart(broker, db, clock)
     out = send(restarted, B, p.Join("bob", "t-bob", private_seq=0))
     assert [(m.seq, m.text) for m in replies(out, B) if isinstance(m, p.Private)] == [(1, "while you were away")]
 
@@ -407,8 +414,7 @@ def test_a_pm_stored_before_a_restart_comes_again_to_its_client_after_it(tmp_pat
 def test_resent_ids_are_recognised_per_user_up_to_the_last_1000(tmp_path: Path, clock: Clock) -> None:
     """PROTOCOL.md: the broker remembers each user's last 1000 ids, also across a restart."""
     db = tmp_path / "history.db"
-    first = SqliteHistory(db)
-    broker = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=first, rate=0)
+    broker = on_disk(db, clock, rate=0)
     join(broker, A, "alice")
     join(broker, B, "bob")
     oldest = say(broker, A, "the oldest", "a0")[1]
@@ -418,9 +424,7 @@ def test_resent_ids_are_recognised_per_user_up_to_the_last_1000(tmp_path: Path, 
         clock.advance(0.001)
         say(broker, A, f"{n}", f"a-{n}")
         say(broker, B, f"{n}", f"b-{n}")
-    first.flush()
-    first.db.close()
-    restarted = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=SqliteHistory(db), rate=0)
+    restarted = crash_and_restart(broker, db, clock, rate=0)
     join(restarted, A, "alice")
     assert send(restarted, A, p.Say("a1", "kept")) == [Reply(A, kept)]
     event, ack = say(restarted, A, "the oldest", "a0")  # forgotten: taken for a new line
@@ -433,17 +437,14 @@ def test_a_users_ids_are_recognised_after_a_restart_however_much_others_said_sin
     """The ids reloaded at a restart were the last 20,000 of all users together: a busy room pushed a
     quiet user's line out, and its resend was published twice. Now they are loaded per user."""
     db = tmp_path / "history.db"
-    first = SqliteHistory(db)
-    broker = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=first, rate=0)
+    broker = on_disk(db, clock, rate=0)
     join(broker, A, "alice")
     join(broker, B, "bob")
     quiet = say(broker, A, "said once", "a1")[1]
     for n in range(20_001):
         clock.advance(0.001)
         broker.handle(B, p.encode(p.Say(f"b-{n}", "busy")))
-    first.flush()
-    first.db.close()
-    restarted = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=SqliteHistory(db))
+    restarted = crash_and_restart(broker, db, clock)
     join(restarted, A, "alice")
     assert send(restarted, A, p.Say("a1", "said once")) == [Reply(A, quiet)]
 
