@@ -1,10 +1,10 @@
 """Stress run of the reliability guarantees: ``python -m chat.stress``.
 
-Starts a broker with a history file, S sender clients that each send N numbered lines, R receiver
-clients of which one is paused (SIGSTOP/SIGCONT) again and again, and kills the broker with SIGKILL
-once in the middle and starts it again on the same ports and file. Then it counts, for every receiver,
-the lines lost and the lines shown twice, against what the broker acknowledged (what is in its
-history file). Everything runs on 127.0.0.1, every load is bounded, and every process is ended.
+Starts a broker with a history file, S sender clients that each send N numbered lines (and every
+PM_EVERY-th also as a private message to the first receiver), R receiver clients of which one is paused
+(SIGSTOP/SIGCONT) again and again, and kills the broker with SIGKILL once in the middle and starts it
+again on the same ports and file. Then it counts, for every receiver, the lines (and private messages)
+lost and shown twice, against what the broker acknowledged (what is in its history file). Everything runs on 127.0.0.1, every load is bounded, and every process is ended.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on tcp://[^:]+:(\d+) .* and tcp://[^:]+:(\d+)")
 LINE = re.compile(r"^\[[^\]]+\] (s\d+): (\d+)$")
+PRIVATE_LINE = re.compile(r"^\[[^\]]+\] (s\d+) \(private\): (\d+)$")
+PM_EVERY = 50  # every so many lines, a sender also sends the number privately to the first receiver
 
 
 class Proc:
@@ -105,6 +107,8 @@ def run(senders: int, lines: int, receivers: int, restart: bool) -> int:
                 assert writer.p.stdin is not None
                 for n in range(lines):
                     writer.p.stdin.write(f"{n}\n")
+                    if n % PM_EVERY == 0:
+                        writer.p.stdin.write(f"/pm r0 {n}\n")
                     if n % 200 == 199:
                         writer.p.stdin.flush()
                         time.sleep(0.02)  # a steady stream rather than one paste
@@ -132,6 +136,8 @@ def run(senders: int, lines: int, receivers: int, restart: bool) -> int:
                 acked = Counter(
                     conn.execute("SELECT name || ': ' || text FROM events WHERE kind = 'msg'").fetchall()
                 )
+                # A PM to r0 while r0 was away (the restart) is refused (no_such_user), not stored.
+                acked_pms = Counter(conn.execute("SELECT name || ': ' || text FROM private").fetchall())
             expected = senders * lines
             deadline = time.monotonic() + 60
             for r in readers:
@@ -143,7 +149,12 @@ def run(senders: int, lines: int, receivers: int, restart: bool) -> int:
             print(f"sender exit codes: {codes}")
             print(f"acknowledged (stored by the broker): {sum(acked.values())} lines, "
                   f"{sum(c - 1 for c in acked.values())} stored twice")
-            worst = 0
+            pm_seen = Counter(m.group(1) + ": " + m.group(2) for m in map(PRIVATE_LINE.match, list(readers[0].lines)) if m)
+            pm_lost = sum(1 for key in acked_pms if key[0] not in pm_seen)
+            pm_dup = sum(c - 1 for c in pm_seen.values())
+            print(f"  r0 private messages: acknowledged {sum(acked_pms.values())}, delivered {sum(pm_seen.values())}, "
+                  f"lost {pm_lost}, duplicated {pm_dup}")
+            worst = max(pm_lost, pm_dup)
             for r, name in zip(readers, [f"r{i}" for i in range(receivers)]):
                 seen = Counter(m.group(1) + ": " + m.group(2) for m in map(LINE.match, list(r.lines)) if m)
                 lost = sum(1 for key in acked if key[0] not in seen)
@@ -157,7 +168,7 @@ def run(senders: int, lines: int, receivers: int, restart: bool) -> int:
                 )
                 label = " (paused)" if r is slow else ""
                 for line in r.errors:
-                    if not line.startswith("*** joined as"):
+                    if not line.startswith("*** joined as") and "private" not in line:
                         print(f"  {name} said: {line}")
                 print(f"  {name}{label}: delivered {sum(seen.values())}, lost {lost}, duplicated {dup}, "
                       f"in order per sender: {order_ok}")
