@@ -4,7 +4,8 @@ Starts a broker with a history file, S sender clients that each send N numbered 
 PM_EVERY-th also as a private message to the first receiver), R receiver clients of which one is paused
 (SIGSTOP/SIGCONT) again and again, and kills the broker with SIGKILL once in the middle and starts it
 again on the same ports and file. Then it counts, for every receiver, the lines (and private messages)
-lost and shown twice, against what the broker acknowledged (what is in its history file). Everything runs on 127.0.0.1, every load is bounded, and every process is ended.
+lost and shown twice, against what the broker acknowledged (what is in its history file). Everything
+runs on 127.0.0.1, every load is bounded, and every process is ended.
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ def run(senders: int, lines: int, receivers: int, restart: bool) -> int:
             print(f"sender exit codes: {codes}")
             print(f"acknowledged (stored by the broker): {sum(acked.values())} lines, "
                   f"{sum(c - 1 for c in acked.values())} stored twice")
-            pm_seen = Counter(m.group(1) + ": " + m.group(2) for m in map(PRIVATE_LINE.match, list(readers[0].lines)) if m)
+            pm_lines = map(PRIVATE_LINE.match, list(readers[0].lines))
+            pm_seen = Counter(m.group(1) + ": " + m.group(2) for m in pm_lines if m)
             pm_lost = sum(1 for key in acked_pms if key[0] not in pm_seen)
             pm_dup = sum(c - 1 for c in pm_seen.values())
             print(f"  r0 private messages: acknowledged {sum(acked_pms.values())}, delivered {sum(pm_seen.values())}, "
