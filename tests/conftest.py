@@ -466,15 +466,16 @@ class Relay:
 
     def _accept(self, listener: socket.socket, upstream_port: int) -> None:
         while not self._closed.is_set():
+            # While the link is down, new connections wait in the listen backlog, unanswered, as over a
+            # dead link (closing them at once would read as a failed ZMTP handshake, not a lost link).
+            if not self.accepting.wait(0.05):
+                continue
             try:
                 near, _ = listener.accept()
             except socket.timeout:
                 continue
             except OSError:
                 return
-            if not self.accepting.is_set():
-                near.close()  # the link is down: the client's connection fails and libzmq retries
-                continue
             far = socket.create_connection((self.upstream_host, upstream_port), timeout=5)
             far.settimeout(None)
             with self._lock:
@@ -502,7 +503,7 @@ class Relay:
             return bytes(self.recorded)
 
     def cut(self) -> None:
-        """Break every connection through the relay, and refuse new ones until ``restore``."""
+        """Break every connection through the relay, and hold new ones unanswered until ``restore``."""
         self.accepting.clear()
         with self._lock:
             for sock in self._open:
