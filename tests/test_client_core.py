@@ -572,3 +572,65 @@ def test_a_message_of_another_version_once_joined_is_only_a_notice() -> None:
     core = joined()
     actions = core.on_direct([b"chat/3", b"ACK", b"{}"], 1.0)
     assert exits(actions) == [] and notices(actions)
+
+
+# --------------------------------------------------------------------------- order behind room changes
+
+
+def test_a_line_typed_after_leave_waits_for_parted_and_goes_to_the_room_typed_into_then() -> None:
+    core = joined()
+    direct(core, p.Entered("#dev", 0), 1.0)
+    assert core.current == "#dev"
+    assert typed(core, "/join #dev")[1] is None  # already in it: a switch, nothing to wait for
+    assert typed(core, "/leave #dev")[1] == p.Part("#dev")
+    assert typed(core, "right after leave") == ([], None)  # held: #dev is being left
+    actions = direct(core, p.Parted("#dev"), 1.1)
+    [say] = sent(actions)
+    assert isinstance(say, p.Say) and (say.room, say.text) == (GENERAL, "right after leave")
+
+
+def test_leave_typed_before_entered_is_not_refused_locally() -> None:
+    core = joined()
+    assert typed(core, "/join #dev")[1] == p.Enter("#dev")
+    assert typed(core, "/leave #dev") == ([], None)
+    assert typed(core, "right after leave") == ([], None)
+    actions = direct(core, p.Entered("#dev", 0), 1.1)
+    assert sent(actions) == [p.Part("#dev")] and notices(actions) == []
+    [say] = sent(direct(core, p.Parted("#dev"), 1.2))
+    assert isinstance(say, p.Say) and say.room == GENERAL
+
+
+def test_lines_held_behind_a_refused_room_change_go_on() -> None:
+    core = joined()
+    typed(core, "/join #dev")
+    typed(core, "hello")
+    actions = direct(core, p.Error(p.SERVER_FULL, "no room for more rooms", "ENTER"), 1.1)
+    assert notices(actions) == ["no room for more rooms"]
+    [say] = sent(actions)
+    assert isinstance(say, p.Say) and (say.room, say.text) == (GENERAL, "hello")
+
+
+@pytest.mark.parametrize("done", [True, False], ids=["taken-before-the-loss", "lost-with-the-broker"])
+def test_a_room_change_unanswered_when_the_broker_went_away_is_finished_after_the_welcome(done: bool) -> None:
+    core = joined()
+    typed(core, "/join #dev")
+    typed(core, "for dev")
+    core.on_direct(p.encode(p.Bye("shutting down")), 1.1)
+    rooms = {GENERAL: 3, "#dev": 0} if done else {GENERAL: 3}
+    actions = direct(core, msgspec.structs.replace(WELCOME, rooms=rooms), 1.2)
+    if not done:  # the broker never took the ENTER: sent again, the line still waits for it
+        assert p.Enter("#dev") in sent(actions) and not any(isinstance(m, p.Say) for m in sent(actions))
+        actions = direct(core, p.Entered("#dev", 0), 1.3)
+    [say] = [m for m in sent(actions) if isinstance(m, p.Say)]
+    assert (say.room, say.text) == ("#dev", "for dev")
+
+
+def test_quit_waits_for_the_lines_held_behind_a_room_change() -> None:
+    core = joined()
+    direct(core, p.Entered("#dev", 0), 1.0)
+    typed(core, "/leave #dev")
+    typed(core, "last words")
+    assert sent(core.on_eof(1.0)) == []  # not yet: "last words" has not even been sent
+    [say] = sent(direct(core, p.Parted("#dev"), 1.1))
+    assert isinstance(say, p.Say) and (say.room, say.text) == (GENERAL, "last words")
+    assert sent(direct(core, p.Ack(say.id, 5, 1), 1.2)) == [p.Leave()]
