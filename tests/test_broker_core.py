@@ -395,6 +395,18 @@ def test_fetch_outside_the_history_is_history_range(broker: Broker, first: int, 
     assert (error.code, error.ref) == (p.HISTORY_RANGE, "FETCH")
 
 
+def test_a_fetch_with_an_id_gets_it_back_in_its_history_and_its_error(broker: Broker) -> None:
+    """PROTOCOL.md: FETCH takes an optional id, so that a client with fetches open in several rooms can
+    tell which one an answer or an error is about."""
+    join(broker, A, "alice")
+    [history] = replies(send(broker, A, p.Fetch("#general", 1, 1, id="f-general")), A)
+    assert isinstance(history, p.History) and history.id == "f-general"
+    error = only_error(send(broker, A, p.Fetch("#general", 5, 9, id="f-2")), A)
+    assert (error.code, error.ref) == (p.HISTORY_RANGE, "f-2")
+    error = only_error(send(broker, A, p.Fetch("#nowhere", 1, 1, id="f-3")), A)
+    assert (error.code, error.ref) == (p.NO_SUCH_ROOM, "f-3")
+
+
 # --------------------------------------------------------------------------- leaving
 
 
@@ -470,30 +482,36 @@ def test_without_the_right_token_the_name_is_taken(broker: Broker, holder_token:
 
 
 @pytest.mark.parametrize(
-    "frames, code",
+    "frames, code, ref",
     [
-        ([b"garbage"], p.BAD_FRAMES),
-        ([], p.BAD_FRAMES),
-        ([p.PROTOCOL_TAG, b"SAY", b'{"id":"1","text":"hi"}', b"extra"], p.BAD_FRAMES),
-        ([b"chat/1", b"PING", b"{}"], p.BAD_VERSION),
-        ([b"chat/3", b"PING", b"{}"], p.BAD_VERSION),
-        ([p.PROTOCOL_TAG, b"SHOUT", b"{}"], p.BAD_TYPE),
-        (p.encode(p.Welcome("x", 1, {}, 1, 1, "h")), p.BAD_TYPE),
-        ([p.PROTOCOL_TAG, b"SAY", b"\xff"], p.BAD_JSON),
-        ([p.PROTOCOL_TAG, b"SAY", b"{nope"], p.BAD_JSON),
-        ([p.PROTOCOL_TAG, b"SAY", b"[]"], p.BAD_JSON),
-        ([p.PROTOCOL_TAG, b"SAY", b'{"id":1,"text":"hi"}'], p.BAD_FIELD),
-        ([p.PROTOCOL_TAG, b"SAY", b'{"text":"hi"}'], p.BAD_FIELD),
-        ([p.PROTOCOL_TAG, b"SAY", b'{"id":"1","text":"' + b"x" * p.MAX_FRAME_BYTES + b'"}'], p.TOO_LARGE),
+        ([b"garbage"], p.BAD_FRAMES, ""),
+        ([], p.BAD_FRAMES, ""),
+        ([p.PROTOCOL_TAG, b"SAY", b'{"id":"1","text":"hi"}', b"extra"], p.BAD_FRAMES, ""),
+        ([b"chat/1", b"PING", b"{}"], p.BAD_VERSION, "PING"),
+        ([b"chat/3", b"PING", b"{}"], p.BAD_VERSION, "PING"),
+        ([p.PROTOCOL_TAG, b"SHOUT", b"{}"], p.BAD_TYPE, "SHOUT"),
+        ([p.PROTOCOL_TAG, b"\xff\x00", b"{}"], p.BAD_TYPE, ""),  # an unreadable type is not echoed
+        (p.encode(p.Welcome("x", 1, {}, 1, 1, "h")), p.BAD_TYPE, "WELCOME"),
+        ([p.PROTOCOL_TAG, b"SAY", b"\xff"], p.BAD_JSON, "SAY"),
+        ([p.PROTOCOL_TAG, b"SAY", b"{nope"], p.BAD_JSON, "SAY"),
+        ([p.PROTOCOL_TAG, b"SAY", b"[]"], p.BAD_JSON, "SAY"),
+        ([p.PROTOCOL_TAG, b"JOIN", b"{}"], p.BAD_FIELD, "JOIN"),
+        ([p.PROTOCOL_TAG, b"SAY", b'{"id":1,"text":"hi"}'], p.BAD_FIELD, "SAY"),
+        ([p.PROTOCOL_TAG, b"SAY", b'{"text":"hi"}'], p.BAD_FIELD, "SAY"),
+        ([p.PROTOCOL_TAG, b"SAY", b'{"id":"s-9","text":7}'], p.BAD_FIELD, "s-9"),  # the id, when it has one
+        ([p.PROTOCOL_TAG, b"FOO", b'{}'], p.BAD_TYPE, "FOO"),
+        ([p.PROTOCOL_TAG, b"SAY", b'{"id":"1","text":"' + b"x" * p.MAX_FRAME_BYTES + b'"}'], p.TOO_LARGE, "1"),
     ],
 )
 def test_malformed_frames_get_an_error_and_the_broker_keeps_serving(
-    broker: Broker, frames: list[bytes], code: str
+    broker: Broker, frames: list[bytes], code: str, ref: str
 ) -> None:
+    """PROTOCOL.md: ref is the request's id when its body has one, else its type when frame 1 is readable
+    (so that a client can tell which request failed), else empty."""
     join(broker, A, "alice")
     join(broker, B, "bob")
     error = only_error(send(broker, A, frames), A)
-    assert (error.code, error.ref) == (code, "PING" if code == p.BAD_VERSION else "")  # a type both versions know
+    assert (error.code, error.ref) == (code, ref)
     error = only_error(send(broker, C, frames), C)  # from a connection with no session, too
     assert error.code == code
     event, _ = say(broker, B, "still working", "b1")

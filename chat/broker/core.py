@@ -263,7 +263,7 @@ class Broker:
             if space_left < 0 and bodies:
                 break
             bodies.append(body)
-        return [Reply(session.identity, p.History(room, bodies, fetch.first, fetch.last))]
+        return [Reply(session.identity, p.History(room, bodies, fetch.first, fetch.last, fetch.id))]
 
     def _enter(self, session: Session, enter: p.Enter, now: float) -> list[Outgoing]:
         room = p.room_key(enter.room)

@@ -35,6 +35,8 @@ DEFAULT_HEARTBEAT = 1.0
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_OLDER = 20  # lines shown by /history without a number
 QUIT_COMMANDS = ("/quit", "/exit")
+GAP_FETCH = "gap"  # the id of a FETCH that fills a gap is this and the room; of a /history one, OLDER_FETCH's
+OLDER_FETCH = "older"
 NEEDS_SESSION = ("/who", "/whosonline", "/history", "/join", "/leave", "/rooms", "/topic")  # held until joined
 
 HELP = """commands:
@@ -404,7 +406,7 @@ class ClientCore:
         wanted = feed.older(int(arg or DEFAULT_OLDER)) if feed is not None else None
         if wanted is None:
             return [ev.Notice(f"there is nothing older in {room}")]
-        return [ev.Send(p.Fetch(room, *wanted))]
+        return [ev.Send(p.Fetch(room, *wanted, id=OLDER_FETCH + room))]
 
     def _quit(self, now: float) -> list[ev.Action]:
         """Leave, but only once every line typed has been acknowledged (or DRAIN_TIMEOUT has passed)."""
@@ -517,7 +519,9 @@ class ClientCore:
         if error.ref in self.unacked:
             del self.unacked[error.ref]  # refused for good: resending would not help
             return [ev.Failed(error.ref, error.reason), ev.Notice(error.reason, "error"), *self._pump(now)]
-        if error.ref == p.Fetch.TYPE.decode():
+        if error.ref.startswith(GAP_FETCH + "#"):  # only that room's gap cannot be filled
+            return self._skip_unrecoverable(error.ref[len(GAP_FETCH) :])
+        if error.ref == p.Fetch.TYPE.decode():  # a broker that does not echo ids: which room is unknown
             return self._skip_unrecoverable()
         if self.changing is not None and error.ref == self.changing.TYPE.decode():
             self.changing = None  # refused: what was typed after it goes on as if it had not been typed
@@ -572,7 +576,7 @@ class ClientCore:
 
     def _fetch(self, room: str, wanted: Range, now: float) -> list[ev.Action]:
         self.feeds[room].fetching = Fetching(wanted[0], wanted[1], now)
-        return [ev.Send(p.Fetch(room, *wanted))]
+        return [ev.Send(p.Fetch(room, *wanted, id=GAP_FETCH + room))]
 
     def _history(self, history: p.History, now: float) -> list[ev.Action]:
         try:
@@ -591,10 +595,13 @@ class ClientCore:
         out = self._lost_events(room, lost) + self._show(shown)
         return out + (self._fetch(room, ask, now) if ask else [])
 
-    def _skip_unrecoverable(self) -> list[ev.Action]:
-        """The broker refused a FETCH: what we are missing is gone; move on to what we hold."""
+    def _skip_unrecoverable(self, only: str = "") -> list[ev.Action]:
+        """The broker refused a FETCH (of room ``only``, or of any room): what we are missing is gone;
+        move on to what we hold."""
         out: list[ev.Action] = []
         for room, feed in self.feeds.items():
+            if only and room != only:
+                continue
             shown, lost = feed.skip_unrecoverable()
             out += self._lost_events(room, lost) + self._show(shown)
         return out
