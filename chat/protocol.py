@@ -83,6 +83,8 @@ _ROOM_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 # Why a session ended, carried in a leave event's text.
 LEFT_QUIT = "quit"
 LEFT_TIMEOUT = "timeout"
+LEFT_RESTARTED = "restarted"  # online when the broker stopped, and not back within the grace period after
+LEAVE_REASONS = {LEFT_TIMEOUT: "timed out", LEFT_RESTARTED: "broker restarted"}  # how a client shows them
 
 # Bidirectional-text controls that can make a line read differently from what it is (Trojan Source).
 _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")

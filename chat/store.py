@@ -8,11 +8,13 @@ with ``synchronous=NORMAL`` keeps every committed transaction through a crash of
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 from pathlib import Path
 
 from chat import protocol as p
+from chat.broker.history import SessionRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -28,6 +30,14 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS owners (name_key TEXT PRIMARY KEY, public_key TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    name_key TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    token_hash TEXT NOT NULL,
+    rooms TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    last_room TEXT NOT NULL
+) WITHOUT ROWID;
 """
 RECENT_IDS = 20_000  # acknowledged ids loaded at start, so that resends after a restart are recognised
 
@@ -48,6 +58,7 @@ class SqliteHistory:
         else:
             self.history_id = row[0]
         self._pending: list[tuple[p.Event, str]] = []
+        self._sessions: dict[str, SessionRecord | None] = {}  # name key -> to keep, or None: to drop
         self._last: dict[str, int] = {}
 
     def last_seq(self, room: str) -> int:
@@ -62,16 +73,25 @@ class SqliteHistory:
 
     def flush(self) -> None:
         """Write what was appended since the last flush, in one transaction."""
-        if not self._pending:
+        if not self._pending and not self._sessions:
             return
         rows = [
             (e.room, e.seq, e.ts, e.kind, e.name, e.text, p.name_key(e.name) if msg_id else "", msg_id)
             for e, msg_id in self._pending
         ]
+        kept = [
+            (r.name_key, r.name, r.token_hash, json.dumps(r.rooms), r.key, r.last_room)
+            for r in self._sessions.values()
+            if r is not None
+        ]
+        dropped = [(key,) for key, r in self._sessions.items() if r is None]
         with self.db:  # BEGIN ... COMMIT
             self.db.execute("BEGIN")
             self.db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.db.executemany("DELETE FROM sessions WHERE name_key = ?", dropped)
+            self.db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?)", kept)
         self._pending.clear()
+        self._sessions.clear()
 
     def fetch(self, room: str, first: int, last: int) -> list[p.Event]:
         rows = self.db.execute(
@@ -96,6 +116,16 @@ class SqliteHistory:
 
     def set_name_owner(self, name_key: str, public_key: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (name_key, public_key))
+
+    def keep_session(self, record: SessionRecord) -> None:
+        self._sessions[record.name_key] = record
+
+    def drop_session(self, name_key: str) -> None:
+        self._sessions[name_key] = None
+
+    def open_sessions(self) -> list[SessionRecord]:
+        rows = self.db.execute("SELECT name_key, name, token_hash, rooms, public_key, last_room FROM sessions")
+        return [SessionRecord(k, n, t, tuple(json.loads(r)), pk, lr) for k, n, t, r, pk, lr in rows.fetchall()]
 
     def close(self) -> None:
         self.flush()

@@ -587,3 +587,77 @@ def test_a_request_of_another_version_is_refused_in_that_version(broker: Broker)
     assert not broker.sessions
     [other] = broker.handle(A, [b"chat/2", b"SHOUT", b"{}"])  # any other refusal: in our version
     assert isinstance(other, Reply) and other.tag == p.PROTOCOL_TAG
+
+
+# --------------------------------------------------------------------------- broker restarts and leaves
+
+
+def restarted(broker: Broker, clock: Clock) -> Broker:
+    """A new broker core on the same history, as a restarted broker.py on the same --db."""
+    broker.shutdown()
+    return Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=broker.history)
+
+
+def test_after_a_restart_a_client_with_its_token_resumes_without_join_or_leave(broker: Broker, clock: Clock) -> None:
+    join(broker, A, "alice", token="t-alice")
+    send(broker, A, p.Enter("#dev"))
+    join(broker, B, "bob", token="t-bob")
+    broker = restarted(broker, clock)
+    [roster] = replies(send(broker, C, p.Join("carol")), C)[:1]  # someone new meanwhile: both are still listed
+    assert isinstance(roster, p.Welcome)
+    [who] = replies(send(broker, C, p.Who()), C)
+    assert isinstance(who, p.Roster) and who.names == ["alice", "bob", "carol"]
+
+    clock.advance(TIMEOUT * 1.5)  # within the grace period (two session timeouts)
+    out = send(broker, B + b"2", p.Join("alice", token="t-alice", rooms=["#general"]))
+    assert events(out) == []  # no join event: she resumes
+    [welcome] = replies(out, B + b"2")
+    assert isinstance(welcome, p.Welcome) and set(welcome.rooms) == {"#general", "#dev"}  # her rooms, kept
+    assert isinstance(replies(send(broker, B + b"2", p.Say("a1", "back", "#dev")), B + b"2")[0], p.Ack)
+
+
+def test_after_a_restart_those_who_do_not_come_back_leave_once_as_restarted(broker: Broker, clock: Clock) -> None:
+    join(broker, A, "alice", token="t-alice")
+    join(broker, B, "bob", token="t-bob")
+    broker = restarted(broker, clock)
+    join(broker, C, "bob", token="t-bob")  # bob is back, alice is not
+    clock.advance(TIMEOUT * 1.5)
+    send(broker, C, p.Ping())
+    assert broker.expire_idle() == []  # alice still has time
+    clock.advance(TIMEOUT)
+    [leave] = broker.expire_idle()
+    assert isinstance(leave, p.Event) and (leave.kind, leave.name, leave.text) == (p.KIND_LEAVE, "alice", "restarted")
+    assert broker.expire_idle() == []
+    assert join(broker, A, "alice").name == "alice"  # the name is free again
+
+
+@pytest.mark.parametrize("token", ["wrong", ""])
+def test_a_restored_session_is_not_taken_without_its_token(broker: Broker, clock: Clock, token: str) -> None:
+    join(broker, A, "alice", token="t-alice")
+    broker = restarted(broker, clock)
+    error = only_error(send(broker, C, p.Join("alice", token=token)), C)
+    assert error.code == p.NAME_TAKEN
+    # Nor by a peer that picks the restored session's placeholder identity as its routing id.
+    [identity] = [i for i, s in broker.sessions.items() if s.name == "alice"]
+    assert only_error(send(broker, identity, p.Say("x1", "hijack")), identity).code == p.NOT_JOINED
+
+
+def test_the_history_keeps_a_hash_of_the_token_never_the_token(broker: Broker) -> None:
+    join(broker, A, "alice", token="t-alice-secret")
+    [record] = broker.history.open_sessions()
+    assert record.name == "alice" and "t-alice-secret" not in repr(record) and record.token_hash
+
+
+def test_a_session_that_parted_every_room_leaves_where_it_was_last(broker: Broker, clock: Clock) -> None:
+    """Others saw it in the roster of everyone online: they see it go, in the room it left last."""
+    join(broker, A, "alice")
+    send(broker, A, p.Enter("#dev"))
+    send(broker, A, p.Part("#general"))
+    send(broker, A, p.Part("#dev"))
+    [leave] = events(send(broker, A, p.Leave()))
+    assert (leave.room, leave.kind, leave.name, leave.text) == ("#dev", p.KIND_LEAVE, "alice", p.LEFT_QUIT)
+    join(broker, B, "bob")
+    send(broker, B, p.Part("#general"))
+    clock.advance(TIMEOUT + 1)
+    [leave] = broker.expire_idle()
+    assert (leave.room, leave.text) == ("#general", p.LEFT_TIMEOUT)

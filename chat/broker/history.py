@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
+from dataclasses import dataclass
 from typing import Protocol
 
 from chat.protocol import Ack, Event
 
 KEEP_EVENTS = 10_000  # per room, for the in-memory history
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """What a restarted broker needs to let a session resume: who, the token's hash, where, which key."""
+
+    name_key: str
+    name: str
+    token_hash: str  # SHA-256 of the client's token, never the token itself ("" when it gave none)
+    rooms: tuple[str, ...]
+    key: str = ""  # the client's CURVE public key, with --secure
+    last_room: str = ""  # the room it left last, where its leave goes when it is in none
 
 
 class History(Protocol):
@@ -34,6 +47,15 @@ class History(Protocol):
 
     def set_name_owner(self, name_key: str, public_key: str) -> None: ...
 
+    def keep_session(self, record: SessionRecord) -> None:
+        """Remember an online session (new, or its rooms changed), durably with the next ``flush``."""
+
+    def drop_session(self, name_key: str) -> None:
+        """Forget a session that ended."""
+
+    def open_sessions(self) -> list[SessionRecord]:
+        """The sessions online when the broker last stopped (or was killed)."""
+
 
 class MemoryHistory:
     """The last ``keep`` events of each room, in memory; gone when the broker stops."""
@@ -43,6 +65,7 @@ class MemoryHistory:
         self._keep = keep
         self._rooms: dict[str, deque[Event]] = {}
         self._owners: dict[str, str] = {}
+        self._sessions: dict[str, SessionRecord] = {}  # only a Broker made on the same object sees them
 
     def last_seq(self, room: str) -> int:
         events = self._rooms.get(room)
@@ -75,3 +98,12 @@ class MemoryHistory:
 
     def set_name_owner(self, name_key: str, public_key: str) -> None:
         self._owners[name_key] = public_key
+
+    def keep_session(self, record: SessionRecord) -> None:
+        self._sessions[record.name_key] = record
+
+    def drop_session(self, name_key: str) -> None:
+        self._sessions.pop(name_key, None)
+
+    def open_sessions(self) -> list[SessionRecord]:
+        return list(self._sessions.values())
