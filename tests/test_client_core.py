@@ -650,3 +650,13 @@ def test_a_refused_fetch_skips_only_the_gap_of_its_own_room() -> None:
     assert [(a.event.room, a.event.seq) for a in actions if isinstance(a, ev.Public)] == [("#dev", 6)]
     assert notices(actions) == ["2 event(s) in #dev could not be recovered"]
     assert core.feeds[GENERAL].fetching is not None  # #general still waits for its own answer
+
+
+def test_a_line_typed_after_join_before_the_welcome_goes_to_the_joined_room() -> None:
+    core = ClientCore("alice", interactive=False)
+    core.start(0.0)
+    assert core.on_input("/join #dev", 0.01) == [] and core.on_input("for dev", 0.02) == []
+    actions = direct(core, WELCOME, T_JOINED)
+    assert p.Enter("#dev") in sent(actions) and not any(isinstance(m, p.Say) for m in sent(actions))
+    [say] = sent(direct(core, p.Entered("#dev", 0), 0.2))
+    assert isinstance(say, p.Say) and (say.room, say.text) == ("#dev", "for dev")
