@@ -191,3 +191,22 @@ def test_join_leave_and_a_line_in_one_write_take_effect_in_the_order_typed(
     assert len(carol.matching("right after leave")) == 1
     assert alice.matching(r"you are not in", err=True) == [], procs.describe()
     assert bob.matching("right after leave") == []
+
+
+def test_a_user_in_no_room_is_seen_leaving_where_they_left_last(procs: Processes, broker: Broker) -> None:
+    """Issue 19: alice leaves every room, so no room has her, but /who still lists her; when she quits,
+    carol (who saw her leave #general) sees her leave the chat, once."""
+    carol = procs.join("carol", broker)
+    alice = procs.join("alice", broker)
+    carol.expect(r"^.* alice has joined the chat\.$")
+    alice.send("/leave")
+    alice.expect_err(r"^\*\*\* left #general; you are in no room now$")
+    carol.expect(r"^.* alice has left #general\.$")
+    carol.send("/who")
+    carol.expect(r"online \(2\): alice, carol$")
+    alice.send("/quit")
+    alice.assert_exit(0)
+    carol.expect(r"^.* alice has left the chat\.$")
+    carol.send("/who")
+    carol.expect(r"online \(1\): carol$")
+    assert len(carol.matching("alice has left the chat")) == 1
