@@ -135,10 +135,10 @@ class Broker:
     def expire_idle(self) -> list[Outgoing]:
         """End the sessions that have been silent for longer than the session timeout, and the restored
         ones whose clients have not come back within the grace period."""
-        deadline = self.clock() - self.session_timeout
-        restored_deadline = deadline + self.session_timeout - self.restart_grace
+        now = self.clock()
+        deadline, restored_deadline = now - self.session_timeout, now - self.restart_grace
         out: list[Outgoing] = []
-        for session in [s for s in self.sessions.values() if s.last_seen < deadline]:
+        for session in [s for s in self.sessions.values() if s.last_seen < deadline or s.restored]:
             if not session.restored:
                 out += self._end(session, p.LEFT_TIMEOUT)
             elif session.last_seen < restored_deadline:
