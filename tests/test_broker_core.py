@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from chat import protocol as p
 from chat.broker.core import Broker, Outgoing, Reply
+from chat.store import SqliteHistory
 
 A, B, C = b"\x00A", b"\x00B", b"\x00C"  # ROUTER identities
 T0 = 1_764_190_000.0
@@ -661,3 +663,17 @@ def test_a_session_that_parted_every_room_leaves_where_it_was_last(broker: Broke
     clock.advance(TIMEOUT + 1)
     [leave] = broker.expire_idle()
     assert (leave.room, leave.text) == ("#general", p.LEFT_TIMEOUT)
+
+
+def test_the_sqlite_history_keeps_who_is_online_across_a_reopening(clock: Clock, tmp_path: Path) -> None:
+    first = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=SqliteHistory(tmp_path / "h.db"))
+    join(first, A, "alice", token="t-alice")
+    send(first, A, p.Enter("#dev"))
+    join(first, B, "bob", token="t-bob")
+    send(first, B, p.Leave())
+    first.history.flush()  # as the server loop does after every batch; then the process is killed
+    again = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=SqliteHistory(tmp_path / "h.db"))
+    assert [s.name for s in again.sessions.values()] == ["alice"]  # bob had left
+    out = send(again, C, p.Join("alice", token="t-alice"))
+    [welcome] = replies(out, C)
+    assert events(out) == [] and isinstance(welcome, p.Welcome) and set(welcome.rooms) == {"#general", "#dev"}
