@@ -28,9 +28,11 @@ VERSION = 2  # 2: events are published in batches (EVENTS); 1 published one EVEN
 PROTOCOL_PREFIX = b"chat/"
 PROTOCOL_TAG = PROTOCOL_PREFIX + str(VERSION).encode()
 
-# Limits. The broker sets MAX_FRAME_BYTES as ZMQ_MAXMSGSIZE too, so that libzmq drops absurd frames
-# before Python sees them.
+# Limits. A frame over MAX_FRAME_BYTES is refused with too_large. The broker sets ZMQ_MAXMSGSIZE to
+# MAX_RECEIVED_FRAME_BYTES, a margin above it, so that libzmq drops only absurd frames (and the connection
+# with them) before Python sees them, and a frame a little too large gets a too_large answer instead.
 MAX_FRAME_BYTES = 64 * 1024
+MAX_RECEIVED_FRAME_BYTES = 2 * MAX_FRAME_BYTES
 MAX_TEXT_CHARS = 2000
 MAX_NAME_CHARS = 32
 MAX_ID_CHARS = 64
@@ -62,6 +64,10 @@ SERVER_FULL = "server_full"
 ROOM_INVALID = "room_invalid"
 NAME_OWNED = "name_owned"
 RATE_LIMITED = "rate_limited"
+ERROR_CODES = (
+    BAD_FRAMES, BAD_VERSION, BAD_TYPE, BAD_JSON, BAD_FIELD, TOO_LARGE, NAME_INVALID, NAME_TAKEN, NOT_JOINED,
+    ALREADY_JOINED, NO_SUCH_USER, NO_SUCH_ROOM, ROOM_INVALID, HISTORY_RANGE, SERVER_FULL, NAME_OWNED, RATE_LIMITED,
+)  # every code an ERROR can carry; docs/PROTOCOL.md lists the same (tests/test_error_table.py checks it)
 
 # Event kinds on the PUB socket.
 KIND_MSG = "msg"
@@ -81,6 +87,8 @@ _ROOM_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 # Why a session ended, carried in a leave event's text.
 LEFT_QUIT = "quit"
 LEFT_TIMEOUT = "timeout"
+LEFT_RESTARTED = "restarted"  # online when the broker stopped, and not back within the grace period after
+LEAVE_REASONS = {LEFT_TIMEOUT: "timed out", LEFT_RESTARTED: "broker restarted"}  # how a client shows them
 
 # Bidirectional-text controls that can make a line read differently from what it is (Trojan Source).
 _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -176,6 +184,7 @@ class Fetch(Message, frozen=True):
     room: str
     first: int
     last: int
+    id: str = ""  # optional: echoed in the HISTORY and in an ERROR's ref, to tell several fetches apart
 
 
 # Broker -> client
@@ -286,6 +295,7 @@ class History(Message, frozen=True):
     events: list[dict[str, Any]]
     first: int = 0  # the range of the FETCH this answers
     last: int = 0
+    id: str = ""  # the FETCH's id, when it had one
 
 
 class Bye(Message, frozen=True):
@@ -423,16 +433,22 @@ def _check_frames(frames: list[bytes], count: int) -> None:
 def decode(frames: list[bytes], table: dict[bytes, type[Message]]) -> Message:
     """Decode a direct message using ``table`` (``CLIENT_MESSAGES`` or ``BROKER_MESSAGES``).
 
-    Raises ``RemoteProtocolError`` and nothing else, whatever the frames.
+    Raises ``RemoteProtocolError`` and nothing else, whatever the frames; its ``ref`` names the request
+    as well as the frames allow (``refer_to``).
     """
+    try:
+        return _decode(frames, table)
+    except RemoteProtocolError as exc:
+        if not exc.ref:
+            exc.ref = refer_to(frames)
+        raise
+
+
+def _decode(frames: list[bytes], table: dict[bytes, type[Message]]) -> Message:
     _check_frames(frames, 3)
     tag, kind, raw = frames
     cls = table.get(bytes(kind))
-    try:
-        _check_version(tag)
-    except RemoteProtocolError as exc:
-        exc.ref = kind.decode() if cls is not None else ""  # "JOIN": an old client knows its JOIN failed
-        raise
+    _check_version(tag)
     if cls is None:
         raise RemoteProtocolError(BAD_TYPE, f"unknown message type {bytes(kind)[:32]!r}")
     message = _from_body(cls, raw)
@@ -442,6 +458,24 @@ def decode(frames: list[bytes], table: dict[bytes, type[Message]]) -> Message:
         exc.ref = reference(message)
         raise
     return message
+
+
+_READABLE_TYPE = re.compile(rb"[!-~]{1,32}")  # a type frame worth echoing: short printable ASCII
+_ANY_ID = msgspec.json.Decoder(dict[str, Any])
+
+
+def refer_to(frames: list[bytes]) -> str:
+    """``ref`` for a request that could not be decoded: its ``id`` when its body is an object with a
+    string id, else its type frame when that is readable (even a type we do not know), else ""."""
+    if len(frames) != 3 or not _READABLE_TYPE.fullmatch(bytes(frames[1])):
+        return ""
+    try:
+        msg_id = _ANY_ID.decode(frames[2]).get("id")
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
+        msg_id = None
+    if isinstance(msg_id, str) and 0 < len(msg_id) <= MAX_ID_CHARS:
+        return msg_id
+    return bytes(frames[1]).decode("ascii")
 
 
 def reference(message: Message) -> str:
@@ -573,6 +607,8 @@ def _validate_line(message: Say | Pm) -> None:
 def _validate_room(message: Enter | Part | Fetch | Who) -> None:
     if message.room or not isinstance(message, Who):  # WHO without a room: everyone online
         _check_room(message.room)
+    if isinstance(message, Fetch) and len(message.id) > MAX_ID_CHARS:
+        raise RemoteProtocolError(BAD_FIELD, f"an id can be at most {MAX_ID_CHARS} characters long")
 
 
 def _validate_topic(message: Topic) -> None:

@@ -8,12 +8,13 @@ with ``synchronous=NORMAL`` keeps every committed transaction through a crash of
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 from pathlib import Path
 
 from chat import protocol as p
-from chat.broker.history import RECENT_ACKS, PrivateRecord
+from chat.broker.history import RECENT_ACKS, PrivateRecord, SessionRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,11 +39,19 @@ CREATE TABLE IF NOT EXISTS private (
     text TEXT NOT NULL,
     sender_key TEXT NOT NULL,
     msg_id TEXT NOT NULL,
-    token_digest TEXT NOT NULL,
+    token_hash TEXT NOT NULL,
     PRIMARY KEY (recipient_key, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_sender ON events (sender_key, ts) WHERE sender_key != '';
 CREATE INDEX IF NOT EXISTS private_by_sender ON private (sender_key, ts);
+CREATE TABLE IF NOT EXISTS sessions (
+    name_key TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    token_hash TEXT NOT NULL,
+    rooms TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    last_room TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -63,6 +72,7 @@ class SqliteHistory:
             self.history_id = row[0]
         self._pending: list[tuple[p.Event, str]] = []
         self._pending_private: list[PrivateRecord] = []
+        self._sessions: dict[str, SessionRecord | None] = {}  # name key -> to keep, or None: to drop
         self._last: dict[str, int] = {}
         self._last_private: dict[str, int] = {}
 
@@ -78,7 +88,7 @@ class SqliteHistory:
 
     def flush(self) -> None:
         """Write what was appended since the last flush, in one transaction."""
-        if not self._pending and not self._pending_private:
+        if not self._pending and not self._pending_private and not self._sessions:
             return
         rows = [
             (e.room, e.seq, e.ts, e.kind, e.name, e.text, p.name_key(e.name) if msg_id else "", msg_id)
@@ -86,15 +96,24 @@ class SqliteHistory:
         ]
         private_rows = [
             (r.recipient_key, r.message.seq, r.message.ts, r.message.name, r.message.to, r.message.text,
-             r.sender_key, r.msg_id, r.token_digest)
+             r.sender_key, r.msg_id, r.token_hash)
             for r in self._pending_private
         ]
+        kept = [
+            (r.name_key, r.name, r.token_hash, json.dumps(r.rooms), r.key, r.last_room)
+            for r in self._sessions.values()
+            if r is not None
+        ]
+        dropped = [(key,) for key, r in self._sessions.items() if r is None]
         with self.db:  # BEGIN ... COMMIT
             self.db.execute("BEGIN")
             self.db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             self.db.executemany("INSERT INTO private VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", private_rows)
+            self.db.executemany("DELETE FROM sessions WHERE name_key = ?", dropped)
+            self.db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?)", kept)
         self._pending.clear()
         self._pending_private.clear()
+        self._sessions.clear()
 
     def fetch(self, room: str, first: int, last: int) -> list[p.Event]:
         rows = self.db.execute(
@@ -127,17 +146,17 @@ class SqliteHistory:
         self._pending_private.append(record)
         self._last_private[record.recipient_key] = record.message.seq
 
-    def privates_after(self, recipient_key: str, after: int, token_digest: str, limit: int) -> list[p.Private]:
+    def privates_after(self, recipient_key: str, after: int, hashed_token: str, limit: int) -> list[p.Private]:
         rows = self.db.execute(
             "SELECT name, recipient, text, ts, seq FROM private"
-            " WHERE recipient_key = ? AND seq > ? AND token_digest = ? ORDER BY seq LIMIT ?",
-            (recipient_key, after, token_digest, limit),
+            " WHERE recipient_key = ? AND seq > ? AND token_hash = ? ORDER BY seq LIMIT ?",
+            (recipient_key, after, hashed_token, limit),
         ).fetchall()
         found = [p.Private(name, to, text, ts, seq) for name, to, text, ts, seq in rows]
         found += [
             r.message
             for r in self._pending_private
-            if r.recipient_key == recipient_key and r.message.seq > after and r.token_digest == token_digest
+            if r.recipient_key == recipient_key and r.message.seq > after and r.token_hash == hashed_token
         ]
         return found[:limit]
 
@@ -147,6 +166,16 @@ class SqliteHistory:
 
     def set_name_owner(self, name_key: str, public_key: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (name_key, public_key))
+
+    def keep_session(self, record: SessionRecord) -> None:
+        self._sessions[record.name_key] = record
+
+    def drop_session(self, name_key: str) -> None:
+        self._sessions[name_key] = None
+
+    def open_sessions(self) -> list[SessionRecord]:
+        rows = self.db.execute("SELECT name_key, name, token_hash, rooms, public_key, last_room FROM sessions")
+        return [SessionRecord(k, n, t, tuple(json.loads(r)), pk, lr) for k, n, t, r, pk, lr in rows.fetchall()]
 
     def close(self) -> None:
         self.flush()

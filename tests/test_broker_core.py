@@ -415,7 +415,7 @@ def test_resent_ids_are_recognised_per_user_up_to_the_last_1000(tmp_path: Path, 
     """PROTOCOL.md: the broker remembers each user's last 1000 ids, also across a restart."""
     db = tmp_path / "history.db"
     broker = on_disk(db, clock, rate=0)
-    join(broker, A, "alice")
+    join(broker, A, "alice", "alice-token")
     join(broker, B, "bob")
     oldest = say(broker, A, "the oldest", "a0")[1]
     clock.advance(0.001)
@@ -425,7 +425,7 @@ def test_resent_ids_are_recognised_per_user_up_to_the_last_1000(tmp_path: Path, 
         say(broker, A, f"{n}", f"a-{n}")
         say(broker, B, f"{n}", f"b-{n}")
     restarted = crash_and_restart(broker, db, clock, rate=0)
-    join(restarted, A, "alice")
+    join(restarted, A, "alice", "alice-token")  # takes the restored session over
     assert send(restarted, A, p.Say("a1", "kept")) == [Reply(A, kept)]
     event, ack = say(restarted, A, "the oldest", "a0")  # forgotten: taken for a new line
     assert ack != oldest and event.text == "the oldest"
@@ -438,14 +438,14 @@ def test_a_users_ids_are_recognised_after_a_restart_however_much_others_said_sin
     quiet user's line out, and its resend was published twice. Now they are loaded per user."""
     db = tmp_path / "history.db"
     broker = on_disk(db, clock, rate=0)
-    join(broker, A, "alice")
+    join(broker, A, "alice", "alice-token")
     join(broker, B, "bob")
     quiet = say(broker, A, "said once", "a1")[1]
     for n in range(20_001):
         clock.advance(0.001)
         broker.handle(B, p.encode(p.Say(f"b-{n}", "busy")))
     restarted = crash_and_restart(broker, db, clock)
-    join(restarted, A, "alice")
+    join(restarted, A, "alice", "alice-token")  # takes the restored session over
     assert send(restarted, A, p.Say("a1", "said once")) == [Reply(A, quiet)]
 
 
@@ -530,6 +530,18 @@ def test_fetch_outside_the_history_is_history_range(broker: Broker, first: int, 
     assert (error.code, error.ref) == (p.HISTORY_RANGE, "FETCH")
 
 
+def test_a_fetch_with_an_id_gets_it_back_in_its_history_and_its_error(broker: Broker) -> None:
+    """PROTOCOL.md: FETCH takes an optional id, so that a client with fetches open in several rooms can
+    tell which one an answer or an error is about."""
+    join(broker, A, "alice")
+    [history] = replies(send(broker, A, p.Fetch("#general", 1, 1, id="f-general")), A)
+    assert isinstance(history, p.History) and history.id == "f-general"
+    error = only_error(send(broker, A, p.Fetch("#general", 5, 9, id="f-2")), A)
+    assert (error.code, error.ref) == (p.HISTORY_RANGE, "f-2")
+    error = only_error(send(broker, A, p.Fetch("#nowhere", 1, 1, id="f-3")), A)
+    assert (error.code, error.ref) == (p.NO_SUCH_ROOM, "f-3")
+
+
 # --------------------------------------------------------------------------- leaving
 
 
@@ -605,30 +617,36 @@ def test_without_the_right_token_the_name_is_taken(broker: Broker, holder_token:
 
 
 @pytest.mark.parametrize(
-    "frames, code",
+    "frames, code, ref",
     [
-        ([b"garbage"], p.BAD_FRAMES),
-        ([], p.BAD_FRAMES),
-        ([p.PROTOCOL_TAG, b"SAY", b'{"id":"1","text":"hi"}', b"extra"], p.BAD_FRAMES),
-        ([b"chat/1", b"PING", b"{}"], p.BAD_VERSION),
-        ([b"chat/3", b"PING", b"{}"], p.BAD_VERSION),
-        ([p.PROTOCOL_TAG, b"SHOUT", b"{}"], p.BAD_TYPE),
-        (p.encode(p.Welcome("x", 1, {}, 1, 1, "h")), p.BAD_TYPE),
-        ([p.PROTOCOL_TAG, b"SAY", b"\xff"], p.BAD_JSON),
-        ([p.PROTOCOL_TAG, b"SAY", b"{nope"], p.BAD_JSON),
-        ([p.PROTOCOL_TAG, b"SAY", b"[]"], p.BAD_JSON),
-        ([p.PROTOCOL_TAG, b"SAY", b'{"id":1,"text":"hi"}'], p.BAD_FIELD),
-        ([p.PROTOCOL_TAG, b"SAY", b'{"text":"hi"}'], p.BAD_FIELD),
-        ([p.PROTOCOL_TAG, b"SAY", b'{"id":"1","text":"' + b"x" * p.MAX_FRAME_BYTES + b'"}'], p.TOO_LARGE),
+        ([b"garbage"], p.BAD_FRAMES, ""),
+        ([], p.BAD_FRAMES, ""),
+        ([p.PROTOCOL_TAG, b"SAY", b'{"id":"1","text":"hi"}', b"extra"], p.BAD_FRAMES, ""),
+        ([b"chat/1", b"PING", b"{}"], p.BAD_VERSION, "PING"),
+        ([b"chat/3", b"PING", b"{}"], p.BAD_VERSION, "PING"),
+        ([p.PROTOCOL_TAG, b"SHOUT", b"{}"], p.BAD_TYPE, "SHOUT"),
+        ([p.PROTOCOL_TAG, b"\xff\x00", b"{}"], p.BAD_TYPE, ""),  # an unreadable type is not echoed
+        (p.encode(p.Welcome("x", 1, {}, 1, 1, "h")), p.BAD_TYPE, "WELCOME"),
+        ([p.PROTOCOL_TAG, b"SAY", b"\xff"], p.BAD_JSON, "SAY"),
+        ([p.PROTOCOL_TAG, b"SAY", b"{nope"], p.BAD_JSON, "SAY"),
+        ([p.PROTOCOL_TAG, b"SAY", b"[]"], p.BAD_JSON, "SAY"),
+        ([p.PROTOCOL_TAG, b"JOIN", b"{}"], p.BAD_FIELD, "JOIN"),
+        ([p.PROTOCOL_TAG, b"SAY", b'{"id":1,"text":"hi"}'], p.BAD_FIELD, "SAY"),
+        ([p.PROTOCOL_TAG, b"SAY", b'{"text":"hi"}'], p.BAD_FIELD, "SAY"),
+        ([p.PROTOCOL_TAG, b"SAY", b'{"id":"s-9","text":7}'], p.BAD_FIELD, "s-9"),  # the id, when it has one
+        ([p.PROTOCOL_TAG, b"FOO", b'{}'], p.BAD_TYPE, "FOO"),
+        ([p.PROTOCOL_TAG, b"SAY", b'{"id":"1","text":"' + b"x" * p.MAX_FRAME_BYTES + b'"}'], p.TOO_LARGE, "1"),
     ],
 )
 def test_malformed_frames_get_an_error_and_the_broker_keeps_serving(
-    broker: Broker, frames: list[bytes], code: str
+    broker: Broker, frames: list[bytes], code: str, ref: str
 ) -> None:
+    """PROTOCOL.md: ref is the request's id when its body has one, else its type when frame 1 is readable
+    (so that a client can tell which request failed), else empty."""
     join(broker, A, "alice")
     join(broker, B, "bob")
     error = only_error(send(broker, A, frames), A)
-    assert (error.code, error.ref) == (code, "PING" if code == p.BAD_VERSION else "")  # a type both versions know
+    assert (error.code, error.ref) == (code, ref)
     error = only_error(send(broker, C, frames), C)  # from a connection with no session, too
     assert error.code == code
     event, _ = say(broker, B, "still working", "b1")
@@ -704,3 +722,91 @@ def test_a_request_of_another_version_is_refused_in_that_version(broker: Broker)
     assert not broker.sessions
     [other] = broker.handle(A, [b"chat/2", b"SHOUT", b"{}"])  # any other refusal: in our version
     assert isinstance(other, Reply) and other.tag == p.PROTOCOL_TAG
+
+
+# --------------------------------------------------------------------------- broker restarts and leaves
+
+
+def restarted(broker: Broker, clock: Clock) -> Broker:
+    """A new broker core on the same history, as a restarted broker.py on the same --db."""
+    broker.shutdown()
+    return Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=broker.history)
+
+
+def test_after_a_restart_a_client_with_its_token_resumes_without_join_or_leave(broker: Broker, clock: Clock) -> None:
+    join(broker, A, "alice", token="t-alice")
+    send(broker, A, p.Enter("#dev"))
+    join(broker, B, "bob", token="t-bob")
+    broker = restarted(broker, clock)
+    [roster] = replies(send(broker, C, p.Join("carol")), C)[:1]  # someone new meanwhile: both are still listed
+    assert isinstance(roster, p.Welcome)
+    [who] = replies(send(broker, C, p.Who()), C)
+    assert isinstance(who, p.Roster) and who.names == ["alice", "bob", "carol"]
+
+    clock.advance(TIMEOUT * 1.5)  # within the grace period (two session timeouts)
+    out = send(broker, B + b"2", p.Join("alice", token="t-alice", rooms=["#general"]))
+    assert events(out) == []  # no join event: she resumes
+    [welcome] = replies(out, B + b"2")
+    assert isinstance(welcome, p.Welcome) and set(welcome.rooms) == {"#general", "#dev"}  # her rooms, kept
+    assert isinstance(replies(send(broker, B + b"2", p.Say("a1", "back", "#dev")), B + b"2")[0], p.Ack)
+
+
+def test_after_a_restart_those_who_do_not_come_back_leave_once_as_restarted(broker: Broker, clock: Clock) -> None:
+    join(broker, A, "alice", token="t-alice")
+    join(broker, B, "bob", token="t-bob")
+    broker = restarted(broker, clock)
+    join(broker, C, "bob", token="t-bob")  # bob is back, alice is not
+    clock.advance(TIMEOUT * 1.5)
+    send(broker, C, p.Ping())
+    assert broker.expire_idle() == []  # alice still has time
+    clock.advance(TIMEOUT)
+    [leave] = broker.expire_idle()
+    assert isinstance(leave, p.Event) and (leave.kind, leave.name, leave.text) == (p.KIND_LEAVE, "alice", "restarted")
+    assert broker.expire_idle() == []
+    assert join(broker, A, "alice").name == "alice"  # the name is free again
+
+
+@pytest.mark.parametrize("token", ["wrong", ""])
+def test_a_restored_session_is_not_taken_without_its_token(broker: Broker, clock: Clock, token: str) -> None:
+    join(broker, A, "alice", token="t-alice")
+    broker = restarted(broker, clock)
+    error = only_error(send(broker, C, p.Join("alice", token=token)), C)
+    assert error.code == p.NAME_TAKEN
+    # Nor by a peer that picks the restored session's placeholder identity as its routing id.
+    [identity] = [i for i, s in broker.sessions.items() if s.name == "alice"]
+    assert only_error(send(broker, identity, p.Say("x1", "hijack")), identity).code == p.NOT_JOINED
+
+
+def test_the_history_keeps_a_hash_of_the_token_never_the_token(broker: Broker) -> None:
+    join(broker, A, "alice", token="t-alice-secret")
+    [record] = broker.history.open_sessions()
+    assert record.name == "alice" and "t-alice-secret" not in repr(record) and record.token_hash
+
+
+def test_a_session_that_parted_every_room_leaves_where_it_was_last(broker: Broker, clock: Clock) -> None:
+    """Others saw it in the roster of everyone online: they see it go, in the room it left last."""
+    join(broker, A, "alice")
+    send(broker, A, p.Enter("#dev"))
+    send(broker, A, p.Part("#general"))
+    send(broker, A, p.Part("#dev"))
+    [leave] = events(send(broker, A, p.Leave()))
+    assert (leave.room, leave.kind, leave.name, leave.text) == ("#dev", p.KIND_LEAVE, "alice", p.LEFT_QUIT)
+    join(broker, B, "bob")
+    send(broker, B, p.Part("#general"))
+    clock.advance(TIMEOUT + 1)
+    [leave] = broker.expire_idle()
+    assert (leave.room, leave.text) == ("#general", p.LEFT_TIMEOUT)
+
+
+def test_the_sqlite_history_keeps_who_is_online_across_a_reopening(clock: Clock, tmp_path: Path) -> None:
+    first = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=SqliteHistory(tmp_path / "h.db"))
+    join(first, A, "alice", token="t-alice")
+    send(first, A, p.Enter("#dev"))
+    join(first, B, "bob", token="t-bob")
+    send(first, B, p.Leave())
+    first.history.flush()  # as the server loop does after every batch; then the process is killed
+    again = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=SqliteHistory(tmp_path / "h.db"))
+    assert [s.name for s in again.sessions.values()] == ["alice"]  # bob had left
+    out = send(again, C, p.Join("alice", token="t-alice"))
+    [welcome] = replies(out, C)
+    assert events(out) == [] and isinstance(welcome, p.Welcome) and set(welcome.rooms) == {"#general", "#dev"}

@@ -541,3 +541,16 @@ def test_the_text_limit_is_exact_for_lines_and_pms(
         assert str(most) in reply["reason"], reply
     assert alice.expect("PING", answer="PONG")  # nothing else came back, and the broker goes on
     assert not bob.sock.poll(100), "a refused PM reached its target"
+
+
+@pytest.mark.timeout(20)
+def test_a_frame_a_little_over_the_limit_gets_too_large_and_keeps_the_session(dealer: MakePeer) -> None:
+    """PROTOCOL.md, Limits: 65537 bytes get ERROR too_large (the broker's ZMQ_MAXMSGSIZE keeps a margin
+    above the limit), and the connection, with its session, goes on."""
+    peer = dealer()
+    peer.join("alice")
+    body = json.dumps({"id": "big-1", "text": "x" * (65536 - 20)}).encode()
+    assert len(body) > 65536
+    reply = peer.error([TAG, b"SAY", body])
+    assert (reply["code"], reply["ref"]) == ("too_large", "big-1"), reply
+    assert peer.say("still joined")["seq"] > 0  # no not_joined: the same connection, the same session

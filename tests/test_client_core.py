@@ -32,6 +32,11 @@ def event(seq: int, name: str = "bob", text: str | None = None, kind: str = p.KI
                    text=f"line {seq}" if text is None else text, room=GENERAL)
 
 
+def gap_fetch(first: int, last: int, room: str = GENERAL) -> p.Fetch:
+    """The FETCH the client sends to fill a gap: its id names the room, so that an error names it too."""
+    return p.Fetch(room, first, last, id=client_core.GAP_FETCH + room)
+
+
 def history(*events: p.Event, first: int = 0, last: int = 0) -> p.History:
     """A HISTORY reply; ``first`` and ``last`` echo the FETCH it answers (by default its events' range)."""
     if events and not first:
@@ -196,7 +201,7 @@ def test_a_gap_is_fetched_and_the_history_fills_it_in_order() -> None:
     publish(core, event(4, name="alice", kind=p.KIND_JOIN, text=""))
     assert shown(publish(core, event(5))) == [5]
     actions = publish(core, event(7), now=2.0)
-    assert shown(actions) == [] and sent(actions) == [p.Fetch(GENERAL, 6, 6)]
+    assert shown(actions) == [] and sent(actions) == [gap_fetch(6, 6)]
     assert publish(core, event(8), now=2.1) == []  # held back too; the fetch is already out
     actions = direct(core, history(event(6)), 2.2)
     assert shown(actions) == [6, 7, 8] and sent(actions) == []
@@ -211,7 +216,7 @@ def test_an_unanswered_fetch_is_asked_again() -> None:
     publish(core, event(7), now=1.0)
     later = 1.0 + client_core.FETCH_RETRY
     direct(core, p.Pong({GENERAL: 7}), later - 0.1)  # the broker is alive
-    assert p.Fetch(GENERAL, 5, 6) in sent(core.tick(later))
+    assert gap_fetch(5, 6) in sent(core.tick(later))
 
 
 def test_events_the_broker_no_longer_has_are_reported_and_skipped() -> None:
@@ -228,7 +233,7 @@ def test_a_partial_history_asks_for_the_rest() -> None:
     publish(core, event(4, name="alice", kind=p.KIND_JOIN, text=""))
     publish(core, event(9), now=1.0)  # fetch 5..8
     actions = direct(core, history(event(5), event(6), first=5, last=8), 1.1)
-    assert shown(actions) == [5, 6] and sent(actions) == [p.Fetch(GENERAL, 7, 8)]
+    assert shown(actions) == [5, 6] and sent(actions) == [gap_fetch(7, 8)]
     assert shown(direct(core, history(event(7), event(8)), 1.2)) == [7, 8, 9]
 
 
@@ -237,12 +242,12 @@ def test_a_late_answer_to_a_retried_fetch_does_not_skip_the_next_gap() -> None:
     opened, made "no progress", and the client wrongly gave the new gap up as unrecoverable."""
     core = joined()
     publish(core, event(4, name="alice", kind=p.KIND_JOIN, text=""))
-    assert sent(publish(core, event(7), now=1.0)) == [p.Fetch(GENERAL, 5, 6)]
+    assert sent(publish(core, event(7), now=1.0)) == [gap_fetch(5, 6)]
     retry = 1.0 + client_core.FETCH_RETRY
     direct(core, p.Pong({GENERAL: 7}), retry - 0.1)
-    assert p.Fetch(GENERAL, 5, 6) in sent(core.tick(retry))
+    assert gap_fetch(5, 6) in sent(core.tick(retry))
     assert shown(direct(core, history(event(5), event(6)), retry + 0.1)) == [5, 6, 7]
-    assert sent(publish(core, event(10), now=retry + 0.2)) == [p.Fetch(GENERAL, 8, 9)]
+    assert sent(publish(core, event(10), now=retry + 0.2)) == [gap_fetch(8, 9)]
     late = direct(core, history(event(5), event(6)), retry + 0.3)  # the retry's answer
     assert shown(late) == [] and notices(late) == [] and sent(late) == []
     assert shown(direct(core, history(event(8), event(9)), retry + 0.4)) == [8, 9, 10]
@@ -251,7 +256,7 @@ def test_a_late_answer_to_a_retried_fetch_does_not_skip_the_next_gap() -> None:
 def test_pong_reporting_more_than_we_have_fetches_the_tail_on_the_second_pong() -> None:
     core = joined()  # expects 4 next; nothing arrives over SUB (slow joiner)
     assert sent(direct(core, p.Pong({GENERAL: 6}), 1.0)) == []  # may still be on the way
-    assert sent(direct(core, p.Pong({GENERAL: 6}), 2.0)) == [p.Fetch(GENERAL, 4, 6)]
+    assert sent(direct(core, p.Pong({GENERAL: 6}), 2.0)) == [gap_fetch(4, 6)]
     actions = direct(core, history(event(4, name="alice", kind=p.KIND_JOIN, text=""), event(5), event(6)), 2.1)
     assert shown(actions) == [5, 6]
     assert sent(direct(core, p.Pong({GENERAL: 6}), 3.0)) == []
@@ -533,7 +538,7 @@ def test_reconnect_with_the_same_history_fetches_what_was_missed() -> None:
     publish(core, event(5))
     t, _ = lose(core)
     actions = direct(core, msgspec.structs.replace(WELCOME, rooms={GENERAL: 9}), t + 0.5)
-    assert p.Fetch(GENERAL, 6, 9) in sent(actions)
+    assert gap_fetch(6, 9) in sent(actions)
 
 
 def test_not_joined_while_joined_rejoins_at_once() -> None:
@@ -561,13 +566,13 @@ def test_history_lines_fetches_the_last_n_on_the_first_welcome() -> None:
     core = ClientCore("alice", interactive=False, history_lines=5)
     core.start(0.0)
     actions = direct(core, msgspec.structs.replace(WELCOME, rooms={GENERAL: 20}), T_JOINED)
-    assert sent(actions) == [p.Fetch(GENERAL, 16, 20)]
+    assert sent(actions) == [gap_fetch(16, 20)]
     older = [event(seq, name="alice" if seq == 18 else "bob") for seq in range(16, 21)]
     actions = direct(core, p.History(GENERAL, [p.event_body(e) for e in older]), 0.2)
     assert shown(actions) == [16, 17, 18, 19, 20]  # our own line from an earlier session is history too
 
 
-@pytest.mark.parametrize("last, expected", [(3, [p.Fetch(GENERAL, 1, 3)]), (0, [])])
+@pytest.mark.parametrize("last, expected", [(3, [gap_fetch(1, 3)]), (0, [])])
 def test_history_lines_never_asks_before_the_first_event(last: int, expected: list) -> None:
     core = ClientCore("alice", interactive=False, history_lines=20)
     core.start(0.0)
@@ -604,7 +609,7 @@ def test_a_published_batch_is_shown_event_by_event_and_its_gap_fetched() -> None
     [batch] = p.encode_events([event(seq) for seq in (6, 7, 8)])
     actions = core.on_published(batch, 1.0)
     assert shown(actions) == []  # 4 and 5 are missing: held until they come
-    assert sent(actions) == [p.Fetch(GENERAL, 4, 5)]
+    assert sent(actions) == [gap_fetch(4, 5)]
     [gap] = p.encode_events([event(4, name="alice", kind=p.KIND_JOIN), event(5)])
     assert shown(core.on_published(gap, 1.1)) == [5, 6, 7, 8]  # 4 is our own join
 
@@ -623,3 +628,86 @@ def test_a_message_of_another_version_once_joined_is_only_a_notice() -> None:
     core = joined()
     actions = core.on_direct([b"chat/3", b"ACK", b"{}"], 1.0)
     assert exits(actions) == [] and notices(actions)
+
+
+# --------------------------------------------------------------------------- order behind room changes
+
+
+def test_a_line_typed_after_leave_waits_for_parted_and_goes_to_the_room_typed_into_then() -> None:
+    core = joined()
+    direct(core, p.Entered("#dev", 0), 1.0)
+    assert core.current == "#dev"
+    assert typed(core, "/join #dev")[1] is None  # already in it: a switch, nothing to wait for
+    assert typed(core, "/leave #dev")[1] == p.Part("#dev")
+    assert typed(core, "right after leave") == ([], None)  # held: #dev is being left
+    actions = direct(core, p.Parted("#dev"), 1.1)
+    [say] = sent(actions)
+    assert isinstance(say, p.Say) and (say.room, say.text) == (GENERAL, "right after leave")
+
+
+def test_leave_typed_before_entered_is_not_refused_locally() -> None:
+    core = joined()
+    assert typed(core, "/join #dev")[1] == p.Enter("#dev")
+    assert typed(core, "/leave #dev") == ([], None)
+    assert typed(core, "right after leave") == ([], None)
+    actions = direct(core, p.Entered("#dev", 0), 1.1)
+    assert sent(actions) == [p.Part("#dev")] and notices(actions) == []
+    [say] = sent(direct(core, p.Parted("#dev"), 1.2))
+    assert isinstance(say, p.Say) and say.room == GENERAL
+
+
+def test_lines_held_behind_a_refused_room_change_go_on() -> None:
+    core = joined()
+    typed(core, "/join #dev")
+    typed(core, "hello")
+    actions = direct(core, p.Error(p.SERVER_FULL, "no room for more rooms", "ENTER"), 1.1)
+    assert notices(actions) == ["no room for more rooms"]
+    [say] = sent(actions)
+    assert isinstance(say, p.Say) and (say.room, say.text) == (GENERAL, "hello")
+
+
+@pytest.mark.parametrize("done", [True, False], ids=["taken-before-the-loss", "lost-with-the-broker"])
+def test_a_room_change_unanswered_when_the_broker_went_away_is_finished_after_the_welcome(done: bool) -> None:
+    core = joined()
+    typed(core, "/join #dev")
+    typed(core, "for dev")
+    core.on_direct(p.encode(p.Bye("shutting down")), 1.1)
+    rooms = {GENERAL: 3, "#dev": 0} if done else {GENERAL: 3}
+    actions = direct(core, msgspec.structs.replace(WELCOME, rooms=rooms), 1.2)
+    if not done:  # the broker never took the ENTER: sent again, the line still waits for it
+        assert p.Enter("#dev") in sent(actions) and not any(isinstance(m, p.Say) for m in sent(actions))
+        actions = direct(core, p.Entered("#dev", 0), 1.3)
+    [say] = [m for m in sent(actions) if isinstance(m, p.Say)]
+    assert (say.room, say.text) == ("#dev", "for dev")
+
+
+def test_quit_waits_for_the_lines_held_behind_a_room_change() -> None:
+    core = joined()
+    direct(core, p.Entered("#dev", 0), 1.0)
+    typed(core, "/leave #dev")
+    typed(core, "last words")
+    assert sent(core.on_eof(1.0)) == []  # not yet: "last words" has not even been sent
+    [say] = sent(direct(core, p.Parted("#dev"), 1.1))
+    assert isinstance(say, p.Say) and (say.room, say.text) == (GENERAL, "last words")
+    assert sent(direct(core, p.Ack(say.id, 5, 1), 1.2)) == [p.Leave()]
+
+
+def test_a_refused_fetch_skips_only_the_gap_of_its_own_room() -> None:
+    core = joined(rooms={GENERAL: 3, "#dev": 3})
+    publish(core, event(6), 1.0)
+    dev = msgspec.structs.replace(event(6), room="#dev")
+    assert sent(publish(core, dev, 1.0)) == [gap_fetch(4, 5, "#dev")]
+    actions = direct(core, p.Error(p.HISTORY_RANGE, "gone", client_core.GAP_FETCH + "#dev"), 1.1)
+    assert [(a.event.room, a.event.seq) for a in actions if isinstance(a, ev.Public)] == [("#dev", 6)]
+    assert notices(actions) == ["2 event(s) in #dev could not be recovered"]
+    assert core.feeds[GENERAL].fetching is not None  # #general still waits for its own answer
+
+
+def test_a_line_typed_after_join_before_the_welcome_goes_to_the_joined_room() -> None:
+    core = ClientCore("alice", interactive=False)
+    core.start(0.0)
+    assert core.on_input("/join #dev", 0.01) == [] and core.on_input("for dev", 0.02) == []
+    actions = direct(core, WELCOME, T_JOINED)
+    assert p.Enter("#dev") in sent(actions) and not any(isinstance(m, p.Say) for m in sent(actions))
+    [say] = sent(direct(core, p.Entered("#dev", 0), 0.2))
+    assert isinstance(say, p.Say) and (say.room, say.text) == ("#dev", "for dev")

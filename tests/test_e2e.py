@@ -461,6 +461,40 @@ def test_history_is_kept_in_the_db_across_a_restart(procs: Processes, tmp_path: 
     bob.expect(said("alice", "remember this"), timeout=5)
 
 
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_after_a_broker_restart_clients_resume_quietly_and_the_missing_leave_once(
+    procs: Processes, tmp_path: Path, how: str
+) -> None:
+    """Issue 19: with its history file, a restarted broker lets the clients that come back with their
+    token resume (nobody sees them join again), and announces once those who do not come back."""
+    broker = procs.broker(2.0, "--db", str(tmp_path / "chat.db"))
+    alice = procs.join("alice", broker)
+    bob = procs.join("bob", broker)
+    carol = procs.join("carol", broker)
+    alice.expect_all(joined("bob"), joined("carol"))
+    bob.expect(joined("carol"))
+
+    if how == "sigterm":
+        assert broker.stop() == 0, broker.context()
+    else:
+        broker.kill()
+    carol.kill()  # she will not come back
+    restarted = procs.restart(broker)
+    for client in (alice, bob):
+        client.expect_err(r"^\*\*\* back in: reconnected to the broker$")
+    for client in (alice, bob):  # within two session timeouts of the restart
+        client.expect(rf"^{TS} carol has left the chat\. \(broker restarted\)$", timeout=10)
+    bob.send("still here")
+    alice.expect(said("bob", "still here"))
+    alice.send("/who")
+    alice.expect(online("alice", "bob"))
+    restarted.stop()
+    assert len(alice.matching(joined("bob"))) == 1, procs.describe()  # only the first time
+    assert bob.matching(joined("alice")) == [], procs.describe()  # she joined before him, and only then
+    assert len(alice.matching("carol has left")) == 1 and len(bob.matching("carol has left")) == 1
+
+
 # --------------------------------------------------------------------------- ordering and history
 
 

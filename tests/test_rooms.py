@@ -164,3 +164,50 @@ def test_a_room_you_are_not_in_costs_no_traffic_at_your_socket(procs: Processes,
     assert topics, "dave's SUB received nothing at all"
     assert b"#dev\x00" not in topics
     assert set(topics) == {b"#general\x00"}
+
+
+@pytest.mark.parametrize("already_in_dev", [True, False], ids=["in-dev", "not-in-dev"])
+def test_join_leave_and_a_line_in_one_write_take_effect_in_the_order_typed(
+    procs: Processes, broker: Broker, already_in_dev: bool
+) -> None:
+    """Issue 19: ``/join #dev``, ``/leave #dev``, a line, piped in one write. The line must not be sent to
+    #dev before the PART is answered (it was refused, and lost); nor may ``/leave`` be refused locally
+    before the ENTER is answered (the user stayed in #dev). Both ways it ends up in #general, once."""
+    carol = procs.join("carol", broker)  # #general only
+    bob = procs.join("bob", broker, "--room", "#dev")  # #dev only
+    alice = procs.join("alice", broker)
+    if already_in_dev:
+        alice.send("/join #dev")
+        alice.expect_err(r"^\*\*\* joined #dev; now talking there$")
+        bob.expect(r"^.* alice has joined #dev\.$")
+    alice.send("/join #dev\n/leave #dev\nright after leave")
+
+    carol.expect(said("alice", "right after leave"))
+    alice.expect_err(r"^\*\*\* left #dev; now talking in #general$")
+    bob.expect(r"^.* alice has left #dev\.$")
+    alice.send("/rooms")
+    alice.expect(r"rooms \(2\): #dev \(1\), #general \(2\)$")  # alice is in #general only
+    carol.send("/quit")
+    carol.assert_exit(0)
+    assert len(carol.matching("right after leave")) == 1
+    assert alice.matching(r"you are not in", err=True) == [], procs.describe()
+    assert bob.matching("right after leave") == []
+
+
+def test_a_user_in_no_room_is_seen_leaving_where_they_left_last(procs: Processes, broker: Broker) -> None:
+    """Issue 19: alice leaves every room, so no room has her, but /who still lists her; when she quits,
+    carol (who saw her leave #general) sees her leave the chat, once."""
+    carol = procs.join("carol", broker)
+    alice = procs.join("alice", broker)
+    carol.expect(r"^.* alice has joined the chat\.$")
+    alice.send("/leave")
+    alice.expect_err(r"^\*\*\* left #general; you are in no room now$")
+    carol.expect(r"^.* alice has left #general\.$")
+    carol.send("/who")
+    carol.expect(r"online \(2\): alice, carol$")
+    alice.send("/quit")
+    alice.assert_exit(0)
+    carol.expect(r"^.* alice has left the chat\.$")
+    carol.send("/who")
+    carol.expect(r"online \(1\): carol$")
+    assert len(carol.matching("alice has left the chat")) == 1

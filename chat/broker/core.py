@@ -4,7 +4,9 @@ Session states, all of them, in one place::
 
     (no session) --JOIN ok--> joined --LEAVE--> (gone; leave event "quit")
                                      --silent for session_timeout--> (gone; leave event "timeout")
-                                     --broker stops--> (gone; BYE to the client)
+                                     --broker stops--> (gone; BYE to the client; kept in the history)
+    (broker starts) --kept in the history--> restored --JOIN with its token--> joined (no join event)
+                                                      --not back within restart_grace--> (gone; "restarted")
 
 An identity without a session costs no memory: the broker answers it and forgets it. A session is bound
 to one ROUTER identity; the name shown on everything it sends comes from the session, never from the
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Union
 
 from chat import protocol as p
-from chat.broker.history import RECENT_ACKS, History, MemoryHistory, PrivateRecord, token_digest
+from chat.broker.history import RECENT_ACKS, History, MemoryHistory, PrivateRecord, SessionRecord, token_hash
 from chat.errors import RemoteProtocolError
 
 # Seconds of silence after which a session is expired. Long enough for a laptop on Wi-Fi: roaming
@@ -38,6 +40,9 @@ MAX_SESSIONS = 10_000
 DEDUP_IDS_PER_NAME = RECENT_ACKS  # acknowledged ids remembered per user, to drop resent duplicates
 DEDUP_NAMES = 2 * MAX_SESSIONS
 MAX_ROOMS = 10_000  # rooms that can exist at once (with members or with a topic)
+RESTART_GRACE_TIMEOUTS = 2  # session timeouts a client has, after a broker restart, to resume its session
+RESTORED = b"\x00restored\x00"  # identity prefix of a restored session until its client is back: never
+# a ROUTER's (5 bytes), and never looked up for a request even if a peer chose it as its routing id
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,8 @@ class Session:
     allowance_at: float = 0.0
     rooms: set[str] = field(default_factory=lambda: {p.DEFAULT_ROOM})
     private_seq: int = 0  # the seq of the last private message sent to this session's client
+    restored: bool = False  # online when the broker last stopped; its client has not come back yet
+    last_room: str = ""  # the room it parted last: its leave goes there when it is in no room
 
 
 class Broker:
@@ -80,6 +87,7 @@ class Broker:
         max_text: int = p.MAX_TEXT_CHARS,
         rate: float = RATE,
         burst: int = BURST,
+        restart_grace: float | None = None,
     ) -> None:
         self.pub_port = pub_port
         self.max_text = max_text
@@ -95,6 +103,8 @@ class Broker:
         self.topics: dict[str, str] = {}  # room -> topic (kept in memory only)
         self.members: dict[str, int] = {}  # room -> sessions in it; a room with none is not listed
         self._acks: OrderedDict[str, OrderedDict[str, p.Ack]] = OrderedDict()  # per user, loaded on joining
+        self.restart_grace = RESTART_GRACE_TIMEOUTS * session_timeout if restart_grace is None else restart_grace
+        self._restore(self.history.open_sessions())
 
     # ------------------------------------------------------------------ entry points
 
@@ -110,6 +120,8 @@ class Broker:
             return [Reply(identity, p.Error(exc.code, exc.reason, exc.ref), tag)]
         now = self.clock()
         session = self.sessions.get(identity)
+        if session is not None and session.restored:  # a peer that chose a restored session's identity
+            session = None
         try:
             if isinstance(message, p.Join):
                 return self._join(identity, session, message, now, peer_key)
@@ -121,16 +133,22 @@ class Broker:
             return [Reply(identity, p.Error(exc.code, exc.reason, p.reference(message)))]
 
     def expire_idle(self) -> list[Outgoing]:
-        """End the sessions that have been silent for longer than the session timeout."""
-        deadline = self.clock() - self.session_timeout
+        """End the sessions that have been silent for longer than the session timeout, and the restored
+        ones whose clients have not come back within the grace period."""
+        now = self.clock()
+        deadline, restored_deadline = now - self.session_timeout, now - self.restart_grace
         out: list[Outgoing] = []
-        for session in [s for s in self.sessions.values() if s.last_seen < deadline]:
-            out += self._end(session, p.LEFT_TIMEOUT)
+        for session in [s for s in self.sessions.values() if s.last_seen < deadline or s.restored]:
+            if not session.restored:
+                out += self._end(session, p.LEFT_TIMEOUT)
+            elif session.last_seen < restored_deadline:
+                out += self._end(session, p.LEFT_RESTARTED)
         return out
 
     def shutdown(self, reason: str = "the broker is shutting down") -> list[Outgoing]:
-        """Tell every client that the broker is going away."""
-        out: list[Outgoing] = [Reply(s.identity, p.Bye(reason)) for s in self.sessions.values()]
+        """Tell every client that the broker is going away. Its history keeps who was online, so that
+        they can resume after a restart."""
+        out: list[Outgoing] = [Reply(s.identity, p.Bye(reason)) for s in self.sessions.values() if not s.restored]
         self.sessions.clear()
         self.names.clear()
         self.members.clear()
@@ -175,12 +193,14 @@ class Broker:
             return [Reply(identity, self._welcome(session)), *self._privates_again(session, join)]
         holder = self.names.get(key)
         if holder is not None:
-            same_token = join.token and holder.token and secrets.compare_digest(join.token.encode(), holder.token.encode())
+            same_token = join.token and holder.token and secrets.compare_digest(token_hash(join.token), holder.token)
             if same_token and holder.key == peer_key:
-                # The same client on a new connection: move the session, no leave/join noise.
+                # The same client on a new connection (or back after a restart): move the session, no
+                # leave/join noise.
                 del self.sessions[holder.identity]
-                holder.identity, holder.last_seen = identity, now
+                holder.identity, holder.last_seen, holder.restored = identity, now, False
                 self.sessions[identity] = holder
+                self._load_acks(key)  # a session restored after a restart has none in memory yet
                 return [Reply(identity, self._welcome(holder)), *self._privates_again(holder, join)]
             raise RemoteProtocolError(p.NAME_TAKEN, f"the name {holder.name} is taken; choose another")
         if len(self.sessions) >= self.max_sessions:
@@ -189,30 +209,34 @@ class Broker:
         if len(self.members) + len(rooms - self.members.keys()) > MAX_ROOMS:
             raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more rooms")
         session = Session(
-            identity, join.name, join.token, now, name_key=key, key=peer_key, allowance_at=now, rooms=set()
+            identity, join.name, token_hash(join.token), now, name_key=key, key=peer_key, allowance_at=now, rooms=set()
         )
         for room in rooms:
             self._add_member(session, room)
+        self._keep(session)
         if peer_key and not owner:
             self.history.set_name_owner(key, peer_key)  # first use: the name is this key's from now on
         self.sessions[identity] = session
         self.names[key] = session
-        if key not in self._acks:  # (also after a restart) resends of this user's lines are recognised
-            for ack in self.history.recent_acks(key, DEDUP_IDS_PER_NAME):
-                self._remember(key, ack)
+        self._load_acks(key)
         # WELCOME before the join event: its sequence numbers are the ones the client must follow on from.
         out: list[Outgoing] = [Reply(identity, self._welcome(session))]
         for room in sorted(session.rooms):
             out.append(self._publish(room, p.KIND_JOIN, session.name, "", now))
         return out + self._privates_again(session, join)
 
+    def _load_acks(self, key: str) -> None:
+        """Load a user's last acknowledged ids, so that resends are recognised (also after a restart)."""
+        if key not in self._acks:
+            for ack in self.history.recent_acks(key, DEDUP_IDS_PER_NAME):
+                self._remember(key, ack)
+
     def _privates_again(self, session: Session, join: p.Join) -> list[Outgoing]:
         """The private messages after ``join.private_seq`` that went to this client (its token), again:
         one sent while it was reconnecting went to a connection the ROUTER no longer had."""
         if join.private_seq < 0 or not session.token:
             return []
-        digest = token_digest(session.token)
-        again = self.history.privates_after(session.name_key, join.private_seq, digest, p.MAX_FETCH)
+        again = self.history.privates_after(session.name_key, join.private_seq, session.token, p.MAX_FETCH)
         if again:
             session.private_seq = max(session.private_seq, again[-1].seq)
         return [Reply(session.identity, private) for private in again]
@@ -252,7 +276,7 @@ class Broker:
         private = p.Private(session.name, target.name, p.neutralise(pm.text), ts, seq)
         # Stored (with the sender's id) before anything is sent: the batch's flush comes first.
         self.history.append_private(
-            PrivateRecord(private, target.name_key, session.name_key, pm.id, token_digest(target.token))
+            PrivateRecord(private, target.name_key, session.name_key, pm.id, target.token)
         )
         target.private_seq = seq
         ack = p.Ack(pm.id, 0, ts)
@@ -289,7 +313,7 @@ class Broker:
             if space_left < 0 and bodies:
                 break
             bodies.append(body)
-        return [Reply(session.identity, p.History(room, bodies, fetch.first, fetch.last))]
+        return [Reply(session.identity, p.History(room, bodies, fetch.first, fetch.last, fetch.id))]
 
     def _enter(self, session: Session, enter: p.Enter, now: float) -> list[Outgoing]:
         room = p.room_key(enter.room)
@@ -301,6 +325,7 @@ class Broker:
         if room not in self.members and len(self.members) >= MAX_ROOMS:
             raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more rooms")
         self._add_member(session, room)
+        self._keep(session)
         return [Reply(session.identity, entered), self._publish(room, p.KIND_ENTER, session.name, "", now)]
 
     def _part(self, session: Session, part: p.Part, now: float) -> list[Outgoing]:
@@ -308,6 +333,8 @@ class Broker:
         if room not in session.rooms:
             raise RemoteProtocolError(p.NO_SUCH_ROOM, f"you are not in {room}")
         self._remove_member(session, room)
+        session.last_room = room
+        self._keep(session)
         event = self._publish(room, p.KIND_PART, session.name, "", now)
         return [event, Reply(session.identity, p.Parted(room))]
 
@@ -382,13 +409,38 @@ class Broker:
         return event
 
     def _end(self, session: Session, why: str) -> list[Outgoing]:
+        """End a session: its leave goes to each of its rooms, or, in none, to the room it parted last
+        (whoever saw it there sees it go, as the roster of everyone online no longer lists it)."""
         del self.sessions[session.identity]
         del self.names[session.name_key]
+        self.history.drop_session(session.name_key)
         now = self.clock()
         rooms = sorted(session.rooms)
         for room in rooms:
             self._remove_member(session, room)
-        return [self._publish(room, p.KIND_LEAVE, session.name, why, now) for room in rooms]
+        announce = rooms or ([session.last_room] if session.last_room else [])
+        return [self._publish(room, p.KIND_LEAVE, session.name, why, now) for room in announce]
+
+    def _keep(self, session: Session) -> None:
+        """Record an online session in the history, so that it can resume after a restart."""
+        record = SessionRecord(
+            session.name_key, session.name, session.token, tuple(sorted(session.rooms)), session.key, session.last_room
+        )
+        self.history.keep_session(record)
+
+    def _restore(self, records: list[SessionRecord]) -> None:
+        """The sessions online when the broker stopped: they hold their names and rooms for
+        ``restart_grace``, so that their clients resume without join and leave events."""
+        now = self.clock()
+        for record in records:
+            session = Session(
+                RESTORED + record.name_key.encode(), record.name, record.token_hash, now, name_key=record.name_key,
+                key=record.key, allowance_at=now, rooms=set(), restored=True, last_room=record.last_room,
+            )
+            for room in record.rooms:
+                self._add_member(session, room)
+            self.sessions[session.identity] = session
+            self.names[session.name_key] = session
 
     def _acked(self, session: Session, msg_id: str) -> p.Ack | None:
         if not msg_id:

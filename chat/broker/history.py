@@ -19,7 +19,7 @@ RECENT_ACKS = 1000  # acknowledged ids of one user loaded when they join, to rec
 class PrivateRecord:
     """A private message as the broker keeps it: what was delivered, to whom, and the sender's id.
 
-    ``token_digest`` names the recipient's client it went to (``token_digest`` of its JOIN token): only
+    ``token_hash`` names the recipient's client it went to (``token_hash`` of its JOIN token): only
     that client may have it delivered again ("": a client without a token, which never has). Messages
     kept for someone offline (not built yet) can live in the same table, with a mark of their own there,
     to be delivered to whoever next joins under that name (with its key, under --secure).
@@ -29,12 +29,24 @@ class PrivateRecord:
     recipient_key: str  # name_key of message.to
     sender_key: str  # name_key of message.name
     msg_id: str  # the sender's id of the PM, to acknowledge a resend with the same ACK
-    token_digest: str
+    token_hash: str
 
 
-def token_digest(token: str) -> str:
-    """What the store keeps of a client's JOIN token: enough to recognise it, not enough to use it."""
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:32] if token else ""
+def token_hash(token: str) -> str:
+    """What the broker keeps of a client's JOIN token: enough to check it, useless to present."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest() if token else ""
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """What a restarted broker needs to let a session resume: who, the token's hash, where, which key."""
+
+    name_key: str
+    name: str
+    token_hash: str  # SHA-256 of the client's token, never the token itself ("" when it gave none)
+    rooms: tuple[str, ...]
+    key: str = ""  # the client's CURVE public key, with --secure
+    last_room: str = ""  # the room it left last, where its leave goes when it is in none
 
 
 class History(Protocol):
@@ -62,14 +74,23 @@ class History(Protocol):
     def append_private(self, record: PrivateRecord) -> None:
         """Keep a private message; like ``append``, durable at the next ``flush``."""
 
-    def privates_after(self, recipient_key: str, after: int, token_digest: str, limit: int) -> list[Private]:
+    def privates_after(self, recipient_key: str, after: int, hashed_token: str, limit: int) -> list[Private]:
         """The private messages to ``recipient_key`` with seq > ``after`` that went to the client of
-        ``token_digest``, in ascending seq, at most ``limit`` (the oldest ones)."""
+        ``hashed_token``, in ascending seq, at most ``limit`` (the oldest ones)."""
 
     def name_owner(self, name_key: str) -> str:
         """The public key that owns a name ("" when none does)."""
 
     def set_name_owner(self, name_key: str, public_key: str) -> None: ...
+
+    def keep_session(self, record: SessionRecord) -> None:
+        """Remember an online session (new, or its rooms changed), durably with the next ``flush``."""
+
+    def drop_session(self, name_key: str) -> None:
+        """Forget a session that ended."""
+
+    def open_sessions(self) -> list[SessionRecord]:
+        """The sessions online when the broker last stopped (or was killed)."""
 
 
 class MemoryHistory:
@@ -82,6 +103,7 @@ class MemoryHistory:
         self._owners: dict[str, str] = {}
         self._privates: dict[str, deque[PrivateRecord]] = {}
         self._private_seqs: dict[str, int] = {}
+        self._sessions: dict[str, SessionRecord] = {}  # only a Broker made on the same object sees them
 
     def last_seq(self, room: str) -> int:
         events = self._rooms.get(room)
@@ -119,9 +141,9 @@ class MemoryHistory:
         kept.append(record)
         self._private_seqs[record.recipient_key] = record.message.seq
 
-    def privates_after(self, recipient_key: str, after: int, token_digest: str, limit: int) -> list[Private]:
+    def privates_after(self, recipient_key: str, after: int, hashed_token: str, limit: int) -> list[Private]:
         kept = self._privates.get(recipient_key, ())
-        found = [r.message for r in kept if r.message.seq > after and r.token_digest == token_digest]
+        found = [r.message for r in kept if r.message.seq > after and r.token_hash == hashed_token]
         return found[:limit]
 
     def name_owner(self, name_key: str) -> str:
@@ -129,3 +151,12 @@ class MemoryHistory:
 
     def set_name_owner(self, name_key: str, public_key: str) -> None:
         self._owners[name_key] = public_key
+
+    def keep_session(self, record: SessionRecord) -> None:
+        self._sessions[record.name_key] = record
+
+    def drop_session(self, name_key: str) -> None:
+        self._sessions.pop(name_key, None)
+
+    def open_sessions(self) -> list[SessionRecord]:
+        return list(self._sessions.values())

@@ -81,8 +81,9 @@ class BrokerServer:
             self.auth.start()
             self.reload_allowed()
         self.router = self._socket(zmq.ROUTER, host)
-        # libzmq disconnects a peer that sends a frame larger than this, before Python sees it.
-        self.router.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME_BYTES)
+        # libzmq disconnects a peer that sends a frame larger than this, before Python sees it; the margin
+        # above MAX_FRAME_BYTES lets a frame a little too large get a too_large answer and keep its session.
+        self.router.setsockopt(zmq.MAXMSGSIZE, p.MAX_RECEIVED_FRAME_BYTES)
         self.router.bind(p.endpoint(host, port))
         self.pub = self._socket(zmq.PUB, host)
         self.pub.setsockopt(zmq.SNDHWM, pub_hwm)

@@ -34,6 +34,10 @@ MAX_IN_FLIGHT = 500  # unacknowledged lines at once; below the broker's DEDUP_ID
 DEFAULT_HEARTBEAT = 1.0
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_OLDER = 20  # lines shown by /history without a number
+QUIT_COMMANDS = ("/quit", "/exit")
+GAP_FETCH = "gap"  # the id of a FETCH that fills a gap is this and the room; of a /history one, OLDER_FETCH's
+OLDER_FETCH = "older"
+NEEDS_SESSION = ("/who", "/whosonline", "/history", "/join", "/leave", "/rooms", "/topic")  # held until joined
 
 HELP = """commands:
   /who, /whosonline      list everyone online; /who #room: the members of a room
@@ -76,7 +80,11 @@ class ClientCore:
         self.feeds: dict[str, Feed] = {}  # room -> its events' order and gaps
         self.unacked: OrderedDict[str, tuple[Outgoing, float]] = OrderedDict()  # sent, in flight
         self.waiting: deque[Outgoing] = deque()  # typed, not sent yet (away, or the window is full)
-        self.deferred: list[str] = []  # commands typed before the WELCOME
+        # Lines typed behind a room change that has not been answered (or, before the WELCOME, behind a
+        # command that needs a session): taken in the order typed once it is, so that a line goes to the
+        # room the user is typing into by then (``/leave #dev`` then ``text``: the text goes elsewhere).
+        self.held: deque[str] = deque()
+        self.changing: p.Enter | p.Part | None = None  # the ENTER or PART sent and not yet answered
         self.quit_requested = False
         self._quit_deadline = 0.0
         self._slowed_at = -RESEND_AFTER  # when we last told the user to slow down
@@ -107,11 +115,36 @@ class ClientCore:
             return self._join(now)
         if not line.strip():
             return []
+        if self._must_wait(line):
+            self.held.append(line)
+            return []
+        return self._take(line, now)
+
+    def _must_wait(self, line: str) -> bool:
+        """Whether a typed line has to wait for what was typed before it (``/quit`` never does: it
+        waits for every held line by itself)."""
+        word = line.partition(" ")[0].lower() if line.startswith("/") and not line.startswith("//") else ""
+        if word in QUIT_COMMANDS:
+            return False
+        if self.held or self.changing is not None:
+            return True
+        return self.state != "joined" and word in NEEDS_SESSION
+
+    def _take(self, line: str, now: float) -> list[ev.Action]:
         if line.startswith("//"):
             return self._say(line[1:], p.KIND_MSG, now)
         if line.startswith("/"):
             return self._command(line, now)
         return self._say(line, p.KIND_MSG, now)
+
+    def _release(self, now: float) -> list[ev.Action]:
+        """Take the held lines, in order, until one of them is a room change that must be answered first."""
+        out: list[ev.Action] = []
+        while self.held and self.changing is None and self.state == "joined":
+            out += self._take(self.held.popleft(), now)
+        if self.quit_requested:
+            out += self._quit(now)
+        return out
 
     def on_eof(self, now: float) -> list[ev.Action]:
         """End of input means /quit."""
@@ -147,7 +180,7 @@ class ClientCore:
         if isinstance(message, p.Entered):
             return self._entered(message, now)
         if isinstance(message, p.Parted):
-            return self._parted(message)
+            return self._parted(message, now)
         if isinstance(message, p.RoomList):
             return self._room_list(message)
         return []  # pragma: no cover - decode_broker returns only the types above
@@ -226,10 +259,7 @@ class ClientCore:
         word, _, rest = line.partition(" ")
         word = word.lower()
         rest = rest.strip()
-        if word in ("/who", "/whosonline", "/history", "/join", "/leave", "/rooms", "/topic") and self.state != "joined":
-            self.deferred.append(line)  # answered once (re)joined, in the order typed
-            return []
-        if word in ("/quit", "/exit"):
+        if word in QUIT_COMMANDS:
             return self._quit(now)
         if word in ("/who", "/whosonline"):
             if rest and (problem := p.room_problem(rest)):
@@ -241,7 +271,7 @@ class ClientCore:
             room = rest or self.current
             if p.room_key(room) not in self.rooms:
                 return [ev.Notice(f"you are not in {p.neutralise(room) or 'any room'}", "error")]
-            return [ev.Send(p.Part(room))]
+            return self._change_room(p.Part(room))
         if word == "/rooms":
             self.room_queries.append("")
             return [ev.Send(p.Rooms())]
@@ -277,7 +307,17 @@ class ClientCore:
             return [self._rooms_changed(), ev.Notice(f"now talking in {room}")]
         if word == "/switch":
             return [ev.Notice(f"you are not in {room}: /join it first", "error")]
-        return [ev.Send(p.Enter(room))]
+        return self._change_room(p.Enter(room))
+
+    def _change_room(self, request: p.Enter | p.Part) -> list[ev.Action]:
+        """Send an ENTER or PART; what is typed after it waits for the answer (``_release``)."""
+        self.changing = request
+        return [ev.Send(request)]
+
+    def _room_changed(self, room: str) -> None:
+        """The broker answered the room change about ``room`` (ENTERED, PARTED or an ERROR)."""
+        if self.changing is not None and p.room_key(self.changing.room) == room:
+            self.changing = None
 
     def _topic(self, rest: str) -> list[ev.Action]:
         first, _, text = rest.partition(" ")
@@ -299,27 +339,30 @@ class ClientCore:
 
     def _entered(self, entered: p.Entered, now: float) -> list[ev.Action]:
         room = entered.room
+        self._room_changed(room)
         self.current = room
         topic = f" (topic: {p.neutralise(entered.topic)})" if entered.topic else ""
         if room in self.rooms:
-            return [self._rooms_changed(), ev.Notice(f"now talking in {room}{topic}")]
+            return [self._rooms_changed(), ev.Notice(f"now talking in {room}{topic}"), *self._release(now)]
         self.rooms.append(room)
         out: list[ev.Action] = [
             ev.Subscribe(self.pub_port, (room,)),
             self._rooms_changed(),
             ev.Notice(f"joined {room}{topic}; now talking there"),
         ]
-        return out + self._follow(room, entered.last_seq, now)
+        return out + self._follow(room, entered.last_seq, now) + self._release(now)
 
-    def _parted(self, parted: p.Parted) -> list[ev.Action]:
+    def _parted(self, parted: p.Parted, now: float) -> list[ev.Action]:
         room = parted.room
+        self._room_changed(room)
         if room in self.rooms:
             self.rooms.remove(room)
         self.feeds.pop(room, None)
         if self.current == room:
             self.current = self.rooms[0] if self.rooms else ""
         where = f"; now talking in {self.current}" if self.current else "; you are in no room now"
-        return [ev.Unsubscribe(room), self._rooms_changed(), ev.Notice(f"left {room}{where}")]
+        out: list[ev.Action] = [ev.Unsubscribe(room), self._rooms_changed(), ev.Notice(f"left {room}{where}")]
+        return out + self._release(now)
 
     def _room_list(self, listing: p.RoomList) -> list[ev.Action]:
         query = self.room_queries.popleft() if self.room_queries else ""
@@ -354,7 +397,8 @@ class ClientCore:
         return out
 
     def _pending(self) -> int:
-        return len(self.unacked) + len(self.waiting)
+        """What /quit waits for: lines not yet acknowledged, and typed lines not yet taken."""
+        return len(self.unacked) + len(self.waiting) + len(self.held) + (self.changing is not None)
 
     def _older(self, arg: str, now: float) -> list[ev.Action]:
         if arg and not arg.isdigit() or arg == "0":
@@ -364,7 +408,7 @@ class ClientCore:
         wanted = feed.older(int(arg or DEFAULT_OLDER)) if feed is not None else None
         if wanted is None:
             return [ev.Notice(f"there is nothing older in {room}")]
-        return [ev.Send(p.Fetch(room, *wanted))]
+        return [ev.Send(p.Fetch(room, *wanted, id=OLDER_FETCH + room))]
 
     def _quit(self, now: float) -> list[ev.Action]:
         """Leave, but only once every line typed has been acknowledged (or DRAIN_TIMEOUT has passed)."""
@@ -431,12 +475,23 @@ class ClientCore:
         self.waiting.extendleft(reversed([m for m, _ in self.unacked.values()]))
         self.unacked.clear()
         out += self._pump(now)
-        deferred, self.deferred = self.deferred, []
-        for line in deferred:
-            out += self._command(line, now)
-        if self.quit_requested:
-            out += self._quit(now)
-        return out
+        out += self._resume_room_change(welcome)
+        return out + self._release(now)
+
+    def _resume_room_change(self, welcome: p.Welcome) -> list[ev.Action]:
+        """A room change that was not answered before we got back in: done if the WELCOME says so,
+        else sent again (so that the lines held behind it still go where they were meant to)."""
+        change = self.changing
+        if change is None:
+            return []
+        room = p.room_key(change.room)
+        if (room in welcome.rooms) == isinstance(change, p.Enter):
+            self.changing = None
+            if isinstance(change, p.Enter):
+                self.current = room
+                return [self._rooms_changed()]
+            return [ev.Unsubscribe(room)]
+        return [ev.Send(change)]
 
     def _follow(self, room: str, last: int, now: float) -> list[ev.Action]:
         """Start (or go on) showing ``room`` after its event ``last``, with history_lines before it."""
@@ -468,8 +523,13 @@ class ClientCore:
         if error.ref in self.unacked:
             del self.unacked[error.ref]  # refused for good: resending would not help
             return [ev.Failed(error.ref, error.reason), ev.Notice(error.reason, "error"), *self._pump(now)]
-        if error.ref == p.Fetch.TYPE.decode():
+        if error.ref.startswith(GAP_FETCH + "#"):  # only that room's gap cannot be filled
+            return self._skip_unrecoverable(error.ref[len(GAP_FETCH) :])
+        if error.ref == p.Fetch.TYPE.decode():  # a broker that does not echo ids: which room is unknown
             return self._skip_unrecoverable()
+        if self.changing is not None and error.ref == self.changing.TYPE.decode():
+            self.changing = None  # refused: what was typed after it goes on as if it had not been typed
+            return [ev.Notice(error.reason, "error"), *self._release(now)]
         return [ev.Notice(error.reason, "error")]
 
     def _private(self, private: p.Private) -> list[ev.Action]:
@@ -527,7 +587,7 @@ class ClientCore:
 
     def _fetch(self, room: str, wanted: Range, now: float) -> list[ev.Action]:
         self.feeds[room].fetching = Fetching(wanted[0], wanted[1], now)
-        return [ev.Send(p.Fetch(room, *wanted))]
+        return [ev.Send(p.Fetch(room, *wanted, id=GAP_FETCH + room))]
 
     def _history(self, history: p.History, now: float) -> list[ev.Action]:
         try:
@@ -546,10 +606,13 @@ class ClientCore:
         out = self._lost_events(room, lost) + self._show(shown)
         return out + (self._fetch(room, ask, now) if ask else [])
 
-    def _skip_unrecoverable(self) -> list[ev.Action]:
-        """The broker refused a FETCH: what we are missing is gone; move on to what we hold."""
+    def _skip_unrecoverable(self, only: str = "") -> list[ev.Action]:
+        """The broker refused a FETCH (of room ``only``, or of any room): what we are missing is gone;
+        move on to what we hold."""
         out: list[ev.Action] = []
         for room, feed in self.feeds.items():
+            if only and room != only:
+                continue
             shown, lost = feed.skip_unrecoverable()
             out += self._lost_events(room, lost) + self._show(shown)
         return out

@@ -139,7 +139,7 @@ def render_text(entry: Entry, tz: tzinfo | None, colour: bool) -> tuple[Text, Te
     elif entry.kind == JOIN:
         body = Text.assemble(("-->", "green" if colour else ""), f" {name} has joined the chat", style=dim)
     elif entry.kind == LEAVE:
-        why = " (timed out)" if entry.text == p.LEFT_TIMEOUT else ""
+        why = f" ({p.LEAVE_REASONS[entry.text]})" if entry.text in p.LEAVE_REASONS else ""
         body = Text.assemble(("<--", "red" if colour else ""), f" {name} has left the chat{why}", style=dim)
     elif entry.kind == ENTER:
         body = Text.assemble(("-->", "green" if colour else ""), f" {name} has joined {room}", style=dim)

@@ -5,6 +5,7 @@
     [YYYY-MM-DD HH:MM:SS] alice has joined the chat.
     [YYYY-MM-DD HH:MM:SS] alice has left the chat.
     [YYYY-MM-DD HH:MM:SS] alice has left the chat. (timed out)
+    [YYYY-MM-DD HH:MM:SS] alice has left the chat. (broker restarted)
     [YYYY-MM-DD HH:MM:SS] alice (private): text
     [YYYY-MM-DD HH:MM:SS] online (2): alice, bob
     [YYYY-MM-DD HH:MM:SS] #dev alice: text          (in several rooms: the room after the time)
@@ -68,7 +69,7 @@ class LineFormatter:
         if event.kind == p.KIND_JOIN:
             return self.dim(f"{when} {p.neutralise(event.name)} has joined the chat.")
         if event.kind == p.KIND_LEAVE:
-            why = " (timed out)" if event.text == p.LEFT_TIMEOUT else ""
+            why = f" ({p.LEAVE_REASONS[event.text]})" if event.text in p.LEAVE_REASONS else ""
             return self.dim(f"{when} {p.neutralise(event.name)} has left the chat.{why}")
         return f"{when} {p.neutralise(event.name)} ({p.neutralise(event.kind)}): {text}"
 
