@@ -11,15 +11,13 @@ from pathlib import Path
 
 from chat import protocol as p
 from chat.broker.core import BURST, MAX_SESSIONS, RATE, SESSION_TIMEOUT
-from chat.broker.server import PUB_HWM
 from chat.client.core import ClientCore
 from chat.client.events import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
 from chat.client.net import ClientCurve
+from chat.defaults import DEFAULT_PORT, DEFAULT_PUB_PORT, PUB_HWM
 from chat.discovery import BEACON_PORT, LISTEN_TIME
 from chat.keys import BROKER_KEY, CLIENT_KEY, KeyFileError, default_key_dir, ensure_keypair, parse_public_key
 
-DEFAULT_PORT = 5555
-DEFAULT_PUB_PORT = 5556
 DEFAULT_HISTORY_LINES = 20
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import resource
 import shlex
 import signal
 import socket
@@ -19,13 +18,19 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from chat import protocol as p
 from chat.broker.core import Broker, Outgoing, Reply
+from chat.defaults import PUB_HWM
 from chat.discovery import Announcer, beacon
+
+try:  # POSIX only: Windows has no per-process open-file limit to raise
+    import resource
+except ImportError:  # pragma: no cover - exercised by tests/test_platforms.py in a Windows-like process
+    resource = None  # type: ignore[assignment]
 
 DRAIN_BATCH = 1000  # messages read from the ROUTER before the loop looks at timers again
 EXPIRE_EVERY = 0.25  # seconds between checks for silent sessions
+ALLOW_CHECK_EVERY = 1.0  # seconds between looks at the --allow folder, re-read when its keys change
 POLL_MS = 200  # longest wait in poll, which bounds how late a stop request is seen
 SHUTDOWN_LINGER_MS = 1000  # time given to the goodbye messages to leave
-PUB_HWM = 1000  # messages (batches of events) queued per subscriber; a slower one loses the rest and fetches it
 BACKLOG = 4096  # pending TCP connections per socket (libzmq's default, 100, refuses a crowd joining at once)
 FILES_PER_CLIENT = 2  # a client holds two connections: DEALER and SUB
 WANTED_FILES = 65536  # open files the broker asks for at start (about 30,000 clients)
@@ -80,6 +85,7 @@ class BrokerServer:
             self.auth = ThreadAuthenticator(self.ctx)
             self.auth.start()
             self.reload_allowed()
+        self._allow_seen = allow_snapshot(curve.allow) if curve is not None else None
         self.router = self._socket(zmq.ROUTER, host)
         # libzmq disconnects a peer that sends a frame larger than this, before Python sees it; the margin
         # above MAX_FRAME_BYTES lets a frame a little too large get a too_large answer and keep its session.
@@ -109,7 +115,7 @@ class BrokerServer:
         return sock
 
     def reload_allowed(self) -> None:
-        """(Re-)read the folder of admitted client keys (at start, and on SIGHUP)."""
+        """(Re-)read the folder of admitted client keys (at start, when it changes, and on SIGHUP)."""
         assert self.auth is not None and self.curve is not None
         location = str(self.curve.allow) if self.curve.allow is not None else CURVE_ALLOW_ANY
         self.auth.configure_curve(domain="*", location=location)
@@ -139,12 +145,20 @@ class BrokerServer:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         next_expiry = clock() + EXPIRE_EVERY
+        next_allow_check = clock() + ALLOW_CHECK_EVERY
         while not self.stopping:
             timeout = max(0, min(POLL_MS, int((next_expiry - clock()) * 1000)))
             outgoing = self._drain() if poller.poll(timeout) else []
             if clock() >= next_expiry:
                 outgoing += self.broker.expire_idle()
                 next_expiry = clock() + EXPIRE_EVERY
+            if self.curve is not None and self.curve.allow is not None and clock() >= next_allow_check:
+                # Where there is no SIGHUP (Windows), this is how a key copied into --allow takes effect.
+                next_allow_check = clock() + ALLOW_CHECK_EVERY
+                seen = allow_snapshot(self.curve.allow)
+                if seen != self._allow_seen:
+                    self._allow_seen = seen
+                    self.reload_requested = True
             if self.reload_requested and self.auth is not None:
                 self.reload_requested = False
                 self.reload_allowed()
@@ -191,8 +205,22 @@ class BrokerServer:
             self.auth.stop()
 
 
+def allow_snapshot(folder: Path | None) -> tuple[tuple[str, int, int], ...] | None:
+    """What identifies the --allow folder's keys as they are now (name, mtime, size): a change means re-read."""
+    if folder is None:
+        return None
+    try:
+        return tuple(sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in folder.glob("*.key")))
+    except OSError:  # the folder went away or is unreadable for now: compare again at the next look
+        return None
+
+
 def raise_file_limit(wanted: int = WANTED_FILES) -> str:
-    """Raise the soft open-file limit towards ``wanted`` (up to the hard limit); say what came of it."""
+    """Raise the soft open-file limit towards ``wanted`` (up to the hard limit); say what came of it.
+
+    Where there is no such limit to raise (Windows: no ``resource`` module), there is nothing to say."""
+    if resource is None:
+        return ""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
@@ -208,6 +236,9 @@ def raise_file_limit(wanted: int = WANTED_FILES) -> str:
             f"raise it with 'ulimit -n {wanted}' before starting the broker for more"
         )
     return ""
+
+
+RELOAD_HINT = "re-read when its keys change" + (", and on SIGHUP" if hasattr(signal, "SIGHUP") else "")
 
 
 def client_command(host: str, port: int, curve: Curve | None) -> str:
@@ -243,7 +274,8 @@ def serve(
         return 1
     signal.signal(signal.SIGINT, server.stop)
     signal.signal(signal.SIGTERM, server.stop)
-    signal.signal(signal.SIGHUP, server.request_reload)
+    if hasattr(signal, "SIGHUP"):  # POSIX; everywhere, the --allow folder is also re-read when it changes
+        signal.signal(signal.SIGHUP, server.request_reload)
     print(
         f"broker: listening on {p.endpoint(host, server.port)} (ROUTER: joins, commands, chat) "
         f"and {p.endpoint(host, server.pub_port)} (PUB: fan-out)",
@@ -251,7 +283,7 @@ def serve(
         flush=True,
     )
     if curve is not None:
-        admitted = f"client keys in {curve.allow} only (SIGHUP re-reads it)" if curve.allow else "any client key"
+        admitted = f"client keys in {curve.allow} only ({RELOAD_HINT})" if curve.allow else "any client key"
         print(f"broker: encrypted (CURVE), admitting {admitted}", file=out, flush=True)
     print(f"broker: clients join with: {client_command(host, server.port, curve)}", file=out, flush=True)
     announcer = None
