@@ -404,11 +404,15 @@ class Processes:
         return client
 
     def join(self, name: str, broker: Broker, *args: str, history: int | None = 0) -> Client:
-        """A client that has joined: its WELCOME has arrived. ``history=None`` keeps the default."""
+        """A client that has joined: its WELCOME has arrived and, without history, it has shown its own
+        join line (with history, that line follows the history: the test reads both). ``history=None``
+        keeps the default."""
         if history is not None:
             args = ("--history", str(history), *args)
         client = self.client(name, broker.port, *args)
         client.expect_err(rf"^\*\*\* joined as {re.escape(name)}; type /help for commands$")
+        if history == 0:
+            client.expect(joined(name))
         return client
 
     def describe(self) -> str:
