@@ -17,14 +17,9 @@ from chat.client.net import ClientCurve
 from chat.defaults import DEFAULT_PORT, DEFAULT_PUB_PORT, PUB_HWM
 from chat.discovery import BEACON_PORT, LISTEN_TIME
 from chat.keys import BROKER_KEY, CLIENT_KEY, KeyFileError, default_key_dir, ensure_keypair, parse_public_key
+from chat.paths import given, history_db
 
 DEFAULT_HISTORY_LINES = 20
-
-
-def default_db() -> str:
-    """Where the broker keeps its history unless told otherwise: the user's data folder (XDG)."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "lanchat", "history.db")
 
 
 def _port(text: str) -> int:
@@ -58,10 +53,11 @@ def _room(text: str) -> str:
 def _db_path(text: str) -> str:
     if text == ":memory:":
         return text
-    parent = Path(text).expanduser().resolve().parent
+    path = given(text)
+    parent = path.resolve().parent
     if not parent.is_dir():
         raise argparse.ArgumentTypeError(f"the folder {parent} does not exist")
-    return text
+    return str(path)
 
 
 def broker_parser() -> argparse.ArgumentParser:
@@ -75,7 +71,7 @@ def broker_parser() -> argparse.ArgumentParser:
         "--db",
         type=_db_path,
         default=None,
-        help=f"history database file (default {default_db()}; :memory: keeps none after a stop)",
+        help=f"history database file (default {history_db()}; :memory: keeps none after a stop)",
     )
     parser.add_argument(
         "--timeout",
@@ -194,7 +190,7 @@ def broker_main(argv: list[str] | None = None) -> int:
     if args.db == ":memory:":
         history: MemoryHistory | SqliteHistory = MemoryHistory()
     else:
-        path = args.db or default_db()
+        path = args.db or str(history_db())
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         try:
             history = SqliteHistory(path)
@@ -239,7 +235,8 @@ def client_curve(args: argparse.Namespace) -> ClientCurve | None:
 def find_broker(args: argparse.Namespace, interactive: bool) -> int | None:
     """Settle args.host and args.port, from the LAN's beacons when no --host was given (and
     args.server_key from a beacon's key, trusted on first use). An exit code to stop with, or None."""
-    from chat.discovery import KeyChanged, known_brokers_file, listen, trust
+    from chat.discovery import KeyChanged, listen, trust
+    from chat.paths import known_brokers_file
     from chat.keys import fingerprint
 
     if args.host is not None and not args.list_brokers:

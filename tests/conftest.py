@@ -305,13 +305,21 @@ class Broker(Process):
     """``broker.py`` on 127.0.0.1 with OS-chosen ports (or given ones, for a restart)."""
 
     def __init__(
-        self, *, timeout: float, extra: tuple[str, ...] = (), port: int = 0, pub_port: int = 0, label: str = "broker"
+        self,
+        *,
+        timeout: float,
+        extra: tuple[str, ...] = (),
+        port: int = 0,
+        pub_port: int = 0,
+        label: str = "broker",
+        default_db: bool = False,
     ) -> None:
+        """``default_db``: no --db at all, for tests of where the default goes (they set the home)."""
         self.timeout = timeout
         self.extra = extra
         args = ["broker.py", "--host", HOST, "--port", str(port), "--pub-port", str(pub_port)]
         args += ["--timeout", f"{timeout:g}"]
-        if "--db" not in extra:
+        if "--db" not in extra and not default_db:
             args += ["--db", ":memory:"]  # never the user's own history file, and nothing shared between tests
         args += extra
         super().__init__(label, args, stdin=False)
@@ -377,17 +385,18 @@ class Processes:
         process.context = self.describe
 
     def broker(self, timeout: float = 5.0, *extra: str) -> Broker:
-        return self._listening(Broker(timeout=timeout, extra=extra))
+        return self.listening(Broker(timeout=timeout, extra=extra))
 
     def restart(self, old: Broker) -> Broker:
         """A new broker on the ports of ``old`` (which must have exited), with the same flags."""
         assert old.proc.poll() is not None, "stop or kill the old broker first"
         label = "broker (restarted)"
-        return self._listening(
+        return self.listening(
             Broker(timeout=old.timeout, extra=old.extra, port=old.port, pub_port=old.pub_port, label=label)
         )
 
-    def _listening(self, broker: Broker) -> Broker:
+    def listening(self, broker: Broker) -> Broker:
+        """Track ``broker`` and wait until it listens."""
         self._track(broker)  # before waiting, so that it is ended even when the wait fails
         broker.await_listening()
         return broker
