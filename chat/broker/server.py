@@ -80,11 +80,13 @@ class BrokerServer:
         self.ctx = ctx or zmq.Context.instance()
         self.curve = curve
         self.auth: ThreadAuthenticator | None = None
+        self.announce_reloads = False
         if curve is not None:
             # ZAP (zmq.auth) checks every client key during the CURVE handshake, on both sockets.
             self.auth = ThreadAuthenticator(self.ctx)
             self.auth.start()
             self.reload_allowed()
+        self.announce_reloads = True  # from now on, say so on stdout
         self._allow_seen = allow_snapshot(curve.allow) if curve is not None else None
         self.router = self._socket(zmq.ROUTER, host)
         # libzmq disconnects a peer that sends a frame larger than this, before Python sees it; the margin
@@ -116,9 +118,23 @@ class BrokerServer:
 
     def reload_allowed(self) -> None:
         """(Re-)read the folder of admitted client keys (at start, when it changes, and on SIGHUP)."""
-        assert self.auth is not None and self.curve is not None
+        if self.auth is None or self.curve is None:
+            return
         location = str(self.curve.allow) if self.curve.allow is not None else CURVE_ALLOW_ANY
         self.auth.configure_curve(domain="*", location=location)
+        if self.curve.allow is not None and self.announce_reloads:
+            admitted = len(self.auth.certs.get("*", {}))
+            print(f"broker: re-read {self.curve.allow}: {admitted} client key(s) admitted", flush=True)
+
+    def _look_at_allowed(self) -> None:
+        """Re-read the --allow folder when its keys changed: where there is no SIGHUP (Windows), this is
+        how a key copied into it takes effect; elsewhere it saves the operator the kill -HUP."""
+        if self.curve is None or self.curve.allow is None:
+            return
+        seen = allow_snapshot(self.curve.allow)
+        if seen != self._allow_seen:
+            self._allow_seen = seen
+            self.reload_requested = True
 
     def send(self, outgoing: list[Outgoing]) -> None:
         """Publish the batch's events, then send the replies: an ACK or a PONG never overtakes the event
@@ -152,14 +168,10 @@ class BrokerServer:
             if clock() >= next_expiry:
                 outgoing += self.broker.expire_idle()
                 next_expiry = clock() + EXPIRE_EVERY
-            if self.curve is not None and self.curve.allow is not None and clock() >= next_allow_check:
-                # Where there is no SIGHUP (Windows), this is how a key copied into --allow takes effect.
+            if clock() >= next_allow_check:
                 next_allow_check = clock() + ALLOW_CHECK_EVERY
-                seen = allow_snapshot(self.curve.allow)
-                if seen != self._allow_seen:
-                    self._allow_seen = seen
-                    self.reload_requested = True
-            if self.reload_requested and self.auth is not None:
+                self._look_at_allowed()
+            if self.reload_requested:
                 self.reload_requested = False
                 self.reload_allowed()
             self._commit(outgoing)
