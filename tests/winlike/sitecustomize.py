@@ -3,7 +3,8 @@
 Put this folder first on PYTHONPATH: Python imports ``sitecustomize`` at start-up. Then the POSIX-only
 modules cannot be imported, the POSIX-only signals are gone from ``signal``, and asyncio's event loop
 cannot handle signals (Windows' loops raise NotImplementedError), so that an unguarded use of any of
-them fails here as it would on Windows.
+them fails here as it would on Windows. And ``zmq.Poller`` takes ZeroMQ sockets only: Windows'
+zmq_poll cannot poll a pipe or any other file descriptor.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import asyncio.unix_events
 import importlib.abc
 import signal
 import sys
+
+import zmq
 
 BLOCKED = frozenset({"resource", "fcntl", "termios", "pwd", "grp", "tty", "pty", "readline", "posix_ipc"})
 # Signals Windows' signal module does not have (it has SIGINT, SIGTERM, SIGBREAK, SIGABRT, SIGFPE, ...).
@@ -37,3 +40,15 @@ for _signal in POSIX_SIGNALS:
     if hasattr(signal, _signal):
         delattr(signal, _signal)
 asyncio.unix_events._UnixSelectorEventLoop.add_signal_handler = _no_signals  # type: ignore[method-assign]
+
+
+_register = zmq.Poller.register
+
+
+def _sockets_only(self, socket, flags=zmq.POLLIN | zmq.POLLOUT):  # type: ignore[no-untyped-def]
+    if not isinstance(socket, zmq.Socket):
+        raise TypeError(f"zmq_poll on Windows polls ZeroMQ sockets only, not {socket!r}")
+    return _register(self, socket, flags)
+
+
+zmq.Poller.register = _sockets_only  # type: ignore[method-assign]
