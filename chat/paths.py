@@ -49,7 +49,8 @@ def given(text: str) -> Path:
 
 def _kept(new: Path, old: Path) -> Path:
     """``new``, unless only ``old`` exists (a file or folder of an earlier version, still used)."""
-    return old if not new.exists() and old.exists() else new
+    # os.path.exists: False for a place we may not even look at (Path.exists raises PermissionError)
+    return old if not os.path.exists(new) and os.path.exists(old) else new
 
 
 def key_dir(dirs: PlatformDirsABC | None = None) -> Path:
