@@ -20,6 +20,7 @@ from chat import protocol as p
 from chat.broker.core import Broker, Outgoing, Reply
 from chat.defaults import PUB_HWM
 from chat.discovery import Announcer, beacon
+from chat.errors import StartupError
 
 try:  # POSIX only: Windows has no per-process open-file limit to raise
     import resource
@@ -64,14 +65,17 @@ def bound_port(sock: zmq.Socket) -> int:
 
 
 class BrokerServer:
-    """Binds the two sockets and runs a ``Broker`` until asked to stop."""
+    """Binds the two sockets, then runs the ``Broker`` given to ``attach`` until asked to stop.
+
+    The sockets come first so that a broker that cannot listen stops before it opens (or creates) its
+    history: raises StartupError, with nothing left open.
+    """
 
     def __init__(
         self,
         host: str,
         port: int,
         pub_port: int,
-        broker: Broker,
         *,
         pub_hwm: int = PUB_HWM,
         curve: Curve | None = None,
@@ -92,17 +96,34 @@ class BrokerServer:
         # libzmq disconnects a peer that sends a frame larger than this, before Python sees it; the margin
         # above MAX_FRAME_BYTES lets a frame a little too large get a too_large answer and keep its session.
         self.router.setsockopt(zmq.MAXMSGSIZE, p.MAX_RECEIVED_FRAME_BYTES)
-        self.router.bind(p.endpoint(host, port))
         self.pub = self._socket(zmq.PUB, host)
         self.pub.setsockopt(zmq.SNDHWM, pub_hwm)
-        self.pub.bind(p.endpoint(host, pub_port))
+        try:
+            self._bind(self.router, host, port, "ROUTER", "--port")
+            self._bind(self.pub, host, pub_port, "PUB", "--pub-port")
+        except StartupError:
+            self.close()
+            raise
         self.host = host
         self.port = bound_port(self.router)
         self.pub_port = bound_port(self.pub)
-        self.broker = broker
-        broker.pub_port = self.pub_port
+        self.broker: Broker  # given by attach(), once the history is open
         self.stopping = False
         self.reload_requested = False
+
+    @staticmethod
+    def _bind(sock: zmq.Socket, host: str, port: int, what: str, flag: str) -> None:
+        endpoint = p.endpoint(host, port)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            hint = f"; is another broker running? choose another port with {flag}" if exc.errno == zmq.EADDRINUSE else ""
+            raise StartupError(f"cannot listen on {endpoint} ({what}): {zmq.strerror(exc.errno)}{hint}") from None
+
+    def attach(self, broker: Broker) -> None:
+        """The broker this server runs; it learns the PUB port its WELCOME announces."""
+        self.broker = broker
+        broker.pub_port = self.pub_port
 
     def _socket(self, kind: int, host: str) -> zmq.Socket:
         sock = self.ctx.socket(kind)
@@ -253,11 +274,11 @@ def raise_file_limit(wanted: int = WANTED_FILES) -> str:
 RELOAD_HINT = "re-read when its keys change" + (", and on SIGHUP" if hasattr(signal, "SIGHUP") else "")
 
 
-def client_command(host: str, port: int, curve: Curve | None) -> str:
+def client_command(host: str, port: int, curve: Curve | None, launcher: str = "python client.py") -> str:
     """The exact command a user on another machine runs to join this broker."""
     if host in ("0.0.0.0", "::", "*", ""):
         host = socket.gethostname()
-    command = f"python client.py --host {shlex.quote(host)} --port {port}"
+    command = f"{launcher} --host {shlex.quote(host)} --port {port}"
     if curve is not None:
         # "=": a Z85 key may begin with "-", which would otherwise read as an option
         command += f" --server-key={shlex.quote(curve.public.decode())}"
@@ -265,25 +286,15 @@ def client_command(host: str, port: int, curve: Curve | None) -> str:
 
 
 def serve(
-    host: str,
-    port: int,
-    pub_port: int,
-    broker: Broker,
+    server: BrokerServer,
     *,
-    pub_hwm: int = PUB_HWM,
-    curve: Curve | None = None,
     announce: Announce | None = None,
+    launcher: str = "python client.py",
     out: TextIO = sys.stdout,
 ) -> int:
-    """Run a broker in this process until SIGINT or SIGTERM. Returns the exit code."""
-    warning = raise_file_limit()
-    if warning:
-        print(f"broker: warning: {warning}", file=sys.stderr, flush=True)
-    try:
-        server = BrokerServer(host, port, pub_port, broker, pub_hwm=pub_hwm, curve=curve)
-    except zmq.ZMQError as exc:
-        print(f"broker: cannot listen on {host} ports {port} and {pub_port}: {exc}", file=sys.stderr)
-        return 1
+    """Run a bound server, with its broker attached, in this process until SIGINT or SIGTERM. Returns
+    the exit code. ``launcher``: how users start a client, for the command the broker prints."""
+    host, curve = server.host, server.curve
     signal.signal(signal.SIGINT, server.stop)
     signal.signal(signal.SIGTERM, server.stop)
     if hasattr(signal, "SIGHUP"):  # POSIX; everywhere, the --allow folder is also re-read when it changes
@@ -297,7 +308,7 @@ def serve(
     if curve is not None:
         admitted = f"client keys in {curve.allow} only ({RELOAD_HINT})" if curve.allow else "any client key"
         print(f"broker: encrypted (CURVE), admitting {admitted}", file=out, flush=True)
-    print(f"broker: clients join with: {client_command(host, server.port, curve)}", file=out, flush=True)
+    print(f"broker: clients join with: {client_command(host, server.port, curve, launcher)}", file=out, flush=True)
     announcer = None
     if announce is not None:
         key = curve.public.decode() if curve is not None else ""
