@@ -194,13 +194,24 @@ class Stream:
 class Process:
     """A child Python process with its output read in the background."""
 
-    def __init__(self, label: str, args: list[str], *, stdin: bool, prefix: tuple[str, ...] = ()) -> None:
-        """``prefix`` runs the interpreter through another command, e.g. ``ip netns exec NS``."""
+    def __init__(
+        self,
+        label: str,
+        args: list[str],
+        *,
+        stdin: bool,
+        prefix: tuple[str, ...] = (),
+        program: str = sys.executable,
+        cwd: Path = REPO,
+    ) -> None:
+        """``prefix`` runs the interpreter through another command, e.g. ``ip netns exec NS``;
+        ``program`` is another program than this Python (an installed command, with ``cwd`` elsewhere)."""
         self.label = label
         self.args = args
+        self.shown_as = "python" if program == sys.executable else program
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, *args],
-            cwd=REPO,
+            [*prefix, program, *args],
+            cwd=cwd,
             env=python_env(),
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -225,7 +236,7 @@ class Process:
             state = f"exited with {self.proc.returncode}"
             out, err = self.out.until_closed(1.0), self.err.until_closed(1.0)
         return (
-            f"--- {self.label} (pid {self.pid}, {state}): python {' '.join(self.args)}\n"
+            f"--- {self.label} (pid {self.pid}, {state}): {self.shown_as} {' '.join(self.args)}\n"
             f"stdout ({len(out)} lines):\n" + "".join(f"  | {line}\n" for line in out) +
             f"stderr ({len(err)} lines):\n" + "".join(f"  | {line}\n" for line in err)
         )
@@ -404,6 +415,12 @@ class Processes:
     def process(self, script: str, *args: str) -> Process:
         """Any script of the repository, with no input: for command-line checks."""
         process = Process(script, [script, *args], stdin=False)
+        self._track(process)
+        return process
+
+    def command(self, program: Path, *args: str, cwd: Path, stdin: bool = False) -> Process:
+        """An installed command (not this checkout's scripts), run from ``cwd``."""
+        process = Process(program.name, list(args), stdin=stdin, program=str(program), cwd=cwd)
         self._track(process)
         return process
 
