@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import signal
 import sqlite3
@@ -332,6 +333,11 @@ def find_broker(args: argparse.Namespace, interactive: bool) -> int | None:
 def client_main(argv: list[str] | None = None, prog: str = "client.py") -> int:
     parser = client_parser(prog)
     args = parser.parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):
+        # Windows writes pipes in its ANSI code page, which lacks most of Unicode: a line it cannot hold
+        # is shown with "?" in place of what it lacks, rather than ending the client.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="replace")
     from chat.client.net import Connection
     from chat.ui.plain import LineFrontEnd, run_line_mode
 

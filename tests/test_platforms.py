@@ -102,3 +102,23 @@ def test_a_key_copied_into_allow_is_admitted_without_sighup(
     alice = procs.join("alice", broker, f"--server-key={key}", *alice_keys)
     alice.close_stdin()
     alice.assert_exit(0)
+
+
+@pytest.mark.timeout(30)
+def test_text_the_output_encoding_cannot_hold_is_replaced_not_fatal(
+    procs: Processes, windows_like: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows writes pipes in the ANSI code page (cp1252 here), which has no CJK or emoji: a reader
+    must show such a line with replacement characters and go on, not die of UnicodeEncodeError."""
+    broker = procs.broker(5.0)
+    monkeypatch.setitem(conftest._HOME_OVERRIDES, "PYTHONIOENCODING", "cp1252")
+    bob = procs.join("bob", broker)
+    monkeypatch.delitem(conftest._HOME_OVERRIDES, "PYTHONIOENCODING")
+    alice = procs.join("alice", broker)
+    bob.expect(joined("alice"))
+    alice.send("\u65e5\u672c \u2713 ok")
+    alice.send("still there?")
+    bob.expect(said("alice", "?? ? ok"))
+    bob.expect(said("alice", "still there?"))
+    bob.close_stdin()
+    bob.assert_exit(0)
