@@ -13,13 +13,13 @@ from pathlib import Path
 from chat import __version__
 from chat import protocol as p
 from chat.broker.core import BURST, MAX_SESSIONS, RATE, SESSION_TIMEOUT
+from chat.broker.history import History, MemoryHistory
 from chat.client.core import ClientCore
 from chat.client.events import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
 from chat.client.net import ClientCurve
-from chat.broker.history import History, MemoryHistory
 from chat.defaults import DEFAULT_PORT, DEFAULT_PUB_PORT, PUB_HWM
-from chat.errors import StartupError
 from chat.discovery import BEACON_PORT, LISTEN_TIME
+from chat.errors import StartupError
 from chat.keys import BROKER_KEY, CLIENT_KEY, KeyFileError, default_key_dir, ensure_keypair, parse_public_key
 from chat.paths import given, history_db
 
