@@ -122,3 +122,31 @@ def test_text_the_output_encoding_cannot_hold_is_replaced_not_fatal(
     bob.expect(said("alice", "still there?"))
     bob.close_stdin()
     bob.assert_exit(0)
+
+
+class FakeResource:
+    """The open-file limit of a Mac: an unlimited hard limit, and a soft one of 256."""
+
+    RLIMIT_NOFILE = 8
+    RLIM_INFINITY = -1
+
+    def __init__(self) -> None:
+        self.soft = 256
+
+    def getrlimit(self, which: int) -> tuple[int, int]:
+        return self.soft, self.RLIM_INFINITY
+
+    def setrlimit(self, which: int, limits: tuple[int, int]) -> None:
+        if limits[0] > 10240:  # what macOS does above OPEN_MAX
+            raise ValueError("current limit exceeds maximum limit")
+        self.soft = limits[0]
+
+
+def test_macos_open_file_limit_is_raised_to_what_macos_allows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chat.broker import server
+
+    fake = FakeResource()
+    monkeypatch.setattr(server, "resource", fake)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert server.raise_file_limit() == ""  # 10240 files: room for about 5000 clients, no warning
+    assert fake.soft == server.MACOS_OPEN_MAX

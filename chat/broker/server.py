@@ -36,6 +36,7 @@ BACKLOG = 4096  # pending TCP connections per socket (libzmq's default, 100, ref
 FILES_PER_CLIENT = 2  # a client holds two connections: DEALER and SUB
 WANTED_FILES = 65536  # open files the broker asks for at start (about 30,000 clients)
 ENOUGH_CLIENTS = 4000  # below room for this many clients, the broker warns at start
+MACOS_OPEN_MAX = 10240  # the most open files macOS lets a process ask for (its OPEN_MAX)
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,9 @@ def raise_file_limit(wanted: int = WANTED_FILES) -> str:
         return ""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if sys.platform == "darwin":
+        # macOS reports an unlimited hard limit but refuses a soft one above OPEN_MAX (setrlimit: EINVAL).
+        target = min(target, MACOS_OPEN_MAX)
     if soft != resource.RLIM_INFINITY and soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
