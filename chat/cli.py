@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import signal
@@ -10,24 +11,28 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from chat import __version__
 from chat import protocol as p
 from chat.broker.core import BURST, MAX_SESSIONS, RATE, SESSION_TIMEOUT
-from chat.broker.server import PUB_HWM
+from chat.broker.history import History, MemoryHistory
 from chat.client.core import ClientCore
 from chat.client.events import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
 from chat.client.net import ClientCurve
+from chat.defaults import DEFAULT_PORT, DEFAULT_PUB_PORT, PUB_HWM
 from chat.discovery import BEACON_PORT, LISTEN_TIME
+from chat.errors import StartupError
 from chat.keys import BROKER_KEY, CLIENT_KEY, KeyFileError, default_key_dir, ensure_keypair, parse_public_key
+from chat.paths import given, history_db
 
-DEFAULT_PORT = 5555
-DEFAULT_PUB_PORT = 5556
 DEFAULT_HISTORY_LINES = 20
+# The client command a broker prints for its users, after how the broker itself was started.
+CLIENT_LAUNCHERS = {"broker.py": "python client.py", "lanchat-broker": "lanchat"}
 
 
-def default_db() -> str:
-    """Where the broker keeps its history unless told otherwise: the user's data folder (XDG)."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "lanchat", "history.db")
+def _version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__} (protocol {p.PROTOCOL_TAG.decode()})"
+    )
 
 
 def _port(text: str) -> int:
@@ -95,16 +100,18 @@ def _room(text: str) -> str:
 def _db_path(text: str) -> str:
     if text == ":memory:":
         return text
-    parent = Path(text).expanduser().resolve().parent
+    path = given(text)
+    parent = path.resolve().parent
     if not parent.is_dir():
         raise argparse.ArgumentTypeError(f"the folder {parent} does not exist")
-    return text
+    return str(path)
 
 
-def broker_parser() -> argparse.ArgumentParser:
+def broker_parser(prog: str = "broker.py") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="broker.py", description="Run the chat broker: a ROUTER for requests and a PUB for the fan-out."
+        prog=prog, description="Run the chat broker: a ROUTER for requests and a PUB for the fan-out."
     )
+    _version(parser)
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0: every interface)")
     parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help="ROUTER port (default 5555; 0: any)")
     parser.add_argument("--pub-port", type=_port, default=DEFAULT_PUB_PORT, help="PUB port (default 5556; 0: any)")
@@ -112,7 +119,7 @@ def broker_parser() -> argparse.ArgumentParser:
         "--db",
         type=_db_path,
         default=None,
-        help=f"history database file (default {default_db()}; :memory: keeps none after a stop)",
+        help=f"history database file (default {history_db()}; :memory: keeps none after a stop)",
     )
     parser.add_argument(
         "--timeout",
@@ -164,8 +171,9 @@ def _text_limit(text: str) -> int:
     return value
 
 
-def client_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="client.py", description="Join a chat broker.")
+def client_parser(prog: str = "client.py") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Join a chat broker.")
+    _version(parser)
     parser.add_argument(
         "--host",
         default=None,
@@ -205,13 +213,11 @@ def client_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def broker_main(argv: list[str] | None = None) -> int:
-    parser = broker_parser()
+def broker_main(argv: list[str] | None = None, prog: str = "broker.py") -> int:
+    parser = broker_parser(prog)
     args = parser.parse_args(argv)
     from chat.broker.core import Broker
-    from chat.broker.history import MemoryHistory
-    from chat.broker.server import Announce, Curve, serve
-    from chat.store import SqliteHistory
+    from chat.broker.server import Announce, BrokerServer, Curve, raise_file_limit, serve
 
     curve = None
     if args.allow and not args.secure:
@@ -229,24 +235,26 @@ def broker_main(argv: list[str] | None = None) -> int:
         print(f"broker: key pair {made} in {key_dir}; public key {public.decode()}", flush=True)
         curve = Curve(public, secret, args.allow)
 
-    if args.db == ":memory:":
-        history: MemoryHistory | SqliteHistory = MemoryHistory()
-    else:
-        path = args.db or default_db()
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        try:
-            history = SqliteHistory(path)
-        except sqlite3.Error as exc:
-            print(f"broker: cannot open the history database {path}: {exc}", file=sys.stderr)
-            return 1
-        print(f"broker: history in {path}", flush=True)
+    warning = raise_file_limit()
+    if warning:
+        print(f"broker: warning: {warning}", file=sys.stderr, flush=True)
+    # The ports first: a broker that cannot listen must not create or touch a history file.
+    try:
+        server = BrokerServer(args.host, args.port, args.pub_port, pub_hwm=args.pub_hwm, curve=curve)
+    except StartupError as exc:
+        return _cannot_start(exc)
+    try:
+        history = open_history(args.db)
+    except StartupError as exc:
+        server.close()
+        return _cannot_start(exc)
     announce = None
     if args.announce:
         import socket
 
         announce = Announce(args.announce_to, args.beacon_port, args.name or socket.gethostname())
     broker = Broker(
-        pub_port=0,  # set once the PUB socket is bound
+        pub_port=server.pub_port,
         history=history,
         session_timeout=args.timeout,
         max_sessions=args.max_sessions,
@@ -254,13 +262,36 @@ def broker_main(argv: list[str] | None = None) -> int:
         rate=args.rate,
         burst=args.burst,
     )
+    server.attach(broker)
     try:
-        return serve(
-            args.host, args.port, args.pub_port, broker, pub_hwm=args.pub_hwm, curve=curve, announce=announce
-        )
+        return serve(server, announce=announce, launcher=CLIENT_LAUNCHERS.get(prog, "python client.py"))
     finally:
-        if isinstance(history, SqliteHistory):
-            history.close()
+        history.close()
+
+
+def _cannot_start(problem: StartupError) -> int:
+    print(f"broker: {problem}", file=sys.stderr)
+    return 1
+
+
+def open_history(db: str | None) -> History:
+    """The broker's history: in memory, or the SQLite file ``db`` (default: the data folder's), made
+    when new. Raises StartupError naming the file or folder that cannot be used."""
+    if db == ":memory:":
+        return MemoryHistory()
+    from chat.store import SqliteHistory
+
+    path = Path(db) if db else history_db()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot make the data folder {path.parent}: {exc.strerror or exc}") from None
+    try:
+        history = SqliteHistory(str(path))
+    except sqlite3.Error as exc:
+        raise StartupError(f"cannot use {path} as the history database: {exc}") from None
+    print(f"broker: history in {path}", flush=True)
+    return history
 
 
 def client_curve(args: argparse.Namespace) -> ClientCurve | None:
@@ -277,7 +308,8 @@ def client_curve(args: argparse.Namespace) -> ClientCurve | None:
 def find_broker(args: argparse.Namespace, interactive: bool) -> int | None:
     """Settle args.host and args.port, from the LAN's beacons when no --host was given (and
     args.server_key from a beacon's key, trusted on first use). An exit code to stop with, or None."""
-    from chat.discovery import KeyChanged, known_brokers_file, listen, trust
+    from chat.discovery import KeyChanged, listen, trust
+    from chat.paths import known_brokers_file
     from chat.keys import fingerprint
 
     if args.host is not None and not args.list_brokers:
@@ -334,9 +366,14 @@ def find_broker(args: argparse.Namespace, interactive: bool) -> int | None:
     return None
 
 
-def client_main(argv: list[str] | None = None) -> int:
-    parser = client_parser()
+def client_main(argv: list[str] | None = None, prog: str = "client.py") -> int:
+    parser = client_parser(prog)
     args = parser.parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):
+        # Windows writes pipes in its ANSI code page, which lacks most of Unicode: a line it cannot hold
+        # is shown with "?" in place of what it lacks, rather than ending the client.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="replace")
     from chat.client.net import Connection
     from chat.ui.plain import LineFrontEnd, run_line_mode
 
@@ -368,3 +405,13 @@ def client_main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: conn.submit_eof())
     return run_line_mode(conn, front)
 
+
+
+def lanchat() -> int:
+    """The ``lanchat`` command of an installed package: ``client.py`` under another name."""
+    return client_main(prog="lanchat")
+
+
+def lanchat_broker() -> int:
+    """The ``lanchat-broker`` command of an installed package: ``broker.py`` under another name."""
+    return broker_main(prog="lanchat-broker")

@@ -12,7 +12,6 @@ showing its fingerprint, and remembered like SSH's known_hosts; a changed key is
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -126,11 +125,6 @@ def listen(seconds: float = LISTEN_TIME, beacon_port: int = BEACON_PORT) -> list
 
 
 # ------------------------------------------------------------------ trust on first use
-
-
-def known_brokers_file() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "lanchat" / "known_brokers"
 
 
 def load_known(path: Path) -> dict[str, str]:

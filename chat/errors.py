@@ -31,3 +31,8 @@ class LocalProtocolError(ProtocolError):
 
 class UsageError(ChatError):
     """A bad command-line value, reported to the user with exit code 2."""
+
+
+class StartupError(ChatError):
+    """The program cannot start as asked (a port in use, a folder it cannot write): the message says
+    what and where, in one line, and the program exits with 1 having written nothing."""

@@ -21,6 +21,7 @@ import zmq.auth
 import zmq.utils.z85
 
 from chat.errors import ChatError
+from chat.paths import key_dir as default_key_dir
 
 BROKER_KEY = "broker"
 CLIENT_KEY = "client"
@@ -29,12 +30,6 @@ Z85_KEY_CHARS = 40
 
 class KeyFileError(ChatError):
     """A key could not be read or made; the message says which and why."""
-
-
-def default_key_dir() -> Path:
-    """The user's key folder: $XDG_CONFIG_HOME/lanchat/keys (usually ~/.config/lanchat/keys)."""
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "lanchat" / "keys"
 
 
 def _secret_file(key_dir: Path, name: str) -> Path:

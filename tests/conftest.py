@@ -195,13 +195,24 @@ class Stream:
 class Process:
     """A child Python process with its output read in the background."""
 
-    def __init__(self, label: str, args: list[str], *, stdin: bool, prefix: tuple[str, ...] = ()) -> None:
-        """``prefix`` runs the interpreter through another command, e.g. ``ip netns exec NS``."""
+    def __init__(
+        self,
+        label: str,
+        args: list[str],
+        *,
+        stdin: bool,
+        prefix: tuple[str, ...] = (),
+        program: str = sys.executable,
+        cwd: Path = REPO,
+    ) -> None:
+        """``prefix`` runs the interpreter through another command, e.g. ``ip netns exec NS``;
+        ``program`` is another program than this Python (an installed command, with ``cwd`` elsewhere)."""
         self.label = label
         self.args = args
+        self.shown_as = "python" if program == sys.executable else program
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, *args],
-            cwd=REPO,
+            [*prefix, program, *args],
+            cwd=cwd,
             env=python_env(),
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -226,7 +237,7 @@ class Process:
             state = f"exited with {self.proc.returncode}"
             out, err = self.out.until_closed(1.0), self.err.until_closed(1.0)
         return (
-            f"--- {self.label} (pid {self.pid}, {state}): python {' '.join(self.args)}\n"
+            f"--- {self.label} (pid {self.pid}, {state}): {self.shown_as} {' '.join(self.args)}\n"
             f"stdout ({len(out)} lines):\n" + "".join(f"  | {line}\n" for line in out) +
             f"stderr ({len(err)} lines):\n" + "".join(f"  | {line}\n" for line in err)
         )
@@ -306,13 +317,21 @@ class Broker(Process):
     """``broker.py`` on 127.0.0.1 with OS-chosen ports (or given ones, for a restart)."""
 
     def __init__(
-        self, *, timeout: float, extra: tuple[str, ...] = (), port: int = 0, pub_port: int = 0, label: str = "broker"
+        self,
+        *,
+        timeout: float,
+        extra: tuple[str, ...] = (),
+        port: int = 0,
+        pub_port: int = 0,
+        label: str = "broker",
+        default_db: bool = False,
     ) -> None:
+        """``default_db``: no --db at all, for tests of where the default goes (they set the home)."""
         self.timeout = timeout
         self.extra = extra
         args = ["broker.py", "--host", HOST, "--port", str(port), "--pub-port", str(pub_port)]
         args += ["--timeout", f"{timeout:g}"]
-        if "--db" not in extra:
+        if "--db" not in extra and not default_db:
             args += ["--db", ":memory:"]  # never the user's own history file, and nothing shared between tests
         args += extra
         super().__init__(label, args, stdin=False)
@@ -378,17 +397,18 @@ class Processes:
         process.context = self.describe
 
     def broker(self, timeout: float = 5.0, *extra: str) -> Broker:
-        return self._listening(Broker(timeout=timeout, extra=extra))
+        return self.listening(Broker(timeout=timeout, extra=extra))
 
     def restart(self, old: Broker) -> Broker:
         """A new broker on the ports of ``old`` (which must have exited), with the same flags."""
         assert old.proc.poll() is not None, "stop or kill the old broker first"
         label = "broker (restarted)"
-        return self._listening(
+        return self.listening(
             Broker(timeout=old.timeout, extra=old.extra, port=old.port, pub_port=old.pub_port, label=label)
         )
 
-    def _listening(self, broker: Broker) -> Broker:
+    def listening(self, broker: Broker) -> Broker:
+        """Track ``broker`` and wait until it listens."""
         self._track(broker)  # before waiting, so that it is ended even when the wait fails
         broker.await_listening()
         return broker
@@ -399,17 +419,27 @@ class Processes:
         self._track(process)
         return process
 
+    def command(self, program: Path, *args: str, cwd: Path, stdin: bool = False) -> Process:
+        """An installed command (not this checkout's scripts), run from ``cwd``."""
+        process = Process(program.name, list(args), stdin=stdin, program=str(program), cwd=cwd)
+        self._track(process)
+        return process
+
     def client(self, name: str | None, port: int, *args: str) -> Client:
         client = Client(name, port, args)
         self._track(client)
         return client
 
     def join(self, name: str, broker: Broker, *args: str, history: int | None = 0) -> Client:
-        """A client that has joined: its WELCOME has arrived. ``history=None`` keeps the default."""
+        """A client that has joined: its WELCOME has arrived and, without history, it has shown its own
+        join line (with history, that line follows the history: the test reads both). ``history=None``
+        keeps the default."""
         if history is not None:
             args = ("--history", str(history), *args)
         client = self.client(name, broker.port, *args)
         client.expect_err(rf"^\*\*\* joined as {re.escape(name)}; type /help for commands$")
+        if history == 0:
+            client.expect(joined(name))
         return client
 
     def describe(self) -> str:

@@ -61,11 +61,22 @@ def exits(actions: list[ev.Action]) -> list[int]:
     return [a.code for a in actions if isinstance(a, ev.Exit)]
 
 
-def joined(name: str = "alice", *, history_lines: int = 0, interactive: bool = False, **welcome) -> ClientCore:
-    """A client that has started and been welcomed at T_JOINED; its own join event is seq 4."""
-    core = ClientCore(name, interactive=interactive, history_lines=history_lines)
+def own_join(seq: int = 4, name: str = "alice") -> p.Event:
+    return event(seq, name=name, kind=p.KIND_JOIN, text="")
+
+
+def joined(name: str = "alice", *, interactive: bool = False, **welcome) -> ClientCore:
+    """A client that has started, been welcomed at T_JOINED and shown its own join event in each room
+    (seq 4 by default, fetched as the broker answers it): it expects seq 5 next."""
+    core = ClientCore(name, interactive=interactive)
     core.start(0.0)
-    direct(core, msgspec.structs.replace(WELCOME, name=name, **welcome), T_JOINED)
+    message = msgspec.structs.replace(WELCOME, name=name, **welcome)
+    actions = direct(core, message, T_JOINED)
+    assert sent(actions) == [gap_fetch(last + 1, last + 1, room) for room, last in message.rooms.items()]
+    for room, last in message.rooms.items():
+        own = msgspec.structs.replace(own_join(last + 1, name), room=room)
+        answer = p.History(room, [p.event_body(own)], last + 1, last + 1)
+        assert shown(direct(core, answer, T_JOINED)) == [last + 1]
     return core
 
 
@@ -108,7 +119,9 @@ def test_welcome_subscribes_and_reports_connected() -> None:
     core.start(0.0)
     actions = direct(core, WELCOME, T_JOINED)
     assert actions[:2] == [ev.Subscribe(5556, (GENERAL,)), ev.Status("connected", "alice")]
-    assert sent(actions) == []  # nothing to fetch without history_lines
+    # No history asked for, only our own join event: the broker published it just before the WELCOME,
+    # before our SUB was connected.
+    assert sent(actions) == [gap_fetch(4, 4)]
 
 
 def test_welcome_name_is_the_registered_one() -> None:
@@ -116,7 +129,8 @@ def test_welcome_name_is_the_registered_one() -> None:
     core.start(0.0)
     actions = direct(core, WELCOME, T_JOINED)  # the broker kept the spelling "alice" of an earlier session
     assert ev.Status("connected", "alice") in actions
-    assert shown(publish(core, event(4, name="alice", kind=p.KIND_JOIN, text=""))) == []
+    assert shown(publish(core, own_join())) == [4]  # our join is shown, as everyone sees it
+    assert shown(publish(core, event(5, name="alice", text="my line"))) == []  # our lines are not
 
 
 @pytest.mark.parametrize("interactive", [False, True])
@@ -175,7 +189,7 @@ def test_a_name_the_broker_finds_invalid_is_refused_at_once(interactive: bool, o
 
 def test_in_order_events_are_shown_once() -> None:
     core = joined()
-    assert shown(publish(core, event(4, name="alice", kind=p.KIND_JOIN, text=""))) == []  # our own join
+    assert shown(publish(core, own_join())) == []  # our own join, shown already: a duplicate now
     assert shown(publish(core, event(5))) == [5]
     assert shown(publish(core, event(6, name="carol"))) == [6]
     actions = publish(core, event(5)) + publish(core, event(6)) + publish(core, event(3))
@@ -184,9 +198,39 @@ def test_in_order_events_are_shown_once() -> None:
 
 def test_own_events_are_not_shown_but_others_are() -> None:
     core = joined()
-    publish(core, event(4, name="alice", kind=p.KIND_JOIN, text=""))
     assert shown(publish(core, event(5, name="ALICE", text="my line"))) == []
-    assert shown(publish(core, event(6, name="alicia"))) == [6]
+    assert shown(publish(core, event(6, name="alice", text="waves", kind=p.KIND_ACTION))) == []
+    assert shown(publish(core, event(7, name="alice", text="", kind=p.KIND_ENTER))) == []  # ENTERED said it
+    assert shown(publish(core, event(8, name="alicia"))) == [8]
+
+
+def test_own_join_comes_with_the_first_welcome_even_without_history() -> None:
+    """Seed parity: the joining user sees "alice has joined the chat." like everyone else, at once,
+    though the join event was published before the SUB was connected (it is fetched, not waited for)."""
+    core = ClientCore("alice", interactive=False)
+    core.start(0.0)
+    (fetch,) = sent(direct(core, WELCOME, T_JOINED))
+    assert fetch == gap_fetch(4, 4)
+    answer = direct(core, history(own_join()), T_JOINED + 0.01)
+    assert [(a.event.kind, a.event.name) for a in answer if isinstance(a, ev.Public)] == [("join", "alice")]
+
+
+def test_own_leave_and_join_after_the_broker_ended_our_session_are_shown() -> None:
+    """Away longer than the timeout: the broker published our leave (timed out), and our JOIN on the
+    new connection was a new session, not a takeover. Both are shown, in order, as others saw them."""
+    core = joined()
+    t, _ = lose(core)
+    actions = direct(core, msgspec.structs.replace(WELCOME, rooms={GENERAL: 6}), t + 0.5)
+    assert gap_fetch(5, 6) in sent(actions)  # after a reconnect: only what the WELCOME reports
+    missed = history(event(5), event(6, name="alice", kind=p.KIND_LEAVE, text=p.LEFT_TIMEOUT))
+    assert shown(direct(core, missed, t + 0.6)) == [5, 6]
+    assert shown(publish(core, own_join(7), now=t + 0.7)) == [7]
+
+
+def test_own_leave_while_leaving_is_not_shown() -> None:
+    core = joined()
+    assert sent(core.on_eof(1.0)) == [p.Leave()]
+    assert shown(publish(core, event(5, name="alice", kind=p.KIND_LEAVE, text=p.LEFT_QUIT), now=1.1)) == []
 
 
 def test_public_events_are_shown_as_they_came() -> None:
@@ -254,10 +298,10 @@ def test_a_late_answer_to_a_retried_fetch_does_not_skip_the_next_gap() -> None:
 
 
 def test_pong_reporting_more_than_we_have_fetches_the_tail_on_the_second_pong() -> None:
-    core = joined()  # expects 4 next; nothing arrives over SUB (slow joiner)
+    core = joined()  # expects 5 next; nothing arrives over SUB (slow joiner)
     assert sent(direct(core, p.Pong({GENERAL: 6}), 1.0)) == []  # may still be on the way
-    assert sent(direct(core, p.Pong({GENERAL: 6}), 2.0)) == [gap_fetch(4, 6)]
-    actions = direct(core, history(event(4, name="alice", kind=p.KIND_JOIN, text=""), event(5), event(6)), 2.1)
+    assert sent(direct(core, p.Pong({GENERAL: 6}), 2.0)) == [gap_fetch(5, 6)]
+    actions = direct(core, history(event(5), event(6)), 2.1)
     assert shown(actions) == [5, 6]
     assert sent(direct(core, p.Pong({GENERAL: 6}), 3.0)) == []
 
@@ -372,8 +416,9 @@ def test_lines_typed_before_the_welcome_are_sent_after_it_in_order() -> None:
     assert all(sent(actions) == [] for actions in early)
     assert all(any(isinstance(a, ev.Sent) for a in actions) for actions in early)  # shown as pending
     actions = direct(core, WELCOME, T_JOINED)
-    assert [(type(m).__name__, m.text) for m in sent(actions)] == [("Say", "one"), ("Say", "two"), ("Pm", "three")]
-    assert actions.index(ev.Status("connected", "alice")) < actions.index(ev.Send(sent(actions)[0]))
+    lines = [m for m in sent(actions) if not isinstance(m, p.Fetch)]  # the FETCH of our own join aside
+    assert [(type(m).__name__, m.text) for m in lines] == [("Say", "one"), ("Say", "two"), ("Pm", "three")]
+    assert actions.index(ev.Status("connected", "alice")) < actions.index(ev.Send(lines[0]))
 
 
 def test_an_error_about_a_line_stops_its_resending() -> None:
@@ -437,7 +482,7 @@ def test_malformed_frames_from_the_broker_are_a_notice() -> None:
     assert notices(core.on_direct([b"junk"], 1.0))
     assert notices(core.on_published([b"#general", p.PROTOCOL_TAG, b"EVENTS", b"{}"], 1.0))
     assert notices(core.on_published([b"#general\x00", b"chat/1", b"EVENT", b'{"seq":4}'], 1.0))
-    assert shown(publish(core, event(4))) == [4]  # and it goes on
+    assert shown(publish(core, event(5))) == [5]  # and it goes on
 
 
 def test_a_history_reply_with_a_lone_surrogate_is_a_notice_not_a_crash() -> None:
@@ -566,13 +611,14 @@ def test_history_lines_fetches_the_last_n_on_the_first_welcome() -> None:
     core = ClientCore("alice", interactive=False, history_lines=5)
     core.start(0.0)
     actions = direct(core, msgspec.structs.replace(WELCOME, rooms={GENERAL: 20}), T_JOINED)
-    assert sent(actions) == [gap_fetch(16, 20)]
-    older = [event(seq, name="alice" if seq == 18 else "bob") for seq in range(16, 21)]
-    actions = direct(core, p.History(GENERAL, [p.event_body(e) for e in older]), 0.2)
-    assert shown(actions) == [16, 17, 18, 19, 20]  # our own line from an earlier session is history too
+    assert sent(actions) == [gap_fetch(16, 21)]  # the last 5, then our own join
+    older = [event(seq, name="alice" if seq == 18 else "bob") for seq in range(16, 21)] + [own_join(21)]
+    actions = direct(core, p.History(GENERAL, [p.event_body(e) for e in older], 16, 21), 0.2)
+    # Our own line from an earlier session is history too; our join comes after the history, in order.
+    assert shown(actions) == [16, 17, 18, 19, 20, 21]
 
 
-@pytest.mark.parametrize("last, expected", [(3, [gap_fetch(1, 3)]), (0, [])])
+@pytest.mark.parametrize("last, expected", [(3, [gap_fetch(1, 4)]), (0, [gap_fetch(1, 1)])])
 def test_history_lines_never_asks_before_the_first_event(last: int, expected: list) -> None:
     core = ClientCore("alice", interactive=False, history_lines=20)
     core.start(0.0)
@@ -605,13 +651,13 @@ def test_a_line_refused_for_good_is_reported_as_failed_and_not_resent() -> None:
 
 
 def test_a_published_batch_is_shown_event_by_event_and_its_gap_fetched() -> None:
-    core = joined()  # expects seq 4 next (its own join)
-    [batch] = p.encode_events([event(seq) for seq in (6, 7, 8)])
+    core = joined()  # expects seq 5 next
+    [batch] = p.encode_events([event(seq) for seq in (7, 8, 9)])
     actions = core.on_published(batch, 1.0)
-    assert shown(actions) == []  # 4 and 5 are missing: held until they come
-    assert sent(actions) == [gap_fetch(4, 5)]
-    [gap] = p.encode_events([event(4, name="alice", kind=p.KIND_JOIN), event(5)])
-    assert shown(core.on_published(gap, 1.1)) == [5, 6, 7, 8]  # 4 is our own join
+    assert shown(actions) == []  # 5 and 6 are missing: held until they come
+    assert sent(actions) == [gap_fetch(5, 6)]
+    [gap] = p.encode_events([event(5), event(6)])
+    assert shown(core.on_published(gap, 1.1)) == [5, 6, 7, 8, 9]
 
 
 def test_a_broker_of_another_version_ends_the_join_with_exit_3() -> None:
@@ -693,12 +739,12 @@ def test_quit_waits_for_the_lines_held_behind_a_room_change() -> None:
 
 
 def test_a_refused_fetch_skips_only_the_gap_of_its_own_room() -> None:
-    core = joined(rooms={GENERAL: 3, "#dev": 3})
-    publish(core, event(6), 1.0)
-    dev = msgspec.structs.replace(event(6), room="#dev")
-    assert sent(publish(core, dev, 1.0)) == [gap_fetch(4, 5, "#dev")]
+    core = joined(rooms={GENERAL: 3, "#dev": 3})  # each expects 5 next
+    publish(core, event(7), 1.0)
+    dev = msgspec.structs.replace(event(7), room="#dev")
+    assert sent(publish(core, dev, 1.0)) == [gap_fetch(5, 6, "#dev")]
     actions = direct(core, p.Error(p.HISTORY_RANGE, "gone", client_core.GAP_FETCH + "#dev"), 1.1)
-    assert [(a.event.room, a.event.seq) for a in actions if isinstance(a, ev.Public)] == [("#dev", 6)]
+    assert [(a.event.room, a.event.seq) for a in actions if isinstance(a, ev.Public)] == [("#dev", 7)]
     assert notices(actions) == ["2 event(s) in #dev could not be recovered"]
     assert core.feeds[GENERAL].fetching is not None  # #general still waits for its own answer
 

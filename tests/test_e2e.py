@@ -81,9 +81,9 @@ def test_three_clients_chat_and_nobody_sees_their_own_lines(procs: Processes, br
     assert alice.matching(r"alice: ") == []
     assert bob.matching(r"bob: ") == []
     assert carol.matching(r"carol: ") == []
-    # Nobody saw its own join either: the client knows it joined from its WELCOME.
+    # Everyone saw its own join, once, as the others saw it (seed parity).
     for client in (alice, bob, carol):
-        assert client.matching(rf"{client.name} has joined") == []
+        assert len(client.matching(joined(client.name))) == 1
 
 
 @pytest.mark.timeout(20)
@@ -98,7 +98,8 @@ def test_everyone_sees_joins_and_leaves_in_the_exact_wording(procs: Processes, b
     carol.assert_exit(EXIT_OK)
     alice.expect(left("carol"))
     assert alice.matching(r"timed out") == []
-    alice.assert_stdout(joined("bob"), joined("carol"), left("bob"), left("carol"))
+    alice.assert_stdout(joined("alice"), joined("bob"), joined("carol"), left("bob"), left("carol"))
+    bob.assert_stdout(joined("bob"), joined("carol"))  # and not its own leave: it was leaving
 
 
 @pytest.mark.timeout(20)
@@ -222,7 +223,7 @@ def test_help_lists_the_commands(procs: Processes, broker: Broker) -> None:
         alice.expect_err(re.escape(command))
     alice.send("/who")
     alice.expect(online("alice"))  # barrier: help was done by then
-    alice.assert_stdout(online("alice"))  # help is the client's own text: not on stdout
+    alice.assert_stdout(joined("alice"), online("alice"))  # help is the client's own text: not on stdout
 
 
 @pytest.mark.timeout(20)
@@ -242,7 +243,7 @@ def test_mistakes_are_reported_to_the_sender_only(procs: Processes, broker: Brok
     bob.expect(said("alice", "still here"))  # barrier, and alice is still in the chat
     assert bob.matching(r"dance|xxxx") == []
     assert bob.matching(r"dance|unknown|usage|at most", err=True) == []
-    alice.assert_stdout(joined("bob"))
+    alice.assert_stdout(joined("alice"), joined("bob"))
 
 
 # --------------------------------------------------------------------------- names
@@ -260,7 +261,7 @@ def test_a_taken_name_is_refused_with_exit_code_3(procs: Processes, broker: Brok
 
     procs.join("bob", broker)
     alice.expect(joined("bob"))  # barrier: the refused client was never announced
-    alice.assert_stdout(joined("bob"))
+    alice.assert_stdout(joined("alice"), joined("bob"))
 
 
 @pytest.mark.timeout(20)
@@ -543,13 +544,15 @@ def test_a_late_joiner_sees_recent_history_exactly_once(procs: Processes) -> Non
     for client in (bob, carol, dave):
         client.expect(said("alice", "live"))
 
+    # The history first, then one's own join, as the others saw it, then what follows.
     bob.assert_stdout(
-        said("alice", "two"), said("alice", "three"), joined("carol"), joined("dave"), said("alice", "live")
+        said("alice", "two"), said("alice", "three"), joined("bob"), joined("carol"), joined("dave"),
+        said("alice", "live"),
     )
-    carol.assert_stdout(joined("dave"), said("alice", "live"))
+    carol.assert_stdout(joined("carol"), joined("dave"), said("alice", "live"))
     dave.assert_stdout(
         joined("olga"), joined("alice"), said("alice", "one"), said("alice", "two"), said("alice", "three"),
-        joined("bob"), joined("carol"), said("alice", "live"),
+        joined("bob"), joined("carol"), joined("dave"), said("alice", "live"),
     )
 
 
@@ -572,7 +575,8 @@ def test_history_command_shows_older_lines(procs: Processes, broker: Broker) -> 
     bob.send("/history")
     bob.expect_err(r"^\*\*\* there is nothing older in #general$")
     bob.assert_stdout(
-        said("alice", "three"), said("alice", "one"), said("alice", "two"), joined("olga"), joined("alice")
+        said("alice", "three"), joined("bob"), said("alice", "one"), said("alice", "two"), joined("olga"),
+        joined("alice"),
     )
 
 
@@ -709,9 +713,11 @@ def test_events_of_a_restarted_broker_are_shown_once(procs: Processes, scripted:
     bob.expect(said("alice", "after"))
 
     bob.assert_stdout(
+        joined("bob"),
         said("alice", "before the restart"),
         joined("alice"),
         *[said("alice", f"new line {seq}") for seq in range(2, 6)],
+        joined("bob"),  # a new session in the new broker: bob sees his join as alice does
         said("alice", "after"),
     )
 
@@ -727,7 +733,7 @@ def test_a_batch_of_events_is_shown_line_by_line_in_order(procs: Processes, scri
     scripted.publish(*[scripted.event(seq, "msg", "alice", f"line {seq}") for seq in range(2, 7)])
     scripted.publish(scripted.event(7, "msg", "alice", "alone"))
     bob.expect(said("alice", "alone"))
-    bob.assert_stdout(*[said("alice", f"line {seq}") for seq in range(2, 7)], said("alice", "alone"))
+    bob.assert_stdout(joined("bob"), *[said("alice", f"line {seq}") for seq in range(2, 7)], said("alice", "alone"))
 
 
 @pytest.mark.timeout(20)

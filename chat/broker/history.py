@@ -59,6 +59,9 @@ class History(Protocol):
     def append(self, event: Event, msg_id: str = "") -> None:
         """Keep ``event``; ``msg_id`` is the client's id of the line, to recognise resends later."""
 
+    def close(self) -> None:
+        """Release the store (the broker is stopping)."""
+
     def flush(self) -> None:
         """Make what was appended durable. The broker calls it before it sends anything of a batch."""
 
@@ -124,6 +127,9 @@ class MemoryHistory:
         start = max(first - base, 0)
         stop = min(last - base + 1, len(events))
         return [events[i] for i in range(start, stop)]
+
+    def close(self) -> None:
+        """Nothing is kept open."""
 
     def flush(self) -> None:
         pass  # nothing to make durable

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import resource
 import shlex
 import signal
 import socket
@@ -19,17 +18,25 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from chat import protocol as p
 from chat.broker.core import Broker, Outgoing, Reply
+from chat.defaults import PUB_HWM
 from chat.discovery import Announcer, beacon
+from chat.errors import StartupError
+
+try:  # POSIX only: Windows has no per-process open-file limit to raise
+    import resource
+except ImportError:  # pragma: no cover - exercised by tests/test_platforms.py in a Windows-like process
+    resource = None  # type: ignore[assignment]
 
 DRAIN_BATCH = 1000  # messages read from the ROUTER before the loop looks at timers again
 EXPIRE_EVERY = 0.25  # seconds between checks for silent sessions
+ALLOW_CHECK_EVERY = 1.0  # seconds between looks at the --allow folder, re-read when its keys change
 POLL_MS = 200  # longest wait in poll, which bounds how late a stop request is seen
 SHUTDOWN_LINGER_MS = 1000  # time given to the goodbye messages to leave
-PUB_HWM = 1000  # messages (batches of events) queued per subscriber; a slower one loses the rest and fetches it
 BACKLOG = 4096  # pending TCP connections per socket (libzmq's default, 100, refuses a crowd joining at once)
 FILES_PER_CLIENT = 2  # a client holds two connections: DEALER and SUB
 WANTED_FILES = 65536  # open files the broker asks for at start (about 30,000 clients)
 ENOUGH_CLIENTS = 4000  # below room for this many clients, the broker warns at start
+MACOS_OPEN_MAX = 10240  # the most open files macOS lets a process ask for (its OPEN_MAX)
 
 
 @dataclass(frozen=True)
@@ -59,14 +66,17 @@ def bound_port(sock: zmq.Socket) -> int:
 
 
 class BrokerServer:
-    """Binds the two sockets and runs a ``Broker`` until asked to stop."""
+    """Binds the two sockets, then runs the ``Broker`` given to ``attach`` until asked to stop.
+
+    The sockets come first so that a broker that cannot listen stops before it opens (or creates) its
+    history: raises StartupError, with nothing left open.
+    """
 
     def __init__(
         self,
         host: str,
         port: int,
         pub_port: int,
-        broker: Broker,
         *,
         pub_hwm: int = PUB_HWM,
         curve: Curve | None = None,
@@ -75,26 +85,46 @@ class BrokerServer:
         self.ctx = ctx or zmq.Context.instance()
         self.curve = curve
         self.auth: ThreadAuthenticator | None = None
+        self.announce_reloads = False
         if curve is not None:
             # ZAP (zmq.auth) checks every client key during the CURVE handshake, on both sockets.
             self.auth = ThreadAuthenticator(self.ctx)
             self.auth.start()
             self.reload_allowed()
+        self.announce_reloads = True  # from now on, say so on stdout
+        self._allow_seen = allow_snapshot(curve.allow) if curve is not None else None
         self.router = self._socket(zmq.ROUTER, host)
         # libzmq disconnects a peer that sends a frame larger than this, before Python sees it; the margin
         # above MAX_FRAME_BYTES lets a frame a little too large get a too_large answer and keep its session.
         self.router.setsockopt(zmq.MAXMSGSIZE, p.MAX_RECEIVED_FRAME_BYTES)
-        self.router.bind(p.endpoint(host, port))
         self.pub = self._socket(zmq.PUB, host)
         self.pub.setsockopt(zmq.SNDHWM, pub_hwm)
-        self.pub.bind(p.endpoint(host, pub_port))
+        try:
+            self._bind(self.router, host, port, "ROUTER", "--port")
+            self._bind(self.pub, host, pub_port, "PUB", "--pub-port")
+        except StartupError:
+            self.close()
+            raise
         self.host = host
         self.port = bound_port(self.router)
         self.pub_port = bound_port(self.pub)
-        self.broker = broker
-        broker.pub_port = self.pub_port
+        self.broker: Broker  # given by attach(), once the history is open
         self.stopping = False
         self.reload_requested = False
+
+    @staticmethod
+    def _bind(sock: zmq.Socket, host: str, port: int, what: str, flag: str) -> None:
+        endpoint = p.endpoint(host, port)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            hint = f"; is another broker running? choose another port with {flag}" if exc.errno == zmq.EADDRINUSE else ""
+            raise StartupError(f"cannot listen on {endpoint} ({what}): {zmq.strerror(exc.errno)}{hint}") from None
+
+    def attach(self, broker: Broker) -> None:
+        """The broker this server runs; it learns the PUB port its WELCOME announces."""
+        self.broker = broker
+        broker.pub_port = self.pub_port
 
     def _socket(self, kind: int, host: str) -> zmq.Socket:
         sock = self.ctx.socket(kind)
@@ -109,10 +139,24 @@ class BrokerServer:
         return sock
 
     def reload_allowed(self) -> None:
-        """(Re-)read the folder of admitted client keys (at start, and on SIGHUP)."""
-        assert self.auth is not None and self.curve is not None
+        """(Re-)read the folder of admitted client keys (at start, when it changes, and on SIGHUP)."""
+        if self.auth is None or self.curve is None:
+            return
         location = str(self.curve.allow) if self.curve.allow is not None else CURVE_ALLOW_ANY
         self.auth.configure_curve(domain="*", location=location)
+        if self.curve.allow is not None and self.announce_reloads:
+            admitted = len(self.auth.certs.get("*", {}))
+            print(f"broker: re-read {self.curve.allow}: {admitted} client key(s) admitted", flush=True)
+
+    def _look_at_allowed(self) -> None:
+        """Re-read the --allow folder when its keys changed: where there is no SIGHUP (Windows), this is
+        how a key copied into it takes effect; elsewhere it saves the operator the kill -HUP."""
+        if self.curve is None or self.curve.allow is None:
+            return
+        seen = allow_snapshot(self.curve.allow)
+        if seen != self._allow_seen:
+            self._allow_seen = seen
+            self.reload_requested = True
 
     def send(self, outgoing: list[Outgoing]) -> None:
         """Publish the batch's events, then send the replies: an ACK or a PONG never overtakes the event
@@ -139,13 +183,17 @@ class BrokerServer:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         next_expiry = clock() + EXPIRE_EVERY
+        next_allow_check = clock() + ALLOW_CHECK_EVERY
         while not self.stopping:
             timeout = max(0, min(POLL_MS, int((next_expiry - clock()) * 1000)))
             outgoing = self._drain() if poller.poll(timeout) else []
             if clock() >= next_expiry:
                 outgoing += self.broker.expire_idle()
                 next_expiry = clock() + EXPIRE_EVERY
-            if self.reload_requested and self.auth is not None:
+            if clock() >= next_allow_check:
+                next_allow_check = clock() + ALLOW_CHECK_EVERY
+                self._look_at_allowed()
+            if self.reload_requested:
                 self.reload_requested = False
                 self.reload_allowed()
             self._commit(outgoing)
@@ -191,10 +239,27 @@ class BrokerServer:
             self.auth.stop()
 
 
+def allow_snapshot(folder: Path | None) -> tuple[tuple[str, int, int], ...] | None:
+    """What identifies the --allow folder's keys as they are now (name, mtime, size): a change means re-read."""
+    if folder is None:
+        return None
+    try:
+        return tuple(sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in folder.glob("*.key")))
+    except OSError:  # the folder went away or is unreadable for now: compare again at the next look
+        return None
+
+
 def raise_file_limit(wanted: int = WANTED_FILES) -> str:
-    """Raise the soft open-file limit towards ``wanted`` (up to the hard limit); say what came of it."""
+    """Raise the soft open-file limit towards ``wanted`` (up to the hard limit); say what came of it.
+
+    Where there is no such limit to raise (Windows: no ``resource`` module), there is nothing to say."""
+    if resource is None:
+        return ""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if sys.platform == "darwin":
+        # macOS reports an unlimited hard limit but refuses a soft one above OPEN_MAX (setrlimit: EINVAL).
+        target = min(target, MACOS_OPEN_MAX)
     if soft != resource.RLIM_INFINITY and soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
@@ -210,11 +275,14 @@ def raise_file_limit(wanted: int = WANTED_FILES) -> str:
     return ""
 
 
-def client_command(host: str, port: int, curve: Curve | None) -> str:
+RELOAD_HINT = "re-read when its keys change" + (", and on SIGHUP" if hasattr(signal, "SIGHUP") else "")
+
+
+def client_command(host: str, port: int, curve: Curve | None, launcher: str = "python client.py") -> str:
     """The exact command a user on another machine runs to join this broker."""
     if host in ("0.0.0.0", "::", "*", ""):
         host = socket.gethostname()
-    command = f"python client.py --host {shlex.quote(host)} --port {port}"
+    command = f"{launcher} --host {shlex.quote(host)} --port {port}"
     if curve is not None:
         # "=": a Z85 key may begin with "-", which would otherwise read as an option
         command += f" --server-key={shlex.quote(curve.public.decode())}"
@@ -222,28 +290,19 @@ def client_command(host: str, port: int, curve: Curve | None) -> str:
 
 
 def serve(
-    host: str,
-    port: int,
-    pub_port: int,
-    broker: Broker,
+    server: BrokerServer,
     *,
-    pub_hwm: int = PUB_HWM,
-    curve: Curve | None = None,
     announce: Announce | None = None,
+    launcher: str = "python client.py",
     out: TextIO = sys.stdout,
 ) -> int:
-    """Run a broker in this process until SIGINT or SIGTERM. Returns the exit code."""
-    warning = raise_file_limit()
-    if warning:
-        print(f"broker: warning: {warning}", file=sys.stderr, flush=True)
-    try:
-        server = BrokerServer(host, port, pub_port, broker, pub_hwm=pub_hwm, curve=curve)
-    except zmq.ZMQError as exc:
-        print(f"broker: cannot listen on {host} ports {port} and {pub_port}: {exc}", file=sys.stderr)
-        return 1
+    """Run a bound server, with its broker attached, in this process until SIGINT or SIGTERM. Returns
+    the exit code. ``launcher``: how users start a client, for the command the broker prints."""
+    host, curve = server.host, server.curve
     signal.signal(signal.SIGINT, server.stop)
     signal.signal(signal.SIGTERM, server.stop)
-    signal.signal(signal.SIGHUP, server.request_reload)
+    if hasattr(signal, "SIGHUP"):  # POSIX; everywhere, the --allow folder is also re-read when it changes
+        signal.signal(signal.SIGHUP, server.request_reload)
     print(
         f"broker: listening on {p.endpoint(host, server.port)} (ROUTER: joins, commands, chat) "
         f"and {p.endpoint(host, server.pub_port)} (PUB: fan-out)",
@@ -251,9 +310,9 @@ def serve(
         flush=True,
     )
     if curve is not None:
-        admitted = f"client keys in {curve.allow} only (SIGHUP re-reads it)" if curve.allow else "any client key"
+        admitted = f"client keys in {curve.allow} only ({RELOAD_HINT})" if curve.allow else "any client key"
         print(f"broker: encrypted (CURVE), admitting {admitted}", file=out, flush=True)
-    print(f"broker: clients join with: {client_command(host, server.port, curve)}", file=out, flush=True)
+    print(f"broker: clients join with: {client_command(host, server.port, curve, launcher)}", file=out, flush=True)
     announcer = None
     if announce is not None:
         key = curve.public.decode() if curve is not None else ""

@@ -55,6 +55,7 @@ HELP = """commands:
 
 
 Outgoing = Union[p.Say, p.Pm]
+_HIDDEN_OWN_KINDS = frozenset((p.KIND_MSG, p.KIND_ACTION, p.KIND_ENTER, p.KIND_PART))
 
 
 class ClientCore:
@@ -448,6 +449,11 @@ class ClientCore:
         if self.state not in ("joining", "lost"):
             return []  # a late answer to a retried JOIN
         was_lost = self.state == "lost"
+        # A first WELCOME is always a new session, so the broker has just published our join event in
+        # each room, right after rooms[room]: fetch it with the history, to show it as everyone sees it.
+        # (After a reconnect the session may have been taken over, with no join event: if there is one,
+        # the next gap brings it.)
+        own_join = 0 if was_lost else 1
         self.state = "joined"
         self.name = welcome.name
         self._own_key = p.name_key(welcome.name)  # compared with every event's sender: computed once
@@ -470,7 +476,7 @@ class ClientCore:
             self.private_seq = self._private_asked = 0
         self.history_id = welcome.history_id
         for room, last in welcome.rooms.items():
-            out += self._follow(room, last, now)
+            out += self._follow(room, last, now, own_join)
         # What was never acknowledged goes again first, then what was typed while away, in order.
         self.waiting.extendleft(reversed([m for m, _ in self.unacked.values()]))
         self.unacked.clear()
@@ -493,14 +499,15 @@ class ClientCore:
             return [ev.Unsubscribe(room)]
         return [ev.Send(change)]
 
-    def _follow(self, room: str, last: int, now: float) -> list[ev.Action]:
-        """Start (or go on) showing ``room`` after its event ``last``, with history_lines before it."""
+    def _follow(self, room: str, last: int, now: float, own_events: int = 0) -> list[ev.Action]:
+        """Start (or go on) showing ``room`` after its event ``last``, with history_lines before it, and
+        the ``own_events`` published for us right after ``last`` (our join)."""
         feed = self.feeds.get(room)
         if feed is None:
             feed = self.feeds[room] = Feed.starting_after(last, self.history_lines)
         out = self._show(feed.resume())  # heard while getting back in, and now known to follow on
-        if feed.expected <= last:
-            out += self._fetch(room, (feed.expected, last), now)
+        if feed.expected <= last + own_events:
+            out += self._fetch(room, (feed.expected, last + own_events), now)
         return out
 
     def _error(self, error: p.Error, now: float) -> list[ev.Action]:
@@ -579,11 +586,16 @@ class ClientCore:
         return [ev.Public(e, show_room=several) for e in events if not self._is_own(e)]
 
     def _is_own(self, event: p.Event) -> bool:
-        """Our own events since we joined are not shown back to us: ACK, WELCOME and ENTERED stand for
-        them. A topic we set is shown: it is how the change is confirmed."""
+        """Our own events since we joined that are not shown back to us: our lines and actions (shown
+        as typed, then ACKed), our room changes (ENTERED and PARTED stand for them) and the leave of
+        the session we are ending. Our join is shown, as everyone else sees it, and so is the leave of
+        a session the broker ended (timed out) while we were away; so is a topic we set: it is how the
+        change is confirmed."""
+        if event.kind not in _HIDDEN_OWN_KINDS and not (event.kind == p.KIND_LEAVE and self.state == "closing"):
+            return False
         feed = self.feeds.get(event.room)
         own = p.name_key(event.name) == self._own_key
-        return own and feed is not None and event.seq >= feed.live_from and event.kind != p.KIND_TOPIC
+        return own and feed is not None and event.seq >= feed.live_from
 
     def _fetch(self, room: str, wanted: Range, now: float) -> list[ev.Action]:
         self.feeds[room].fetching = Fetching(wanted[0], wanted[1], now)

@@ -6,7 +6,7 @@ It runs in one thread. Front ends call ``submit`` from any thread and receive wh
 
 from __future__ import annotations
 
-import os
+import itertools
 import queue
 import threading
 import time
@@ -25,6 +25,7 @@ HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 _EOF = object()
+_wake_numbers = itertools.count()  # one inproc address per Connection of this process
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,15 @@ class Connection:
         self.sub_port: int | None = None
         self.rooms: set[str] = set()
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
+        # Front ends wake the loop through an inproc PAIR, not a pipe: Windows' zmq_poll polls sockets only.
+        address = f"inproc://chat-client-wake-{next(_wake_numbers)}"
+        self._wake = self.ctx.socket(zmq.PAIR)
+        self._wake.bind(address)
+        self._waker = self.ctx.socket(zmq.PAIR)  # used by any thread, always under _lock
+        self._waker.connect(address)
         self._lock = threading.RLock()  # re-entrant: a signal handler on the loop thread may submit
         self._closed = False
-        self.poller.register(self._wake_r, zmq.POLLIN)
+        self.poller.register(self._wake, zmq.POLLIN)
         self.exit: ev.Exit | None = None
 
     # ------------------------------------------------------------------ for front ends (any thread)
@@ -109,11 +115,14 @@ class Connection:
         self._submit(_EOF)
 
     def _submit(self, item: object) -> None:
-        with self._lock:  # never write to the wake pipe once close() has closed it (its fd may be reused)
+        with self._lock:  # never touch the wake socket once close() has closed it
             if self._closed:
                 return
             self._inbox.put(item)
-            os.write(self._wake_w, b".")
+            try:
+                self._waker.send(b"", zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # a thousand wake-ups are queued already: the loop will see this item with them
 
     # ------------------------------------------------------------------ the loop
 
@@ -130,7 +139,7 @@ class Connection:
                         self._drain(self.dealer, self.core.on_direct)
                     elif sock is self.sub:
                         self._drain(self.sub, self.core.on_published)
-                    elif sock == self._wake_r:
+                    elif sock is self._wake:
                         self._read_inbox()
                     elif sock is self.monitor:
                         self._read_monitor()
@@ -165,7 +174,11 @@ class Connection:
             self._apply(self.core.on_handshake_failed(problem, handshake_certain(kind, value), self.clock()))
 
     def _read_inbox(self) -> None:
-        os.read(self._wake_r, 4096)
+        for _ in range(10_000):  # bounded; the loop polls again if more are left
+            try:
+                self._wake.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
         while self.exit is None:
             try:
                 item = self._inbox.get_nowait()
@@ -258,5 +271,5 @@ class Connection:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                os.close(self._wake_r)
-                os.close(self._wake_w)
+                self._waker.close(linger=0)
+                self._wake.close(linger=0)

@@ -124,6 +124,7 @@ class ChatApp(App[int]):
         self.tz = tz
         self.encrypted = encrypted
         self.handle_signals = handle_signals
+        self._signals: list[int] = []  # those add_leave_handlers could set
         self.colour = not self.no_color
         self.nick = ""
         self.room = ""  # the room we type into, once the core has said
@@ -173,19 +174,16 @@ class ChatApp(App[int]):
         self.input_line.rooms = lambda: list(self.rooms)
         self._refresh_status()
         if self.handle_signals:
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, self.action_leave)
+            self._signals = add_leave_handlers(asyncio.get_running_loop(), self.action_leave)
         self.conn = self.connect(self._show_from_thread)
         self.thread = threading.Thread(target=self._run_connection, name="chat-connection", daemon=True)
         self.connection_running = True
         self.thread.start()
 
     def on_unmount(self) -> None:
-        if self.handle_signals:
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
+        loop = asyncio.get_running_loop()
+        for signum in self._signals:
+            loop.remove_signal_handler(signum)
         if self.connection_running and not self.leaving:
             self._submit_eof()  # the screen closed some other way: still leave the chat properly
 
@@ -447,6 +445,22 @@ class ChatApp(App[int]):
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+
+def add_leave_handlers(loop: asyncio.AbstractEventLoop, leave: Callable[[], None]) -> list[int]:
+    """SIGTERM and SIGINT leave the chat cleanly, where the event loop can handle signals.
+
+    Windows' event loops cannot (``add_signal_handler`` raises NotImplementedError): there Ctrl-C
+    reaches the app as a key, which the ctrl+c binding turns into the same leave. Returns the signals set.
+    """
+    done = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, leave)
+        except NotImplementedError:
+            break
+        done.append(signum)
+    return done
 
 
 def run_tui(connect: Connect, *, address: str, encrypted: bool = False) -> int:
