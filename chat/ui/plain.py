@@ -41,6 +41,8 @@ class LineFrontEnd:
                 self._line(self.fmt.event(event))
         elif isinstance(item, ev.PrivateIn):
             self._line(self.fmt.private(item.private))
+        elif isinstance(item, ev.NothingOlder):
+            self._notice(item.reason)
         elif isinstance(item, ev.RosterShown):
             self._line(self.fmt.roster(item.roster))
         elif isinstance(item, ev.Notice):
