@@ -277,7 +277,7 @@ def test_a_line_is_sent_as_say_and_shown_as_pending() -> None:
     core = joined()
     actions, message = typed(core, "hello there")
     assert isinstance(message, p.Say) and (message.text, message.room, message.kind) == ("hello there", GENERAL, "msg")
-    assert actions == [ev.Sent(message.id, "msg", "hello there"), ev.Send(message)]
+    assert actions == [ev.Sent(message.id, "msg", "hello there", room=GENERAL), ev.Send(message)]
     assert direct(core, p.Ack(message.id, 5, 123), 1.1) == [ev.Acked(message.id, 5, 123)]
     assert direct(core, p.Ack(message.id, 5, 123), 1.2) == []  # the ack of a resend
 
@@ -315,7 +315,7 @@ def test_me_sends_an_action() -> None:
     core = joined()
     actions, message = typed(core, "/me waves")
     assert isinstance(message, p.Say) and (message.text, message.kind) == ("waves", p.KIND_ACTION)
-    assert ev.Sent(message.id, p.KIND_ACTION, "waves") in actions
+    assert ev.Sent(message.id, p.KIND_ACTION, "waves", room=GENERAL) in actions
 
 
 @pytest.mark.parametrize("line, room", [("/who", ""), ("/whosonline", ""), ("/WHO", "")])

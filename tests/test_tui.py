@@ -325,6 +325,8 @@ def test_history_recall_and_tab_completion(procs: Processes, broker: Broker, app
             await paste(pilot, "/pm b")
             await pilot.press("tab")
             await type_line(pilot, "psst")
+            await until(pilot, "a buffer for the private talk", lambda: "2:Bea" in status_text(app), procs)
+            await type_line(pilot, "/switch bea")
             await until(pilot, "the private line sent", shown(app, rf"^{TIME} \[private → Bea\] <alice> psst$"), procs)
             assert app.focused is field
 
@@ -364,14 +366,22 @@ def test_private_messages_are_marked_and_foreign_text_is_neutralised(
         async with app.run_test(size=SIZE) as pilot:
             await joined(pilot, app, procs)
             bob.send("/pm alice [bold]psst[/bold] \x1b[2J")
+            await until(pilot, "a buffer for bob, with the line unread", lambda: "2:bob[1]" in status_text(app), procs)
+            assert matching(app, r"psst") == []  # not in #general
+            await pilot.press("ctrl+n")
+            assert app.buffers.shown.peer == "bob" and app.users.sorted() == ["alice", "bob"]
             await until(pilot, "bob's private line", shown(app, r"\[private\] <bob> \[bold\]psst\[/bold\] \^\[\[2J$"), procs)
-            await type_line(pilot, "/pm bob back at you")
+            await type_line(pilot, "back at you")  # in bob's buffer: to bob
             bob.expect(private("alice", "back at you"))
             await until(pilot, "the acknowledgement", lambda: not app._pending, procs)
             assert matching(app, rf"^{TIME} \[private → bob\] <alice> back at you$")
+            await pilot.press("alt+1")
+            assert app.buffers.shown.room == "#general"
             await type_line(pilot, "/pm nobody are you there")  # refused: marked, not left pending
-            await until(pilot, "the refusal", shown(app, r"^!!:!! \[private → nobody\] <alice> are you there$"), procs)
-            assert matching(app, r"nobody called nobody is online") and not app._pending
+            await until(pilot, "the refusal, where it was typed", shown(app, r"nobody called nobody is online"), procs)
+            await type_line(pilot, "/switch 3")
+            assert app.buffers.shown.peer == "nobody" and not app._pending
+            assert matching(app, r"^!!:!! \[private → nobody\] <alice> are you there$")
 
     run(scenario)
 
@@ -403,7 +413,7 @@ def test_scrolling_past_the_top_loads_older_lines(procs: Processes, broker: Brok
             olds = [int(m.group(1)) for line in lines(app) if (m := re.search(r"<\w+> old (\d+)$", line))]
             assert olds == list(range(1, 31))  # everything once, in order
             await pilot.press("pageup", "pageup")
-            await until(pilot, "the beginning", lambda: "#general" in app._at_beginning, procs)
+            await until(pilot, "the beginning", lambda: app.buffers.shown.at_beginning, procs)
             await pilot.press("pageup")
             assert len(matching(app, r"nothing older")) <= 1
             while not log.is_vertical_scroll_end:
@@ -475,7 +485,7 @@ def test_rooms_the_list_shows_the_room_typed_into(procs: Processes, broker: Brok
             assert matching(app, r"--> bob has joined #dev$")
             await type_line(pilot, "in dev")
             bob.expect(rf"^{TS} #dev alice: in dev$")  # bob is in two rooms too
-            await until(pilot, "the line, named by its room", shown(app, rf"^{TIME} #dev <alice> in dev$"), procs)
+            await until(pilot, "the line, in the buffer of #dev", shown(app, rf"^{TIME} <alice> in dev$"), procs)
             await paste(pilot, "/switch #g")
             await pilot.press("tab")
             assert app.input_line.value == "/switch #general "
@@ -485,7 +495,7 @@ def test_rooms_the_list_shows_the_room_typed_into(procs: Processes, broker: Brok
             bob.send("/switch #dev")
             bob.send("two unread")
             bob.send("lines in dev")
-            await until(pilot, "unread counts for #dev", lambda: "#dev[2]" in status_text(app), procs)
+            await until(pilot, "unread counts for #dev", lambda: "2:#dev[2]" in status_text(app), procs)
             assert app.unread == {"#dev": 2}
             await type_line(pilot, "/switch #dev")
             await until(pilot, "read once switched", lambda: app.room == "#dev" and "[2]" not in status_text(app), procs)

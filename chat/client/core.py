@@ -419,7 +419,7 @@ class ClientCore:
         else:
             pieces = [message]
         self.waiting.extend(pieces)
-        shown: list[ev.Action] = [ev.Sent(m.id, kind, m.text, getattr(m, "to", "")) for m in pieces]
+        shown: list[ev.Action] = [ev.Sent(m.id, kind, m.text, getattr(m, "to", ""), getattr(m, "room", "")) for m in pieces]
         return shown + self._pump(now)
 
     def _pump(self, now: float) -> list[ev.Action]:

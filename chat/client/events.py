@@ -125,7 +125,8 @@ class Sent:
     id: str
     kind: str
     text: str
-    to: str = ""
+    to: str = ""  # a pm: its addressee
+    room: str = ""  # a line or an action: its room
 
 
 @dataclass(frozen=True)
