@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from datetime import tzinfo
 from typing import Callable, Protocol
 
@@ -149,6 +150,7 @@ class ChatApp(App[int]):
         self._joined_once = False
         self._roster_due = False  # (re)connected: the user list needs a fresh roster
         self.rosters: dict[str, list[str]] = {}  # room -> its members, once asked for; kept up by events
+        self._typing_into: deque[str] = deque()  # the rooms of our TypeInto requests, until answered
 
     # ------------------------------------------------------------------ layout
 
@@ -348,7 +350,14 @@ class ChatApp(App[int]):
     # ------------------------------------------------------------------ buffers
 
     def _rooms_changed(self, rooms: tuple[str, ...], current: str) -> None:
-        moved = current != self.room
+        # The core moved to another room: show it, unless that answers our TypeInto (the reader may be
+        # somewhere else by now).
+        while self._typing_into and self._typing_into[0] not in rooms:
+            self._typing_into.popleft()  # refused: we left that room meanwhile
+        answer = bool(self._typing_into) and self._typing_into[0] == current
+        if answer:
+            self._typing_into.popleft()
+        moved = current != self.room and not answer
         self.rooms, self.room = rooms, current
         by_key = {b.key: b for b in self.buffers.rooms}
         lobby = by_key.pop(LOBBY, None)
@@ -401,7 +410,9 @@ class ChatApp(App[int]):
             buffer.unread = 0
             self.buffers.shown = buffer
         buffer.log.display = True
-        if tell_core and buffer.room and buffer.room != p.room_key(self.room):
+        typing_into = self._typing_into[-1] if self._typing_into else p.room_key(self.room)
+        if tell_core and buffer.room and buffer.room != typing_into:
+            self._typing_into.append(buffer.room)
             self.request(ev.TypeInto(buffer.room))  # what is typed here goes to this room
         if buffer.peer:
             self.users.show_talk(buffer.peer, self.nick)
