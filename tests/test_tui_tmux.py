@@ -62,13 +62,15 @@ class Tmux:
             pytest.fail(f"tmux {' '.join(args)} failed: {done.stderr.strip()}")
         return done.stdout
 
-    def start(self, argv: list[str]) -> None:
-        """Run ``argv`` in the pane; the shell around it writes its exit status to a file.
+    def start(self, argv: list[str], then: str = "") -> None:
+        """Run ``argv`` in the pane; the shell around it writes its exit status to a file, then runs ``then``.
 
         (tmux itself sometimes reaps a pane's process seconds late, so ``#{pane_dead_status}`` cannot be
         waited on; nor can the screen right after the exit, which tmux redraws as the pane dies.)
         """
         command = " ".join(shlex.quote(a) for a in argv) + f"; echo $? > {shlex.quote(str(self.status))}"
+        if then:
+            command += f"; {then}"
         self.cmd("new-session", "-d", "-s", self.session, "-x", str(WIDTH), "-y", str(HEIGHT), "-c", str(REPO), command)
         shell = int(self.pane("#{pane_pid}"))
         self.pids.append(shell)
@@ -220,4 +222,21 @@ def test_a_person_chats_in_the_full_screen_client(procs: Processes, broker: Brok
 
     tmux.keys("C-d")  # on an empty input line: leave
     assert tmux.exit_status(procs) == 0
+    bob.expect(left("alice"))
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_d_at_the_plain_prompt_leaves_and_the_shell_prompt_starts_on_its_own_line(
+    procs: Processes, broker: Broker, tmux: Tmux
+) -> None:
+    bob = procs.join("bob", broker)
+    argv = [sys.executable, "client.py", "--plain", "--host", HOST, "--port", str(broker.port), "--name", "alice"]
+    tmux.start(argv, then="printf 'SHELL$ '")  # what a shell prompt would print
+    tmux.wait_for("alice's prompt", r"^>$", procs)  # (capture-pane drops trailing spaces)
+    bob.send("hi alice")
+    tmux.wait_for("bob's line, and the prompt again", r"bob: hi alice\n>$", procs)
+    tmux.keys("C-d")
+    assert tmux.exit_status(procs) == 0
+    screen = tmux.wait_for("the shell's prompt", r"^SHELL\$", procs)
+    assert re.search(r"^> *\n(.*\n)*SHELL\$", screen, re.MULTILINE), screen
     bob.expect(left("alice"))

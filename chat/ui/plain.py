@@ -68,6 +68,13 @@ class LineFrontEnd:
                 self.err.write("\n".join(lines) + "\n")
                 self.err.flush()
 
+    def end_line(self) -> None:
+        """End the prompt's line (interactive mode), so that what follows starts on a line of its own."""
+        if self.interactive:
+            with self._lock:
+                self.out.write("\n")
+                self.out.flush()
+
     def fail(self, text: str) -> None:
         """The client's last words, always on stderr."""
         with self._lock:
@@ -103,6 +110,7 @@ def read_input(conn: Connection, front: LineFrontEnd, stdin: TextIO) -> None:
             try:
                 line = input(front.prompt)
             except (EOFError, KeyboardInterrupt):
+                front.end_line()  # Ctrl-D leaves the cursor after the prompt: the shell's starts below
                 break
             conn.submit(line)
     else:
