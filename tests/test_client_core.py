@@ -399,6 +399,12 @@ def test_a_word_longer_than_the_limit_is_cut_and_nothing_is_lost(line: str, kind
     assert all(getattr(m, "kind", "pm") == kind for m in messages)
 
 
+def test_lines_are_broken_to_fit_the_limit_the_broker_says() -> None:
+    core = joined(max_text=10)
+    messages = sent(core.on_input("a few words over ten characters", 1.0))
+    assert [m.text for m in messages] == ["a few", "words over", "ten", "characters"]
+
+
 def test_split_text_keeps_short_text_whole_and_drops_only_the_white_space_at_a_break() -> None:
     assert client_core.split_text(" a b", 4) == [" a b"]
     assert client_core.split_text("ab cd", 3) == ["ab", "cd"]

@@ -259,6 +259,20 @@ def test_a_line_over_the_text_limit_arrives_as_several_broken_between_words(proc
     assert alice.matching(r"at most", err=True) == []
 
 
+@pytest.mark.timeout(20)
+def test_lines_are_broken_to_fit_a_brokers_lower_text_limit(procs: Processes) -> None:
+    broker = procs.broker(5.0, "--max-text", "20")
+    alice = procs.join("alice", broker)
+    bob = procs.join("bob", broker)
+    alice.expect(joined("bob"))
+    alice.send("twenty characters is not a lot of room")
+    for piece in ("twenty characters is", "not a lot of room"):
+        bob.expect(said("alice", piece))
+    alice.send("still here")
+    bob.expect(said("alice", "still here"))
+    assert alice.matching(r"at most", err=True) == []
+
+
 # --------------------------------------------------------------------------- names
 
 

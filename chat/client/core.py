@@ -93,6 +93,7 @@ class ClientCore:
         self.token = secrets.token_hex(16)  # lets a JOIN on a new connection take this session back
         self.history_id = ""
         self.heartbeat = DEFAULT_HEARTBEAT
+        self.max_text = p.MAX_TEXT_CHARS  # characters in one line, as the broker's WELCOME says
         self.timeout = DEFAULT_TIMEOUT
         self.feeds: dict[str, Feed] = {}  # room -> its events' order and gaps
         self.unacked: OrderedDict[str, tuple[Outgoing, float]] = OrderedDict()  # sent, in flight
@@ -412,8 +413,9 @@ class ClientCore:
 
     def _send_line(self, message: Outgoing, kind: str, now: float) -> list[ev.Action]:
         """Queue a line; one over the text limit goes as several, broken between words as IRC clients do."""
-        if len(message.text) > p.MAX_TEXT_CHARS:
-            pieces = [msgspec.structs.replace(message, id=self._next_id(), text=t) for t in split_text(message.text)]
+        if len(message.text) > self.max_text:
+            texts = split_text(message.text, self.max_text)
+            pieces = [msgspec.structs.replace(message, id=self._next_id(), text=t) for t in texts]
         elif problem := p.text_problem(message.text):
             return [ev.Notice(problem, "error")]
         else:
@@ -505,6 +507,7 @@ class ClientCore:
         self._own_key = p.name_key(welcome.name)  # compared with every event's sender: computed once
         self.heartbeat = welcome.heartbeat_ms / 1000
         self.timeout = welcome.timeout_ms / 1000
+        self.max_text = min(max(1, welcome.max_text), p.MAX_TEXT_CHARS)
         self._last_ping = now
         self.pub_port = welcome.pub_port
         self.rooms = list(welcome.rooms)
