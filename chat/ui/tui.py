@@ -1,15 +1,17 @@
 """The full-screen terminal client (Textual), in the manner of weechat, irssi and gomuks::
 
-    ┌─ title: the room, what this is, how to get help ───────────┐
-    │ message pane (chat.ui.chatlog)               │ user list   │
+    ┌─ title: the buffer shown, what this is, how to get help ───┐
+    │ message pane of the buffer (chat.ui.chatlog) │ user list   │
     │ 14:03 <bob> hello                            │ #general (2)│
     │                                              │ alice       │
-    ├─ status: broker, connection, encryption, rooms, name ──────┤
+    ├─ status: broker, connection, encryption, buffers, name ────┤
     └─ [alice] the input line, focused from the start ───────────┘
 
+A buffer (``chat.ui.buffers``) per room and per private talk, each with its own pane; one is shown.
 Textual owns the screen, so traffic never garbles what is being typed. The client core stays UI-agnostic:
 ``Connection.run()`` drives it in a thread of its own and hands every ``events.Show`` item to this app as
-a message (``post_message`` is thread-safe); what the user types goes back with ``Connection.submit``.
+a message (``post_message`` is thread-safe); what the user types goes back with ``Connection.submit``,
+and what the app asks for itself (rosters, older lines, the room typed into) with ``Connection.request``.
 The plain line mode (``chat.ui.plain``) consumes the very same items.
 
 Why not ``App.call_from_thread``: it blocks the connection thread until the callback has run, and a
