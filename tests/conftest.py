@@ -20,6 +20,8 @@ from typing import IO, Callable, Iterator, Pattern
 
 import pytest
 
+from chat.client import events as ev
+
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 
@@ -422,6 +424,29 @@ class Processes:
             except OSError as exc:  # go on: every other process must still be ended
                 problems.append(f"{process.label} (pid {process.pid}): {exc!r}")
         assert not problems, f"could not end every process: {problems}"
+
+
+class ScriptedConnection:
+    """Stands in for ``chat.client.net.Connection`` in a full-screen client with no broker: it records
+    what the app submits and requests, and runs until end of input (``ended``)."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+        self.requests: list[ev.Request] = []
+        self.ended = threading.Event()
+
+    def run(self) -> ev.Exit:
+        self.ended.wait(STOP_TIMEOUT)
+        return ev.Exit(ev.EXIT_OK)
+
+    def submit(self, line: str) -> None:
+        self.submitted.append(line)
+
+    def submit_eof(self) -> None:
+        self.ended.set()
+
+    def request(self, request: ev.Request) -> None:
+        self.requests.append(request)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from chat.client.net import Connection
 from chat.ui.chatlog import HISTORY_RULE, NEW_RULE, ChatLog, Entry, render_text, safe
 from chat.ui.editing import COMMANDS, Completer, InputHistory
 from chat.ui.tui import OLDER_LINES, ChatApp
-from conftest import HOST, STOP_TIMEOUT, TS, Broker, Processes, left, private, said
+from conftest import HOST, STOP_TIMEOUT, TS, Broker, Processes, ScriptedConnection, left, private, said
 
 WAIT = 10.0  # seconds for anything to show up on the screen
 SIZE = (80, 24)
@@ -510,36 +510,12 @@ def test_rooms_the_list_shows_the_room_typed_into(procs: Processes, broker: Brok
 # --------------------------------------------------------------------------- buffers, paste, Ctrl-D
 
 
-class Scripted:
-    """Stands in for the connection (no broker): records what the app submits and requests."""
-
-    def __init__(self) -> None:
-        self.submitted: list[str] = []
-        self.requests: list[ev.Request] = []
-        self.ended = asyncio.Event()
-
-    def run(self) -> ev.Exit:
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while not self.ended.is_set() and time.monotonic() < deadline:
-            time.sleep(0.01)  # the polling interval of a wait with a deadline, in the connection thread
-        return ev.Exit(ev.EXIT_OK)
-
-    def submit(self, line: str) -> None:
-        self.submitted.append(line)
-
-    def submit_eof(self) -> None:
-        self.ended.set()
-
-    def request(self, request: ev.Request) -> None:
-        self.requests.append(request)
-
-
 def public(seq: int, name: str, text: str, room: str = "#general", history: bool = False) -> ev.Public:
     return ev.Public(p.Event(seq, 1_764_190_000_000 + seq * 1000, p.KIND_MSG, name, text, room), history=history)
 
 
-def scripted_app() -> tuple[ChatApp, Scripted]:
-    conn = Scripted()
+def scripted_app() -> tuple[ChatApp, ScriptedConnection]:
+    conn = ScriptedConnection()
     # The clock: just after the events of ``public`` 1-3, so that all is one day and in time order.
     return ChatApp(lambda show: conn, address="test:5555", clock=lambda: 1_764_190_003.5, tz=timezone.utc), conn
 

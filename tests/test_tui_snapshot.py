@@ -8,7 +8,6 @@ pictures with ``pytest tests/test_tui_snapshot.py --snapshot-update``.
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timezone
 from typing import Callable, Union
 
@@ -18,38 +17,16 @@ from textual.pilot import Pilot
 from chat import protocol as p
 from chat.client import events as ev
 from chat.ui.tui import ChatApp
+from conftest import ScriptedConnection
 
 NOW = datetime(2026, 11, 26, 9, 43, 30, tzinfo=timezone.utc)
 ADDRESS = "chat.example.lan:5555"
 SIZE = (80, 24)
-STOP_TIMEOUT = 10.0
 
 
 def at(day: int, hour: int, minute: int) -> int:
     """A broker time stamp (ms since the epoch) in November 2026, UTC."""
     return int(datetime(2026, 11, day, hour, minute, tzinfo=timezone.utc).timestamp() * 1000)
-
-
-class ScriptedConnection:
-    """Stands in for ``chat.client.net.Connection``: no sockets; it runs until end of input."""
-
-    def __init__(self) -> None:
-        self.submitted: list[str] = []
-        self.requests: list[ev.Request] = []
-        self._ended = threading.Event()
-
-    def run(self) -> ev.Exit:
-        self._ended.wait(STOP_TIMEOUT)
-        return ev.Exit(ev.EXIT_OK)
-
-    def submit(self, line: str) -> None:
-        self.submitted.append(line)
-
-    def submit_eof(self) -> None:
-        self._ended.set()
-
-    def request(self, request: ev.Request) -> None:
-        self.requests.append(request)
 
 
 def event(seq: int, ts: int, kind: str, name: str, text: str = "", history: bool = False) -> ev.Public:

@@ -421,7 +421,9 @@ class ClientCore:
         else:
             pieces = [message]
         self.waiting.extend(pieces)
-        shown: list[ev.Action] = [ev.Sent(m.id, kind, m.text, getattr(m, "to", ""), getattr(m, "room", "")) for m in pieces]
+        shown: list[ev.Action] = [
+            ev.Sent(m.id, kind, m.text, getattr(m, "to", ""), getattr(m, "room", "")) for m in pieces
+        ]
         return shown + self._pump(now)
 
     def _pump(self, now: float) -> list[ev.Action]:

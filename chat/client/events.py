@@ -183,7 +183,8 @@ class Exit:
 
 
 Show = Union[
-    Public, RoomsChanged, RoomsListed, Older, NothingOlder, PrivateIn, Sent, Acked, Failed, RosterShown, Notice, AskName, Status
+    Public, RoomsChanged, RoomsListed, Older, NothingOlder, PrivateIn, Sent, Acked, Failed, RosterShown, Notice,
+    AskName, Status,
 ]
 Action = Union[Send, Reconnect, Subscribe, Unsubscribe, Show, Exit]
 

@@ -98,7 +98,9 @@ class Entry:
         known = event.kind in (MSG, ACTION, JOIN, LEAVE, ENTER, PART, TOPIC)
         kind = event.kind if known else EVENT
         detail = "" if known else event.kind
-        return cls(kind, event.ts, event.name, event.text, detail, room=event.room, show_room=show_room, history=history)
+        return cls(
+            kind, event.ts, event.name, event.text, detail, room=event.room, show_room=show_room, history=history
+        )
 
     def day(self, tz: tzinfo | None) -> str:
         if not self._day:

@@ -445,7 +445,8 @@ class ChatApp(App[int]):
                 return
             buffer = self._talk(target)
         if buffer is None:
-            self._notice(f"no buffer {safe(target)}: /join a room first" if target else "usage: /switch #room, NAME or N", "error")
+            problem = f"no buffer {safe(target)}: /join a room first" if target else "usage: /switch #room, NAME or N"
+            self._notice(problem, "error")
             return
         self._view(buffer)
 
