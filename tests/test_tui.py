@@ -404,6 +404,10 @@ def test_scrolling_past_the_top_loads_older_lines(procs: Processes, broker: Brok
             await joined(pilot, app, procs)
             await until(pilot, "the recent lines", shown(app, r"<carol> old 30$"), procs)
             assert matching(app, r"<carol> old 25$") == []
+            texts = [re.sub(rf"^{TIME} ", "", line) for line in lines(app)]
+            recent = [texts.index(f"<carol> old {n}") for n in range(26, 31)]
+            notice = texts.index("-!- joined as alice; type /help for commands")
+            assert texts[recent[0] - 1].startswith(HISTORY_RULE) and recent == sorted(recent) and recent[-1] < notice
             log = app.log_pane
             deadline = time.monotonic() + WAIT
             while not matching(app, r"<bob> old 1$"):  # each PgUp scrolls a page, or loads more at the top
@@ -586,6 +590,11 @@ def test_buffers_switch_by_number_name_and_keys_with_a_rule_above_what_is_new() 
             await type_line(pilot, "/switch #nowhere")
             assert matching(app, r"no buffer #nowhere") and app.buffers.shown.peer == "zed"
             assert not any(line.startswith("/switch") for line in conn.submitted)
+            await pilot.press("alt+2")
+            app.show(ev.RoomsChanged(("#general",), "#general"))  # we left #dev: its buffer goes
+            await pilot.pause()
+            assert [b.title for b in app.buffers.ordered()] == ["#general", "carol", "zed"]
+            assert app.buffers.shown.room == "#general" and len(app.query(ChatLog)) == 3
 
     run(scenario)
 
