@@ -662,6 +662,17 @@ def test_leave_typed_before_entered_is_not_refused_locally() -> None:
     assert isinstance(say, p.Say) and say.room == GENERAL
 
 
+def test_a_front_ends_room_switch_waits_for_the_lines_typed_before_it() -> None:
+    core = joined()
+    typed(core, "/join #dev")
+    typed(core, "for dev")  # held until the ENTERED: it goes to #dev
+    assert core.on_request(ev.TypeInto(GENERAL), 1.0) == []  # after it, not before
+    actions = direct(core, p.Entered("#dev", 0), 1.1)
+    [say] = sent(actions)
+    assert isinstance(say, p.Say) and say.room == "#dev"
+    assert core.current == GENERAL and ev.RoomsChanged((GENERAL, "#dev"), GENERAL) in actions
+
+
 def test_lines_held_behind_a_refused_room_change_go_on() -> None:
     core = joined()
     typed(core, "/join #dev")
