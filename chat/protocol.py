@@ -198,6 +198,7 @@ class Welcome(Message, frozen=True):
     heartbeat_ms: int
     timeout_ms: int
     history_id: str
+    max_text: int = MAX_TEXT_CHARS  # the broker's --max-text: a client breaks longer lines to fit
 
 
 class Entered(Message, frozen=True):

@@ -21,6 +21,8 @@ from typing import IO, Any, Callable, Iterator, Pattern
 
 import pytest
 
+from chat.client import events as ev
+
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 
@@ -569,6 +571,29 @@ def relays() -> Iterator[Callable[..., Relay]]:
     finally:
         for relay in made:
             relay.close()
+
+
+class ScriptedConnection:
+    """Stands in for ``chat.client.net.Connection`` in a full-screen client with no broker: it records
+    what the app submits and requests, and runs until end of input (``ended``)."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+        self.requests: list[ev.Request] = []
+        self.ended = threading.Event()
+
+    def run(self) -> ev.Exit:
+        self.ended.wait(STOP_TIMEOUT)
+        return ev.Exit(ev.EXIT_OK)
+
+    def submit(self, line: str) -> None:
+        self.submitted.append(line)
+
+    def submit_eof(self) -> None:
+        self.ended.set()
+
+    def request(self, request: ev.Request) -> None:
+        self.requests.append(request)
 
 
 @pytest.fixture

@@ -321,7 +321,7 @@ def test_a_line_is_sent_as_say_and_shown_as_pending() -> None:
     core = joined()
     actions, message = typed(core, "hello there")
     assert isinstance(message, p.Say) and (message.text, message.room, message.kind) == ("hello there", GENERAL, "msg")
-    assert actions == [ev.Sent(message.id, "msg", "hello there"), ev.Send(message)]
+    assert actions == [ev.Sent(message.id, "msg", "hello there", room=GENERAL), ev.Send(message)]
     assert direct(core, p.Ack(message.id, 5, 123), 1.1) == [ev.Acked(message.id, 5, 123)]
     assert direct(core, p.Ack(message.id, 5, 123), 1.2) == []  # the ack of a resend
 
@@ -359,7 +359,7 @@ def test_me_sends_an_action() -> None:
     core = joined()
     actions, message = typed(core, "/me waves")
     assert isinstance(message, p.Say) and (message.text, message.kind) == ("waves", p.KIND_ACTION)
-    assert ev.Sent(message.id, p.KIND_ACTION, "waves") in actions
+    assert ev.Sent(message.id, p.KIND_ACTION, "waves", room=GENERAL) in actions
 
 
 @pytest.mark.parametrize("line, room", [("/who", ""), ("/whosonline", ""), ("/WHO", "")])
@@ -369,6 +369,34 @@ def test_who_asks_for_the_roster(line: str, room: str) -> None:
     assert message == p.Who(room)
     roster = p.Roster("", ["alice", "bob"], 5)
     assert direct(core, roster, 1.1) == [ev.RosterShown(roster)]
+
+
+def test_a_roster_a_front_end_asks_for_is_told_apart_from_one_the_user_asked_for() -> None:
+    core = joined()
+    _, typed_who = typed(core, "/who #general")
+    asked_by_ui = sent(core.on_request(ev.AskRoster("#General"), 1.0))
+    assert typed_who == p.Who("#general") and asked_by_ui == [p.Who("#General")]
+    roster = p.Roster(GENERAL, ["alice", "bob"], 5)
+    assert direct(core, roster, 1.1) == [ev.RosterShown(roster, asked=True)]
+    assert direct(core, roster, 1.2) == [ev.RosterShown(roster, asked=False)]
+    assert direct(core, roster, 1.3) == [ev.RosterShown(roster, asked=True)]  # unasked: printed
+
+
+def test_a_front_end_asks_for_older_lines_of_a_room_and_hears_when_there_are_none() -> None:
+    core = joined(rooms={GENERAL: 3, "#dev": 0})
+    assert sent(core.on_request(ev.AskOlder(GENERAL, 2), 1.0)) == [p.Fetch(GENERAL, 2, 3, id="older#general")]
+    assert direct(core, history(first=2, last=3), 1.1) == [ev.NothingOlder(GENERAL, "nothing older is kept in #general")]
+    assert core.on_request(ev.AskOlder("#dev", 20), 1.2) == [ev.NothingOlder("#dev", "there is nothing older in #dev")]
+    core.current = "#dev"
+    assert core.on_input("/history", 1.3) == [ev.NothingOlder("#dev", "there is nothing older in #dev")]
+
+
+def test_a_front_end_changes_the_room_typed_into_without_a_notice() -> None:
+    core = joined(rooms={GENERAL: 3, "#dev": 0})
+    assert core.on_request(ev.TypeInto("#DEV"), 1.0) == [ev.RoomsChanged((GENERAL, "#dev"), "#dev")]
+    _, message = typed(core, "there")
+    assert isinstance(message, p.Say) and message.room == "#dev"
+    assert notices(core.on_request(ev.TypeInto("#nowhere"), 1.1)) and core.current == "#dev"
 
 
 def test_help_lists_the_commands_and_sends_nothing() -> None:
@@ -391,14 +419,41 @@ def test_blank_line_does_nothing() -> None:
     assert core.on_input("   \n", 1.0) == []
 
 
-def test_text_too_long_is_an_error_notice_and_not_sent() -> None:
+def test_a_line_over_the_limit_goes_as_several_broken_between_words() -> None:
     core = joined()
-    actions, message = typed(core, "x" * (p.MAX_TEXT_CHARS + 1))
-    assert message is None and notices(actions) and core.unacked == {}
-    _, message = typed(core, "/me " + "x" * (p.MAX_TEXT_CHARS + 1))
-    assert message is None
-    _, message = typed(core, "x" * p.MAX_TEXT_CHARS)
-    assert isinstance(message, p.Say)
+    words = " ".join(f"word{n:04}" for n in range(500))  # 4499 characters
+    actions = core.on_input(words, 1.0)
+    says = sent(actions)
+    assert len(says) == 3 and all(isinstance(m, p.Say) and len(m.text) <= p.MAX_TEXT_CHARS for m in says)
+    assert " ".join(m.text for m in says) == words  # only the spaces at the breaks go
+    assert all(not m.text.startswith(" ") and not m.text.endswith(" ") for m in says)
+    assert len({m.id for m in says}) == 3 and list(core.unacked) == [m.id for m in says]  # in order
+    assert [(a.id, a.text) for a in actions if isinstance(a, ev.Sent)] == [(m.id, m.text) for m in says]
+    _, message = typed(core, "x" * p.MAX_TEXT_CHARS)  # the limit itself: one line
+    assert isinstance(message, p.Say) and len(message.text) == p.MAX_TEXT_CHARS
+
+
+@pytest.mark.parametrize("line, kind", [("/me ", p.KIND_ACTION), ("/pm bob ", "pm"), ("", p.KIND_MSG)])
+def test_a_word_longer_than_the_limit_is_cut_and_nothing_is_lost(line: str, kind: str) -> None:
+    core = joined()
+    text = "y" * (2 * p.MAX_TEXT_CHARS + 5)
+    messages = sent(core.on_input(line + text, 1.0))
+    assert [len(m.text) for m in messages] == [p.MAX_TEXT_CHARS, p.MAX_TEXT_CHARS, 5]
+    assert "".join(m.text for m in messages) == text
+    assert all(getattr(m, "kind", "pm") == kind for m in messages)
+
+
+def test_lines_are_broken_to_fit_the_limit_the_broker_says() -> None:
+    core = joined(max_text=10)
+    messages = sent(core.on_input("a few words over ten characters", 1.0))
+    assert [m.text for m in messages] == ["a few", "words over", "ten", "characters"]
+
+
+def test_split_text_keeps_short_text_whole_and_drops_only_the_white_space_at_a_break() -> None:
+    assert client_core.split_text(" a b", 4) == [" a b"]
+    assert client_core.split_text("ab cd", 3) == ["ab", "cd"]
+    assert client_core.split_text("ab\tcdef", 5) == ["ab", "cdef"]
+    assert client_core.split_text("ab  " + " " * 6 + "e", 4) == ["ab", "e"]
 
 
 def test_an_unacknowledged_line_is_resent_with_the_same_id() -> None:
@@ -616,6 +671,9 @@ def test_history_lines_fetches_the_last_n_on_the_first_welcome() -> None:
     actions = direct(core, p.History(GENERAL, [p.event_body(e) for e in older], 16, 21), 0.2)
     # Our own line from an earlier session is history too; our join comes after the history, in order.
     assert shown(actions) == [16, 17, 18, 19, 20, 21]
+    publics = [a for a in actions if isinstance(a, ev.Public)]
+    assert [a.history for a in publics] == [True] * 5 + [False]  # from before we joined; our join is not
+    assert [a.history for a in publish(core, event(22))] == [False]
 
 
 @pytest.mark.parametrize("last, expected", [(3, [gap_fetch(1, 4)]), (0, [gap_fetch(1, 1)])])
@@ -700,6 +758,17 @@ def test_leave_typed_before_entered_is_not_refused_locally() -> None:
     assert sent(actions) == [p.Part("#dev")] and notices(actions) == []
     [say] = sent(direct(core, p.Parted("#dev"), 1.2))
     assert isinstance(say, p.Say) and say.room == GENERAL
+
+
+def test_a_front_ends_room_switch_waits_for_the_lines_typed_before_it() -> None:
+    core = joined()
+    typed(core, "/join #dev")
+    typed(core, "for dev")  # held until the ENTERED: it goes to #dev
+    assert core.on_request(ev.TypeInto(GENERAL), 1.0) == []  # after it, not before
+    actions = direct(core, p.Entered("#dev", 0), 1.1)
+    [say] = sent(actions)
+    assert isinstance(say, p.Say) and say.room == "#dev"
+    assert core.current == GENERAL and ev.RoomsChanged((GENERAL, "#dev"), GENERAL) in actions
 
 
 def test_lines_held_behind_a_refused_room_change_go_on() -> None:

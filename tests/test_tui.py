@@ -23,10 +23,10 @@ from chat import protocol as p
 from chat.client import events as ev
 from chat.client.core import ClientCore
 from chat.client.net import Connection
-from chat.ui.chatlog import ChatLog, Entry, render_text, safe
+from chat.ui.chatlog import HISTORY_RULE, NEW_RULE, ChatLog, Entry, render_text, safe
 from chat.ui.editing import COMMANDS, Completer, InputHistory
-from chat.ui.tui import ChatApp
-from conftest import HOST, STOP_TIMEOUT, TS, Broker, Processes, left, private, said
+from chat.ui.tui import OLDER_LINES, ChatApp
+from conftest import HOST, STOP_TIMEOUT, TS, Broker, Processes, ScriptedConnection, left, private, said
 
 WAIT = 10.0  # seconds for anything to show up on the screen
 SIZE = (80, 24)
@@ -325,6 +325,8 @@ def test_history_recall_and_tab_completion(procs: Processes, broker: Broker, app
             await paste(pilot, "/pm b")
             await pilot.press("tab")
             await type_line(pilot, "psst")
+            await until(pilot, "a buffer for the private talk", lambda: "2:Bea" in status_text(app), procs)
+            await type_line(pilot, "/switch bea")
             await until(pilot, "the private line sent", shown(app, rf"^{TIME} \[private → Bea\] <alice> psst$"), procs)
             assert app.focused is field
 
@@ -364,14 +366,22 @@ def test_private_messages_are_marked_and_foreign_text_is_neutralised(
         async with app.run_test(size=SIZE) as pilot:
             await joined(pilot, app, procs)
             bob.send("/pm alice [bold]psst[/bold] \x1b[2J")
+            await until(pilot, "a buffer for bob, with the line unread", lambda: "2:bob[1]" in status_text(app), procs)
+            assert matching(app, r"psst") == []  # not in #general
+            await pilot.press("ctrl+n")
+            assert app.buffers.shown.peer == "bob" and app.users.sorted() == ["alice", "bob"]
             await until(pilot, "bob's private line", shown(app, r"\[private\] <bob> \[bold\]psst\[/bold\] \^\[\[2J$"), procs)
-            await type_line(pilot, "/pm bob back at you")
+            await type_line(pilot, "back at you")  # in bob's buffer: to bob
             bob.expect(private("alice", "back at you"))
             await until(pilot, "the acknowledgement", lambda: not app._pending, procs)
             assert matching(app, rf"^{TIME} \[private → bob\] <alice> back at you$")
+            await pilot.press("alt+1")
+            assert app.buffers.shown.room == "#general"
             await type_line(pilot, "/pm nobody are you there")  # refused: marked, not left pending
-            await until(pilot, "the refusal", shown(app, r"^!!:!! \[private → nobody\] <alice> are you there$"), procs)
-            assert matching(app, r"nobody called nobody is online") and not app._pending
+            await until(pilot, "the refusal, where it was typed", shown(app, r"nobody called nobody is online"), procs)
+            await type_line(pilot, "/switch 3")
+            assert app.buffers.shown.peer == "nobody" and not app._pending
+            assert matching(app, r"^!!:!! \[private → nobody\] <alice> are you there$")
 
     run(scenario)
 
@@ -394,6 +404,10 @@ def test_scrolling_past_the_top_loads_older_lines(procs: Processes, broker: Brok
             await joined(pilot, app, procs)
             await until(pilot, "the recent lines", shown(app, r"<carol> old 30$"), procs)
             assert matching(app, r"<carol> old 25$") == []
+            texts = [re.sub(rf"^{TIME} ", "", line) for line in lines(app)]
+            recent = [texts.index(f"<carol> old {n}") for n in range(26, 31)]
+            notice = texts.index("-!- joined as alice; type /help for commands")
+            assert texts[recent[0] - 1].startswith(HISTORY_RULE) and recent == sorted(recent) and recent[-1] < notice
             log = app.log_pane
             deadline = time.monotonic() + WAIT
             while not matching(app, r"<bob> old 1$"):  # each PgUp scrolls a page, or loads more at the top
@@ -403,7 +417,7 @@ def test_scrolling_past_the_top_loads_older_lines(procs: Processes, broker: Brok
             olds = [int(m.group(1)) for line in lines(app) if (m := re.search(r"<\w+> old (\d+)$", line))]
             assert olds == list(range(1, 31))  # everything once, in order
             await pilot.press("pageup", "pageup")
-            await until(pilot, "the beginning", lambda: "#general" in app._at_beginning, procs)
+            await until(pilot, "the beginning", lambda: app.buffers.shown.at_beginning, procs)
             await pilot.press("pageup")
             assert len(matching(app, r"nothing older")) <= 1
             while not log.is_vertical_scroll_end:
@@ -475,7 +489,7 @@ def test_rooms_the_list_shows_the_room_typed_into(procs: Processes, broker: Brok
             assert matching(app, r"--> bob has joined #dev$")
             await type_line(pilot, "in dev")
             bob.expect(rf"^{TS} #dev alice: in dev$")  # bob is in two rooms too
-            await until(pilot, "the line, named by its room", shown(app, rf"^{TIME} #dev <alice> in dev$"), procs)
+            await until(pilot, "the line, in the buffer of #dev", shown(app, rf"^{TIME} <alice> in dev$"), procs)
             await paste(pilot, "/switch #g")
             await pilot.press("tab")
             assert app.input_line.value == "/switch #general "
@@ -485,7 +499,7 @@ def test_rooms_the_list_shows_the_room_typed_into(procs: Processes, broker: Brok
             bob.send("/switch #dev")
             bob.send("two unread")
             bob.send("lines in dev")
-            await until(pilot, "unread counts for #dev", lambda: "#dev[2]" in status_text(app), procs)
+            await until(pilot, "unread counts for #dev", lambda: "2:#dev[2]" in status_text(app), procs)
             assert app.unread == {"#dev": 2}
             await type_line(pilot, "/switch #dev")
             await until(pilot, "read once switched", lambda: app.room == "#dev" and "[2]" not in status_text(app), procs)
@@ -493,5 +507,159 @@ def test_rooms_the_list_shows_the_room_typed_into(procs: Processes, broker: Brok
             bob.send("/leave #general")
             await until(pilot, "bob gone from #general", lambda: app.users.sorted() == ["alice"], procs)
             assert matching(app, r"online \(") == []  # the app's own /who never prints
+
+    run(scenario)
+
+
+# --------------------------------------------------------------------------- buffers, paste, Ctrl-D
+
+
+def public(seq: int, name: str, text: str, room: str = "#general", history: bool = False) -> ev.Public:
+    return ev.Public(p.Event(seq, 1_764_190_000_000 + seq * 1000, p.KIND_MSG, name, text, room), history=history)
+
+
+def scripted_app() -> tuple[ChatApp, ScriptedConnection]:
+    conn = ScriptedConnection()
+    # The clock: just after the events of ``public`` 1-3, so that all is one day and in time order.
+    return ChatApp(lambda show: conn, address="test:5555", clock=lambda: 1_764_190_003.5, tz=timezone.utc), conn
+
+
+def connected(app: ChatApp, rooms: tuple[str, ...] = ("#general", "#dev")) -> None:
+    app.show(ev.Status("connected", "alice"))
+    app.show(ev.RoomsChanged(rooms, rooms[0]))
+
+
+@pytest.mark.timeout(30)
+def test_the_app_asks_the_core_for_rosters_and_older_lines_and_types_no_command() -> None:
+    app, conn = scripted_app()
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            connected(app)
+            await pilot.pause()
+            assert conn.requests == [ev.AskRoster("#general")]
+            app.show(ev.RosterShown(p.Roster("#general", ["alice", "bob"], 1), asked=False))
+            await pilot.press("pageup")  # at the top: older lines, asked for
+            assert conn.requests[-1] == ev.AskOlder("#general", OLDER_LINES)
+            app.show(ev.NothingOlder("#general", "there is nothing older in #general"))
+            await pilot.press("pageup")  # the beginning: not asked again
+            assert conn.requests[-1] == ev.AskOlder("#general", OLDER_LINES)
+            await pilot.press("ctrl+n")  # #dev: the core types there now, and its roster is asked for
+            assert conn.requests[-2:] == [ev.TypeInto("#dev"), ev.AskRoster("#dev")]
+            app.show(ev.RoomsChanged(("#general", "#dev"), "#dev"))  # the core's answer
+            await pilot.press("ctrl+p")  # back: the roster of #general is known, and kept
+            assert conn.requests[-1] == ev.TypeInto("#general") and app.users.sorted() == ["alice", "bob"]
+            assert conn.submitted == []  # nothing typed on the user's behalf
+            assert [line[6:] for line in matching(app, r"online|nothing older")] == ["-!- there is nothing older in #general"]
+
+    run(scenario)
+
+
+@pytest.mark.timeout(30)
+def test_buffers_switch_by_number_name_and_keys_with_a_rule_above_what_is_new() -> None:
+    app, conn = scripted_app()
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            connected(app)
+            app.show(public(1, "bob", "seen before"))
+            app.show(ev.PrivateIn(p.Private("carol", "alice", "psst", 1_764_190_000_000)))
+            await pilot.pause()
+            assert [b.title for b in app.buffers.ordered()] == ["#general", "#dev", "carol"]
+            assert matching(app, "psst") == [] and "3:carol[1]" in status_text(app)
+            await pilot.press("alt+3")
+            assert app.buffers.shown.peer == "carol" and matching(app, r"\[private\] <carol> psst$")
+            await type_line(pilot, "hi carol")  # in a private talk: a private message
+            await type_line(pilot, "/me waves")  # a command stays a command
+            assert conn.submitted == ["/msg carol hi carol", "/me waves"]
+            app.show(public(2, "bob", "new one"))
+            app.show(public(3, "bob", "new two"))
+            app.show(public(1, "dave", "in dev", room="#dev"))
+            await pilot.pause()
+            assert "1:#general[2]" in status_text(app) and "2:#dev[1]" in status_text(app)
+            await type_line(pilot, "/switch #general")
+            assert app.buffers.shown.room == "#general" and "[2]" not in status_text(app)
+            rule = next(i for i, line in enumerate(lines(app)) if line.startswith(NEW_RULE))
+            assert [re.sub(TIME + " ", "", line) for line in lines(app)[rule + 1 :]] == ["<bob> new one", "<bob> new two"]
+            await type_line(pilot, "/switch 2")
+            assert app.buffers.shown.room == "#dev" and matching(app, r"<dave> in dev$")
+            await pilot.press("ctrl+n", "ctrl+n")  # round the end
+            assert app.buffers.shown.room == "#general"
+            await type_line(pilot, "/switch zed")  # a private talk, begun
+            assert app.buffers.shown.peer == "zed" and "4:zed" in status_text(app)
+            await type_line(pilot, "/switch #nowhere")
+            assert matching(app, r"no buffer #nowhere") and app.buffers.shown.peer == "zed"
+            assert not any(line.startswith("/switch") for line in conn.submitted)
+            await pilot.press("alt+2")
+            app.show(ev.RoomsChanged(("#general",), "#general"))  # we left #dev: its buffer goes
+            await pilot.pause()
+            assert [b.title for b in app.buffers.ordered()] == ["#general", "carol", "zed"]
+            assert app.buffers.shown.room == "#general" and len(app.query(ChatLog)) == 3
+
+    run(scenario)
+
+
+@pytest.mark.timeout(30)
+def test_history_on_joining_is_marked_and_placed_before_the_join_notice_in_time_order() -> None:
+    app, conn = scripted_app()
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            app.show(ev.Status("connected", "alice"))  # "joined as alice" first, as the core says it
+            app.show(ev.RoomsChanged(("#general",), "#general"))
+            app.show(ev.Sent("a-1", "msg", "typed at once", room="#general"))
+            for seq in (1, 2, 3):  # the FETCH for --history answers later
+                app.show(public(seq, "bob", f"old {seq}", history=True))
+            app.show(public(4, "bob", "live"))
+            await pilot.pause()
+            texts = [re.sub(rf"^({TIME}|--:--) ", "", line).rstrip("─ ") for line in lines(app)]
+            start = texts.index(HISTORY_RULE.strip())
+            assert texts[start:] == [
+                HISTORY_RULE.strip(), "<bob> old 1", "<bob> old 2", "<bob> old 3",
+                "-!- joined as alice; type /help for commands", "<alice> typed at once", "<bob> live",
+            ]  # fmt: skip
+            assert [e.history for e in app.log_pane.entries] == [True, True, True, False, False, False]
+
+    run(scenario)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("typed", ["", "some text"])
+def test_ctrl_d_on_an_empty_line_leaves_and_otherwise_deletes(typed: str) -> None:
+    app, conn = scripted_app()
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            connected(app)
+            await paste(pilot, typed)
+            app.input_line.cursor_position = 0
+            await pilot.press("ctrl+d")
+            await pilot.pause()
+            assert conn.ended.is_set() == (typed == "")
+            assert app.input_line.value == typed[1:]
+            conn.ended.set()
+            await until(pilot, "the app to exit", lambda: app.return_code is not None)
+
+    run(scenario)
+    assert app.return_code == ev.EXIT_OK
+
+
+@pytest.mark.timeout(40)
+def test_a_paste_of_many_lines_sends_every_line_in_order_at_the_brokers_pace(
+    procs: Processes, broker: Broker, apps: list[ChatApp]
+) -> None:
+    bob = procs.join("bob", broker)
+    app = chat_app(apps, broker, "alice")
+    pasted = [f"pasted {n}" for n in range(30)]  # over the broker's burst of 20: some wait for "slow down"
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await joined(pilot, app, procs)
+            await paste(pilot, "ah: " + "\n".join(pasted) + "\n")
+            assert app.input_line.value == ""
+            for line in ["ah: pasted 0", *pasted[1:]]:
+                bob.expect(said("alice", line))
+            await until(pilot, "every pasted line acknowledged", lambda: not app._pending, procs)
+            assert len(matching(app, r"<alice> (ah: )?pasted \d+$")) == 30
 
     run(scenario)

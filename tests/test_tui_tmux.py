@@ -45,6 +45,9 @@ class Tmux:
         self.config.write_text("set -g remain-on-exit on\n")  # keep the pane (and its last words) after exit
         self.status = folder / "status"
         self.pids: list[int] = []  # the pane's shell, then the client
+        # Without COLUMNS and LINES (pytest-xdist's workers set 80 and 24): the client would take them for
+        # the size of its terminal instead of the pane's, and never follow a resize.
+        self.env = {k: v for k, v in python_env().items() if k not in ("COLUMNS", "LINES")}
 
     def cmd(self, *args: str) -> str:
         done = subprocess.run(
@@ -52,20 +55,22 @@ class Tmux:
             capture_output=True,
             text=True,
             timeout=TMUX_TIMEOUT,
-            env=python_env(),
+            env=self.env,
             check=False,
         )
         if done.returncode != 0:
             pytest.fail(f"tmux {' '.join(args)} failed: {done.stderr.strip()}")
         return done.stdout
 
-    def start(self, argv: list[str]) -> None:
-        """Run ``argv`` in the pane; the shell around it writes its exit status to a file.
+    def start(self, argv: list[str], then: str = "") -> None:
+        """Run ``argv`` in the pane; the shell around it writes its exit status to a file, then runs ``then``.
 
         (tmux itself sometimes reaps a pane's process seconds late, so ``#{pane_dead_status}`` cannot be
         waited on; nor can the screen right after the exit, which tmux redraws as the pane dies.)
         """
         command = " ".join(shlex.quote(a) for a in argv) + f"; echo $? > {shlex.quote(str(self.status))}"
+        if then:
+            command += f"; {then}"
         self.cmd("new-session", "-d", "-s", self.session, "-x", str(WIDTH), "-y", str(HEIGHT), "-c", str(REPO), command)
         shell = int(self.pane("#{pane_pid}"))
         self.pids.append(shell)
@@ -145,7 +150,7 @@ def user_row(name: str) -> str:
 @pytest.mark.timeout(40)
 def test_a_person_chats_in_the_full_screen_client(procs: Processes, broker: Broker, tmux: Tmux) -> None:
     tmux.start([sys.executable, "client.py", "--host", HOST, "--port", str(broker.port), "--name", "alice"])
-    tmux.wait_for("alice to join", r"│ connected │ not encrypted │ #general │ alice", procs)
+    tmux.wait_for("alice to join", r"│ connected │ not encrypted │ 1:#general │ alice", procs)
     screen = tmux.wait_for("the user list", user_row("alice"), procs)
     assert re.search(r"^ #general — LAN chat", screen, re.MULTILINE), screen  # the title line
     assert screen.rstrip("\n").splitlines()[-1].startswith("[alice] "), screen  # the input, at the bottom
@@ -158,7 +163,12 @@ def test_a_person_chats_in_the_full_screen_client(procs: Processes, broker: Brok
     bob.send("/pm alice psst, a secret")
     tmux.wait_for("bob's line", r"^\d\d:\d\d <bob> hello alice", procs)
     tmux.wait_for("carol's action", r"^\d\d:\d\d  \* carol waves at everyone", procs)
+    # The private line opens a buffer of its own (2, with one unread line): Alt+2 reads it, Alt+1 goes back.
+    tmux.wait_for("a buffer for bob's private line", r"│ 1:#general 2:bob\[1\] │ alice", procs)
+    tmux.keys("M-2")
     tmux.wait_for("bob's private line", r"^\d\d:\d\d \[private\] <bob> psst, a secret", procs)
+    tmux.keys("M-1")
+    tmux.wait_for("back in #general", r"│ 1:#general 2:bob │ alice", procs)
 
     # Alice answers, completing bob's name with Tab; both see it, and she sees it once, time-stamped.
     tmux.type("hi b")
@@ -189,7 +199,10 @@ def test_a_person_chats_in_the_full_screen_client(procs: Processes, broker: Brok
 
     # A smaller terminal: everything re-laid out, the status and input lines still at the bottom.
     tmux.cmd("resize-window", "-t", tmux.session, "-x", "80", "-y", "24")
-    screen = tmux.wait_for("the 80x24 layout", r"│ connected │ not encrypted │ #general │ alice\s*\n\[alice\]", procs)
+    # (From the title on the first row to the input line on the last: a screen drawn whole, not mid-redraw.)
+    whole = r"\A #general — LAN chat[\s\S]*"
+    bottom = r"1:#general 2:bob │ alice\s*\n\[alice\][^\n]*\n*\Z"
+    screen = tmux.wait_for("the 80x24 layout", whole + r"│ connected │ not encrypted │ " + bottom, procs)
     rows = screen.rstrip("\n").splitlines()
     assert len(rows) == 24 and max(len(r) for r in rows) <= 80, screen
     carol.close_stdin()
@@ -197,7 +210,36 @@ def test_a_person_chats_in_the_full_screen_client(procs: Processes, broker: Brok
     assert not re.search(user_row("carol"), screen, re.MULTILINE), screen
     print(f"\n--- alice's screen (80x24) ---\n{screen}")
 
-    tmux.type("/quit")
-    tmux.keys("Enter")
+    # Smaller still: the user list gives way; the status line keeps her name.
+    tmux.cmd("resize-window", "-t", tmux.session, "-x", "50", "-y", "15")
+    no_user_list = r"\A(?![\s\S]*▏)"
+    screen = tmux.wait_for("the 50x15 layout", no_user_list + whole + bottom, procs)
+    assert max(len(r) for r in screen.splitlines()) <= 50, screen
+
+    # A paste of several lines (bracketed, as a terminal pastes): every line goes, in order.
+    tmux.cmd("set-buffer", "pasted one\npasted two\npasted three")
+    tmux.cmd("paste-buffer", "-p", "-t", tmux.session)
+    for line in ("pasted one", "pasted two", "pasted three"):
+        bob.expect(said("alice", line))
+    tmux.wait_for("the pasted lines, acknowledged", r"^\d\d:\d\d <alice> pasted three", procs)
+
+    tmux.keys("C-d")  # on an empty input line: leave
     assert tmux.exit_status(procs) == 0
+    bob.expect(left("alice"))
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_d_at_the_plain_prompt_leaves_and_the_shell_prompt_starts_on_its_own_line(
+    procs: Processes, broker: Broker, tmux: Tmux
+) -> None:
+    bob = procs.join("bob", broker)
+    argv = [sys.executable, "client.py", "--plain", "--host", HOST, "--port", str(broker.port), "--name", "alice"]
+    tmux.start(argv, then="printf 'SHELL$ '")  # what a shell prompt would print
+    tmux.wait_for("alice's prompt", r"^>$", procs)  # (capture-pane drops trailing spaces)
+    bob.send("hi alice")
+    tmux.wait_for("bob's line, and the prompt again", r"bob: hi alice\n>$", procs)
+    tmux.keys("C-d")
+    assert tmux.exit_status(procs) == 0
+    screen = tmux.wait_for("the shell's prompt", r"^SHELL\$", procs)
+    assert re.search(r"^> *\n(.*\n)*SHELL\$", screen, re.MULTILINE), screen
     bob.expect(left("alice"))

@@ -390,6 +390,7 @@ class Broker:
             heartbeat_ms=max(timeout_ms // HEARTBEATS_PER_TIMEOUT, 1),
             timeout_ms=timeout_ms,
             history_id=self.history.history_id,
+            max_text=self.max_text,
         )
 
     def _room_seqs(self, session: Session) -> dict[str, int]:

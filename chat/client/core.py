@@ -18,6 +18,8 @@ import secrets
 from collections import OrderedDict, deque
 from typing import Union
 
+import msgspec
+
 from chat import protocol as p
 from chat.client import events as ev
 from chat.client.feed import Feed, Fetching, Range
@@ -58,6 +60,22 @@ Outgoing = Union[p.Say, p.Pm]
 _HIDDEN_OWN_KINDS = frozenset((p.KIND_MSG, p.KIND_ACTION, p.KIND_ENTER, p.KIND_PART))
 
 
+def split_text(text: str, limit: int = p.MAX_TEXT_CHARS) -> list[str]:
+    """``text`` as pieces of at most ``limit`` characters, broken at the last space that fits, or inside a
+    word longer than ``limit``. Only the white space at a break goes."""
+    pieces: list[str] = []
+    while len(text) > limit:
+        cut = max(text.rfind(" ", 1, limit + 1), text.rfind("\t", 1, limit + 1))
+        if cut > 0:
+            pieces.append(text[:cut].rstrip())
+            text = text[cut + 1 :].lstrip()
+        else:
+            pieces.append(text[:limit])
+            text = text[limit:]
+    pieces.append(text)
+    return [piece for piece in pieces if piece]
+
+
 class ClientCore:
     """One user's view of the chat. ``interactive`` means a person can be asked again for a name."""
 
@@ -69,6 +87,7 @@ class ClientCore:
         self.current = self.rooms[0]  # the room we type into
         self.pub_port = 0
         self.room_queries: deque[str] = deque()  # per ROOMS request: "" to list rooms, or a room's topic
+        self.roster_queries: deque[tuple[str, bool]] = deque()  # per WHO: (room key, asked by the user)
         self.interactive = interactive
         self.history_lines = history_lines
         self.state = "naming"
@@ -77,6 +96,7 @@ class ClientCore:
         self.private_seq = 0  # the last PRIVATE shown: a lower or equal one is a resend, not shown again
         self._private_asked = 0  # the highest PONG.private_seq we rejoined for: asked once, not every PONG
         self.heartbeat = DEFAULT_HEARTBEAT
+        self.max_text = p.MAX_TEXT_CHARS  # characters in one line, as the broker's WELCOME says
         self.timeout = DEFAULT_TIMEOUT
         self.feeds: dict[str, Feed] = {}  # room -> its events' order and gaps
         self.unacked: OrderedDict[str, tuple[Outgoing, float]] = OrderedDict()  # sent, in flight
@@ -147,6 +167,23 @@ class ClientCore:
             out += self._quit(now)
         return out
 
+    def on_request(self, request: ev.Request, now: float) -> list[ev.Action]:
+        """What a front end asks for itself (a user list, older lines, another room): see ``events``."""
+        if isinstance(request, ev.TypeInto):
+            if self.held or self.changing is not None:
+                self.held.append(f"/switch {request.room}")  # after the lines typed before it, in order
+                return []
+            room = p.room_key(request.room)
+            if room not in self.rooms:
+                return [ev.Notice(f"you are not in {p.neutralise(request.room)}: /join it first", "error")]
+            self.current = room
+            return [self._rooms_changed()]
+        if self.state != "joined":
+            return []  # a front end asks again once connected (it gets a RoomsChanged then)
+        if isinstance(request, ev.AskRoster):
+            return self._who(request.room, asked=False)
+        return self._older(request.room, request.lines)
+
     def on_eof(self, now: float) -> list[ev.Action]:
         """End of input means /quit."""
         return self._quit(now)
@@ -175,7 +212,7 @@ class ClientCore:
         if isinstance(message, p.Private):
             return self._private(message)
         if isinstance(message, p.Roster):
-            return [ev.RosterShown(message)]
+            return self._roster(message)
         if isinstance(message, p.Bye):
             return self._bye(message, now)
         if isinstance(message, p.Entered):
@@ -265,7 +302,7 @@ class ClientCore:
         if word in ("/who", "/whosonline"):
             if rest and (problem := p.room_problem(rest)):
                 return [ev.Notice(problem, "error")]
-            return [ev.Send(p.Who(rest))]
+            return self._who(rest, asked=True)
         if word in ("/join", "/switch"):
             return self._join_room(word, rest)
         if word == "/leave":
@@ -288,7 +325,9 @@ class ClientCore:
                 return [ev.Notice("usage: /me ACTION", "error")]
             return self._say(rest, p.KIND_ACTION, now)
         if word == "/history":
-            return self._older(rest, now)
+            if rest and not rest.isdigit() or rest == "0":
+                return [ev.Notice("usage: /history [N], N a number of lines", "error")]
+            return self._older(self.current, int(rest or DEFAULT_OLDER))
         if word == "/help":
             return [ev.Notice(HELP)]
         return [ev.Notice(f"unknown command {p.neutralise(word)}; type /help for the list", "error")]
@@ -376,12 +415,19 @@ class ClientCore:
         return [ev.Notice(f"there is no room {query}", "error")]
 
     def _send_line(self, message: Outgoing, kind: str, now: float) -> list[ev.Action]:
-        problem = p.text_problem(message.text)
-        if problem:
+        """Queue a line; one over the text limit goes as several, broken between words as IRC clients do."""
+        if len(message.text) > self.max_text:
+            texts = split_text(message.text, self.max_text)
+            pieces = [msgspec.structs.replace(message, id=self._next_id(), text=t) for t in texts]
+        elif problem := p.text_problem(message.text):
             return [ev.Notice(problem, "error")]
-        self.waiting.append(message)
-        shown = ev.Sent(message.id, kind, message.text, getattr(message, "to", ""))
-        return [shown, *self._pump(now)]
+        else:
+            pieces = [message]
+        self.waiting.extend(pieces)
+        shown: list[ev.Action] = [
+            ev.Sent(m.id, kind, m.text, getattr(m, "to", ""), getattr(m, "room", "")) for m in pieces
+        ]
+        return shown + self._pump(now)
 
     def _pump(self, now: float) -> list[ev.Action]:
         """Send waiting lines, in the order typed, while fewer than MAX_IN_FLIGHT are unacknowledged.
@@ -401,15 +447,28 @@ class ClientCore:
         """What /quit waits for: lines not yet acknowledged, and typed lines not yet taken."""
         return len(self.unacked) + len(self.waiting) + len(self.held) + (self.changing is not None)
 
-    def _older(self, arg: str, now: float) -> list[ev.Action]:
-        if arg and not arg.isdigit() or arg == "0":
-            return [ev.Notice("usage: /history [N], N a number of lines", "error")]
-        room = self.current
+    def _older(self, room: str, lines: int) -> list[ev.Action]:
+        room = p.room_key(room)
         feed = self.feeds.get(room)
-        wanted = feed.older(int(arg or DEFAULT_OLDER)) if feed is not None else None
+        wanted = feed.older(lines) if feed is not None else None
         if wanted is None:
-            return [ev.Notice(f"there is nothing older in {room}")]
+            return [ev.NothingOlder(room, f"there is nothing older in {room}")]
         return [ev.Send(p.Fetch(room, *wanted, id=OLDER_FETCH + room))]
+
+    def _who(self, room: str, *, asked: bool) -> list[ev.Action]:
+        self.roster_queries.append((p.room_key(room), asked))
+        return [ev.Send(p.Who(room))]
+
+    def _roster(self, roster: p.Roster) -> list[ev.Action]:
+        """A WHO's answer: printed if the user asked, for a front end's list if it did (replies come in
+        the order asked; one lost in a reconnect is passed over)."""
+        room = p.room_key(roster.room)
+        for index, (asked_room, asked) in enumerate(self.roster_queries):
+            if asked_room == room:
+                for _ in range(index + 1):
+                    self.roster_queries.popleft()
+                return [ev.RosterShown(roster, asked)]
+        return [ev.RosterShown(roster)]
 
     def _quit(self, now: float) -> list[ev.Action]:
         """Leave, but only once every line typed has been acknowledged (or DRAIN_TIMEOUT has passed)."""
@@ -459,6 +518,7 @@ class ClientCore:
         self._own_key = p.name_key(welcome.name)  # compared with every event's sender: computed once
         self.heartbeat = welcome.heartbeat_ms / 1000
         self.timeout = welcome.timeout_ms / 1000
+        self.max_text = min(max(1, welcome.max_text), p.MAX_TEXT_CHARS)
         self._last_ping = now
         self.pub_port = welcome.pub_port
         self.rooms = list(welcome.rooms)
@@ -555,6 +615,7 @@ class ClientCore:
         """Start getting back in: a fresh DEALER at once (the old one may hold stale requests), then retries."""
         self.state = "lost"
         self._deadline = now + RETRY_INTERVAL
+        self.roster_queries.clear()  # their answers went with the old DEALER
         for feed in self.feeds.values():
             feed.reported = None
         return [
@@ -583,7 +644,12 @@ class ClientCore:
 
     def _show(self, events: list[p.Event]) -> list[ev.Action]:
         several = len(self.rooms) > 1
-        return [ev.Public(e, show_room=several) for e in events if not self._is_own(e)]
+        return [ev.Public(e, several, self._is_history(e)) for e in events if not self._is_own(e)]
+
+    def _is_history(self, event: p.Event) -> bool:
+        """From before we joined its room: the lines shown on joining (--history)."""
+        feed = self.feeds.get(event.room)
+        return feed is not None and event.seq < feed.live_from
 
     def _is_own(self, event: p.Event) -> bool:
         """Our own events since we joined that are not shown back to us: our lines and actions (shown
@@ -613,7 +679,7 @@ class ClientCore:
         asked = (history.first, history.last)  # the range this answers, echoed by the broker
         if feed.browsing == asked:
             feed.browsing = None
-            return [ev.Older(tuple(events))] if events else [ev.Notice(f"nothing older is kept in {room}")]
+            return [ev.Older(tuple(events))] if events else [ev.NothingOlder(room, f"nothing older is kept in {room}")]
         shown, ask, lost = feed.answered(events, asked)
         out = self._lost_events(room, lost) + self._show(shown)
         return out + (self._fetch(room, ask, now) if ask else [])

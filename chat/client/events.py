@@ -1,6 +1,8 @@
 """What the client core asks of the world: things to send (for the driver) and things to show (for a UI).
 
-Every front end (plain line mode, the full-screen UI) consumes the same ``Show`` items.
+Every front end (plain line mode, the full-screen UI) consumes the same ``Show`` items. What a front end
+asks of the core on its own account, rather than as a line the user typed, is a ``Request``: it is
+answered with typed items, never with text to be matched.
 """
 
 from __future__ import annotations
@@ -38,6 +40,35 @@ class Subscribe:
     rooms: tuple[str, ...]
 
 
+# ---------------------------------------------------------------- from a front end
+
+
+@dataclass(frozen=True)
+class AskRoster:
+    """Who is in ``room`` ("": everyone online), for a user list: answered by a ``RosterShown`` with
+    ``asked=False``, which a front end shows in its list and does not print."""
+
+    room: str
+
+
+@dataclass(frozen=True)
+class AskOlder:
+    """``lines`` public events of ``room`` older than the oldest shown: answered by ``Older`` or
+    ``NothingOlder``."""
+
+    room: str
+    lines: int
+
+
+@dataclass(frozen=True)
+class TypeInto:
+    """Make ``room`` (one of ours) the room typed into, without a notice: answered by ``RoomsChanged``."""
+
+    room: str
+
+
+Request = Union[AskRoster, AskOlder, TypeInto]
+
 # ---------------------------------------------------------------- for a front end
 
 
@@ -47,6 +78,7 @@ class Public:
 
     event: p.Event
     show_room: bool = False  # we are in several rooms: say which room it is from
+    history: bool = False  # from before we joined the room (the --history lines shown on joining)
 
 
 @dataclass(frozen=True)
@@ -72,6 +104,14 @@ class Older:
 
 
 @dataclass(frozen=True)
+class NothingOlder:
+    """/history (or ``AskOlder``) found nothing older in ``room``: the beginning is on screen."""
+
+    room: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class PrivateIn:
     """A private message to us."""
 
@@ -85,7 +125,8 @@ class Sent:
     id: str
     kind: str
     text: str
-    to: str = ""
+    to: str = ""  # a pm: its addressee
+    room: str = ""  # a line or an action: its room
 
 
 @dataclass(frozen=True)
@@ -105,7 +146,11 @@ class Acked:
 
 @dataclass(frozen=True)
 class RosterShown:
+    """The members of a room (or everyone online). ``asked``: the user typed /who (print it); otherwise
+    it answers a front end's ``AskRoster`` (a user list only)."""
+
     roster: p.Roster
+    asked: bool = True
 
 
 @dataclass(frozen=True)
@@ -137,7 +182,10 @@ class Exit:
     reason: str = ""
 
 
-Show = Union[Public, RoomsChanged, RoomsListed, Older, PrivateIn, Sent, Acked, Failed, RosterShown, Notice, AskName, Status]
+Show = Union[
+    Public, RoomsChanged, RoomsListed, Older, NothingOlder, PrivateIn, Sent, Acked, Failed, RosterShown, Notice,
+    AskName, Status,
+]
 Action = Union[Send, Reconnect, Subscribe, Unsubscribe, Show, Exit]
 
 # Exit codes of client.py (a public interface: scripts depend on them).

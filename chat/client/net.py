@@ -114,6 +114,10 @@ class Connection:
     def submit_eof(self) -> None:
         self._submit(_EOF)
 
+    def request(self, request: ev.Request) -> None:
+        """What the front end asks for itself (``events.AskRoster``...), answered through ``show``."""
+        self._submit(request)
+
     def _submit(self, item: object) -> None:
         with self._lock:  # never touch the wake socket once close() has closed it
             if self._closed:
@@ -187,9 +191,10 @@ class Connection:
             now = self.clock()
             if item is _EOF:
                 self._apply(self.core.on_eof(now))
-            else:
-                assert isinstance(item, str)
+            elif isinstance(item, str):
                 self._apply(self.core.on_input(item, now))
+            else:
+                self._apply(self.core.on_request(item, now))  # type: ignore[arg-type] # only requests are left
 
     def _apply(self, actions: list[ev.Action]) -> None:
         for action in actions:

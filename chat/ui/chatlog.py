@@ -87,17 +87,20 @@ class Entry:
     failed: bool = False  # OWN: refused by the broker, never delivered
     room: str = ""  # the room of a public line
     show_room: bool = False  # the viewer is in several rooms: name it before the line
-    # Rendering cache: the strips for (width, with day header, colour), and the day.
-    _key: tuple[int, bool, bool] | None = field(default=None, repr=False)
+    history: bool = False  # a public line from before we joined (or older, asked for): shown dim
+    # Rendering cache: the strips for (width, rules above, colour), and the day.
+    _key: tuple[int, tuple[str, ...], bool] | None = field(default=None, repr=False)
     _strips: list[Strip] = field(default_factory=list, repr=False)
     _day: str = field(default="", repr=False)
 
     @classmethod
-    def from_event(cls, event: p.Event, show_room: bool = False) -> Entry:
+    def from_event(cls, event: p.Event, show_room: bool = False, history: bool = False) -> Entry:
         known = event.kind in (MSG, ACTION, JOIN, LEAVE, ENTER, PART, TOPIC)
         kind = event.kind if known else EVENT
         detail = "" if known else event.kind
-        return cls(kind, event.ts, event.name, event.text, detail, room=event.room, show_room=show_room)
+        return cls(
+            kind, event.ts, event.name, event.text, detail, room=event.room, show_room=show_room, history=history
+        )
 
     def day(self, tz: tzinfo | None) -> str:
         if not self._day:
@@ -120,8 +123,12 @@ def name_style(name: str, colour: bool) -> Style:
     return Style(color=_ANSI_NAMES[name_colour(name)])
 
 
-def day_header(ts_ms: int, tz: tzinfo | None) -> Text:
-    return Text(f"── {_local(ts_ms, tz):%A, %Y-%m-%d} ", style="dim")
+def day_rule(ts_ms: int, tz: tzinfo | None) -> str:
+    return f"── {_local(ts_ms, tz):%A, %Y-%m-%d} "
+
+
+HISTORY_RULE = "── history: before you joined "  # above the history lines at the top of a pane
+NEW_RULE = "── new since you were last here "  # above the first line that came in while away
 
 
 def render_text(entry: Entry, tz: tzinfo | None, colour: bool) -> tuple[Text, Text]:
@@ -166,6 +173,8 @@ def render_text(entry: Entry, tz: tzinfo | None, colour: bool) -> tuple[Text, Te
         body = Text(f"-!- {text}", style=dim)
     if entry.show_room and entry.kind not in (ENTER, PART, TOPIC):  # those name their room already
         body = Text.assemble((f"{room} ", "bold"), body)
+    if entry.history:
+        body.stylize(dim)
     return time, body
 
 
@@ -208,8 +217,27 @@ class ChatLog(ScrollView, can_focus=False):
         self._follow = True  # at the bottom: new lines scroll into view
         self._shift = 0  # lines the content moved under the reader since the last _settle
         self._settling = False
+        self.marked: Entry | None = None  # the first line that came in while the reader was away
 
     # ------------------------------------------------------------------ content
+
+    def add_history(self, entry: Entry) -> None:
+        """A history line (``entry.history``): after the history at the top, before everything since
+        joined (the join notice, our own lines), so that the pane stays in time order."""
+        index = 0
+        while index < len(self.entries) and self.entries[index].history:
+            index += 1
+        self.entries.insert(index, entry)
+        self._relayout()
+        self._scrolled()
+
+    def mark_new(self, last_seen: Entry | None) -> None:
+        """Put the "new since you were last here" rule above the first line after ``last_seen`` (None:
+        the reader saw nothing: above the first line), or nowhere when nothing is newer."""
+        index = self.entries.index(last_seen) + 1 if last_seen in self.entries else 0
+        self.marked = self.entries[index] if index < len(self.entries) else None
+        self._relayout()
+        self._scrolled()
 
     def append(self, entry: Entry) -> None:
         self.entries.append(entry)
@@ -225,7 +253,7 @@ class ChatLog(ScrollView, can_focus=False):
         if width > 0 and width == self._laid_out_width and len(self._starts) == len(self.entries) - 1:
             # The usual case: lay out the new line only.
             previous = self.entries[-2].day(self.tz) if len(self.entries) > 1 else ""
-            self._place(entry, entry.day(self.tz) != previous, width)
+            self._place(entry, self._rules(entry, entry.day(self.tz) != previous, first=len(self.entries) == 1), width)
             self._starts.append(self.virtual_size.height)
             self.virtual_size = Size(width, self.virtual_size.height + len(entry._strips))
         else:
@@ -279,9 +307,9 @@ class ChatLog(ScrollView, can_focus=False):
         starts: list[int] = []
         total = 0
         previous_day = ""
-        for entry in self.entries:
+        for index, entry in enumerate(self.entries):
             day = entry.day(self.tz)
-            self._place(entry, day != previous_day, width)
+            self._place(entry, self._rules(entry, day != previous_day, first=index == 0), width)
             previous_day = day
             starts.append(total)
             total += len(entry._strips)
@@ -289,21 +317,31 @@ class ChatLog(ScrollView, can_focus=False):
         self._laid_out_width = width
         self.virtual_size = Size(width, total)
 
-    def _place(self, entry: Entry, header: bool, width: int) -> None:
+    def _rules(self, entry: Entry, new_day: bool, *, first: bool) -> tuple[str, ...]:
+        """The rules above ``entry``: a day's, then the history's (above the first line), then the new lines'."""
+        rules = [day_rule(entry.ts, self.tz)] if new_day else []
+        if first and entry.history:
+            rules.append(HISTORY_RULE)
+        if entry is self.marked:
+            rules.append(NEW_RULE)
+        return tuple(rules)
+
+    def _place(self, entry: Entry, rules: tuple[str, ...], width: int) -> None:
         """Render ``entry`` unless what it looks like is cached."""
-        key = (width, header, self.colour)
+        key = (width, rules, self.colour)
         if entry._key != key:
-            entry._strips = self._render_entry(entry, header, width, self.app.console)
+            entry._strips = self._render_entry(entry, rules, width, self.app.console)
             entry._key = key
 
-    def _render_entry(self, entry: Entry, header: bool, width: int, console: Console) -> list[Strip]:
+    def _render_entry(self, entry: Entry, rules: tuple[str, ...], width: int, console: Console) -> list[Strip]:
         time, body = render_text(entry, self.tz, self.colour)
         lines = body.wrap(console, max(MIN_TEXT_WIDTH, width - TIME_WIDTH), overflow="fold") or [Text()]
         first = _segments(time, console)
         indent = [Segment(" " * TIME_WIDTH)]
         strips = [Strip([*(first if i == 0 else indent), *_segments(line, console)]) for i, line in enumerate(lines)]
-        if header:
-            rule = day_header(entry.ts, self.tz)
+        for text in reversed(rules):
+            style = "dim" if text != NEW_RULE else "bold yellow" if self.colour else "bold"
+            rule = Text(text, style=style)
             rule.append("─" * max(0, width - rule.cell_len))
             strips.insert(0, Strip(_segments(rule, console)))
         return strips

@@ -29,6 +29,7 @@ class LineFrontEnd:
         self.fmt = LineFormatter(colour)
         self.interactive = interactive
         self.prompt = NAME_PROMPT
+        self.prompt_open = False  # interactive: the cursor is on the prompt's line
         self._lock = threading.Lock()
 
     def show(self, item: ev.Show) -> None:
@@ -41,6 +42,8 @@ class LineFrontEnd:
                 self._line(self.fmt.event(event))
         elif isinstance(item, ev.PrivateIn):
             self._line(self.fmt.private(item.private))
+        elif isinstance(item, ev.NothingOlder):
+            self._notice(item.reason)
         elif isinstance(item, ev.RosterShown):
             self._line(self.fmt.roster(item.roster))
         elif isinstance(item, ev.Notice):
@@ -66,6 +69,15 @@ class LineFrontEnd:
                 self.err.write("\n".join(lines) + "\n")
                 self.err.flush()
 
+    def end_line(self) -> None:
+        """End the prompt's line if the cursor is on it (interactive mode: after Ctrl-D, or a prompt drawn
+        again under a line that came in), so that what follows starts on a line of its own."""
+        with self._lock:
+            if self.prompt_open:
+                self.prompt_open = False
+                self.out.write("\n")
+                self.out.flush()
+
     def fail(self, text: str) -> None:
         """The client's last words, always on stderr."""
         with self._lock:
@@ -77,6 +89,7 @@ class LineFrontEnd:
             if self.interactive:
                 # Erase the prompt line, print, then redraw the prompt and what was typed so far.
                 self.out.write(f"\r\x1b[K{line}\n{self.prompt}{_typed_so_far()}")
+                self.prompt_open = True
             else:
                 self.out.write(line + "\n")
             self.out.flush()
@@ -98,10 +111,12 @@ def read_input(conn: Connection, front: LineFrontEnd, stdin: TextIO) -> None:
         except ImportError:  # pragma: no cover
             pass
         while True:
+            front.prompt_open = True  # input() draws it
             try:
                 line = input(front.prompt)
             except (EOFError, KeyboardInterrupt):
-                break
+                break  # Ctrl-D leaves the cursor after the prompt: run_line_mode ends that line
+            front.prompt_open = False  # Enter took the cursor to the next line
             conn.submit(line)
     else:
         for line in stdin:
@@ -113,6 +128,7 @@ def run_line_mode(conn: Connection, front: LineFrontEnd, stdin: TextIO = sys.std
     reader = threading.Thread(target=read_input, args=(conn, front, stdin), daemon=True)
     reader.start()
     result = conn.run()
+    front.end_line()  # the shell's prompt, or the last words, on a line of their own
     if result.reason:
         front.fail(result.reason)
     return result.code
