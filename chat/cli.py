@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from chat import protocol as p
 from chat.broker.core import BURST, MAX_SESSIONS, RATE, SESSION_TIMEOUT
@@ -15,6 +16,9 @@ from chat.broker.server import PUB_HWM
 from chat.client.core import ClientCore
 from chat.client.events import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
 from chat.client.net import ClientCurve
+
+if TYPE_CHECKING:
+    from chat.broker.server import Curve
 from chat.discovery import BEACON_PORT, LISTEN_TIME
 from chat.keys import BROKER_KEY, CLIENT_KEY, KeyFileError, default_key_dir, ensure_keypair, parse_public_key
 
@@ -119,6 +123,10 @@ def broker_parser() -> argparse.ArgumentParser:
     )
     lan.add_argument("--beacon-port", type=_port, default=BEACON_PORT, help="UDP port of the beacon (default %(default)s)")
     lan.add_argument("--name", default=None, help="the broker's name in its beacon (default: the host name)")
+    webgroup = parser.add_argument_group("web client")
+    webgroup.add_argument("--web", type=_port, metavar="PORT", help="also serve the web client on this port (of --host)")
+    webgroup.add_argument("--web-cert", type=Path, help="serve the web client over HTTPS: the certificate (PEM)")
+    webgroup.add_argument("--web-key", type=Path, help="serve the web client over HTTPS: the certificate's key (PEM)")
     return parser
 
 
@@ -218,13 +226,45 @@ def broker_main(argv: list[str] | None = None) -> int:
         rate=args.rate,
         burst=args.burst,
     )
+    beside = None
+    if args.web is not None:
+        try:
+            beside = web_beside(args, curve)
+        except (OSError, KeyFileError, ValueError) as exc:
+            parser.error(f"--web: {exc}")
     try:
         return serve(
-            args.host, args.port, args.pub_port, broker, pub_hwm=args.pub_hwm, curve=curve, announce=announce
+            args.host, args.port, args.pub_port, broker, pub_hwm=args.pub_hwm, curve=curve, announce=announce,
+            beside=beside,
         )
     finally:
         if isinstance(history, SqliteHistory):
             history.close()
+
+
+def web_beside(args: argparse.Namespace, curve: Curve | None) -> Callable[[int], Callable[[], None]]:
+    """``--web``: what starts the web gateway once the broker listens (and returns how to stop it). The
+    gateway is a client like any other, on this machine, with its own key pair when the broker is secure."""
+    from chat.client.host import BrokerAddress
+    from chat.web.run import WEB_KEY, GatewayThread, tls_context
+
+    context = tls_context(args.web_cert, args.web_key)
+    web_curve = None
+    if curve is not None:
+        key_dir = args.key_dir or default_key_dir()
+        public, secret, _ = ensure_keypair(key_dir, WEB_KEY)
+        web_curve = ClientCurve(curve.public, public, secret)
+        if args.allow and not (args.allow / f"{WEB_KEY}.key").is_file():
+            print(f"broker: warning: the web gateway's key {key_dir / (WEB_KEY + '.key')} is not in {args.allow}: "
+                  "copy it there, or web users cannot join", file=sys.stderr, flush=True)
+    local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(args.host, args.host)
+
+    def start(router_port: int) -> Callable[[], None]:
+        gateway = GatewayThread(BrokerAddress(local, router_port, web_curve), args.host, args.web, context=context)
+        gateway.start()
+        return gateway.stop
+
+    return start
 
 
 def client_curve(args: argparse.Namespace) -> ClientCurve | None:

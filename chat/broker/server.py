@@ -230,9 +230,13 @@ def serve(
     pub_hwm: int = PUB_HWM,
     curve: Curve | None = None,
     announce: Announce | None = None,
+    beside: Callable[[int], Callable[[], None]] | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Run a broker in this process until SIGINT or SIGTERM. Returns the exit code."""
+    """Run a broker in this process until SIGINT or SIGTERM. Returns the exit code.
+
+    ``beside`` starts something with the broker once it listens (the web gateway: ``--web``), given the
+    ROUTER port, and returns what stops it when the broker stops."""
     warning = raise_file_limit()
     if warning:
         print(f"broker: warning: {warning}", file=sys.stderr, flush=True)
@@ -264,12 +268,15 @@ def serve(
             file=out,
             flush=True,
         )
+    stop_beside = beside(server.port) if beside is not None else None
     # What start-up made (modules, the history's indexes) lives as long as the process: out of the
     # collector's sight, a full collection no longer walks it (it took 13 ms, a latency spike, in the bench).
     gc.freeze()
     try:
         server.run()
     finally:
+        if stop_beside is not None:
+            stop_beside()
         if announcer is not None:
             announcer.stop()
         server.close()

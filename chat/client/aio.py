@@ -1,0 +1,132 @@
+"""The client's asyncio driver: many sessions on one event loop (``zmq.asyncio``), for gateways.
+
+The same ``ClientCore`` as the thread driver (``chat.client.net``), and the same action handling
+(``chat.client.driver``); only the waiting differs. Each socket has a reader task, and one timer per
+session calls the core's ``tick`` when ``next_wakeup`` says. Front ends call ``submit`` on the loop's
+thread; ``show`` is called there too, synchronously, so a front end only queues what it shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Callable
+
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from chat.client import events as ev
+from chat.client.core import ClientCore
+from chat.client.driver import ClientCurve, CoreDriver
+
+TIMER_SLACK = 0.0005  # seconds: a wake-up this close to the one already set is not set again
+
+
+class AsyncConnection(CoreDriver):
+    """Drives a ``ClientCore`` on the running asyncio loop until it asks to exit or is closed."""
+
+    def __init__(
+        self,
+        core: ClientCore,
+        host: str,
+        port: int,
+        show: Callable[[ev.Show], None],
+        *,
+        ctx: zmq.asyncio.Context,
+        curve: ClientCurve | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(core, host, port, show, curve=curve, ctx=ctx, clock=clock)
+        self._loop = asyncio.get_running_loop()
+        self._readers: dict[zmq.Socket, asyncio.Task[None]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = math.inf
+        self.done: asyncio.Future[ev.Exit] = self._loop.create_future()
+
+    # ------------------------------------------------------------------ for front ends (the loop's thread)
+
+    def start(self) -> None:
+        self._new_dealer()
+        self._step(self.core.start(self.clock()))
+
+    def submit(self, line: str) -> None:
+        self._step(self.core.on_input(line, self.clock()))
+
+    def submit_eof(self) -> None:
+        self._step(self.core.on_eof(self.clock()))
+
+    async def run(self) -> ev.Exit:
+        """Start, and wait until the core exits (or ``close``)."""
+        self.start()
+        return await asyncio.shield(self.done)
+
+    def close(self, reason: str = "closed") -> None:
+        """Close the sockets at once (no goodbye: ``submit_eof`` is the polite way out)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._close_sockets()
+        if not self.done.done():
+            self.done.set_result(self.exit or ev.Exit(ev.EXIT_OK, reason))
+
+    # ------------------------------------------------------------------ the driver's waiting
+
+    def _watch(self, sock: zmq.Socket) -> None:
+        self._readers[sock] = self._loop.create_task(self._read(sock))
+
+    def _unwatch(self, sock: zmq.Socket) -> None:
+        task = self._readers.pop(sock, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()  # the current one sees its socket closed and ends by itself
+
+    def _send(self, frames: list[bytes]) -> None:
+        assert self.dealer is not None
+        sent = self.dealer.send_multipart(frames, zmq.NOBLOCK)
+        # An asyncio socket never raises here: Again (the broker is away) comes back in the future,
+        # already done. Read it, so that it is not reported as never retrieved; the core resends.
+        if sent.done() and not sent.cancelled():
+            sent.exception()
+
+    async def _read(self, sock: zmq.Socket) -> None:
+        while not sock.closed and self.exit is None:
+            try:
+                frames = await sock.recv_multipart()
+            except zmq.ZMQError:
+                if sock.closed:
+                    return
+                raise
+            now = self.clock()
+            if sock is self.dealer:
+                self._step(self.core.on_direct(frames, now))
+            elif sock is self.sub:
+                self._step(self.core.on_published(frames, now))
+            elif sock is self.monitor:
+                event = parse_monitor_message(frames)
+                self._monitor_event(int(event["event"]), int(event["value"]))
+                self._after()
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._timer_due = math.inf
+        self._step(self.core.tick(self.clock()))
+
+    def _step(self, actions: list[ev.Action]) -> None:
+        if self.exit is not None:
+            return
+        self._apply(actions)
+        self._after()
+
+    def _after(self) -> None:
+        """Finish when the core said so; otherwise make sure ``tick`` comes when the core needs it."""
+        if self.exit is not None:
+            self.close()
+            return
+        now = self.clock()
+        due = now + self.core.next_wakeup(now)
+        if due < self._timer_due - TIMER_SLACK:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_later(due - now, self._tick)
+            self._timer_due = due
