@@ -98,7 +98,7 @@ def parse(data: str | bytes) -> Request:
     try:
         request = _DECODER.decode(data)
     except msgspec.ValidationError as exc:
-        code = BAD_TYPE if "tag" in str(exc) or "`$.type`" in str(exc) else BAD_FIELD
+        code = BAD_TYPE if "`$.type`" in str(exc) or "field `type`" in str(exc) else BAD_FIELD
         raise WireError(code, str(exc)) from None
     except msgspec.DecodeError as exc:
         raise WireError(BAD_JSON, f"not JSON: {exc}") from None
