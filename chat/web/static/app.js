@@ -10,7 +10,7 @@ const NAME_COLOURS = [31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96];  // as ch
 
 const state = {
   ws: null, name: "", token: "", historyId: "", serverCurrent: "", active: "", connected: false,
-  quitting: false, retry: 0, typedWho: 0, recall: [], recallAt: 0, hello: null,
+  quitting: false, retry: 0, typedWho: 0, recall: [], recallAt: 0, hello: null, outbox: [],
 };
 const convs = new Map();  // key ("#room", or "@" + a name's key) -> conversation
 const pending = new Map();  // id -> {line, conv, entry}: sent, not acknowledged yet
@@ -379,6 +379,7 @@ function setState(text) {
 
 function send(message) {
   if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(message));
+  else if (message.type === "line") state.outbox.push(message);  // typed while away: sent on return
 }
 
 function save() {
@@ -414,6 +415,8 @@ function connect() {
     } else {
       send(state.hello);
     }
+    const typed = state.outbox.splice(0);  // the session queues them until it is in
+    for (const message of typed) send(message);
   });
   ws.addEventListener("message", (msg) => {
     let batch;
