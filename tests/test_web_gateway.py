@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import ssl
+import subprocess
+from pathlib import Path
 from typing import Any, Callable
 
 import aiohttp
@@ -115,3 +118,50 @@ def test_malformed_frames_get_errors_an_oversized_one_ends_only_its_tab_and_a_va
 
     asyncio.run(main())
     assert web.proc.poll() is None, "the gateway must not crash on input"
+
+
+def test_with_a_secure_broker_the_gateway_joins_with_curve_and_web_and_terminal_users_chat(
+    procs: Processes, tmp_path: Path
+) -> None:
+    broker = procs.broker(5.0, "--secure", "--key-dir", str(tmp_path / "broker-keys"), "--web", "0")
+    key = broker.expect(r"^broker: clients join with: .* --server-key='?(?P<key>[^' ]{40})'?$")["key"]
+    url = broker.expect(r"^web: the web client is at (http://127\.0\.0\.1:\d+/)$")[1]
+    carol = procs.join("carol", broker, f"--server-key={key}", "--key-dir", str(tmp_path / "carol-keys"))
+
+    async def main() -> None:
+        async with aiohttp.ClientSession() as http, http.ws_connect(url + "ws") as ws:
+            alice = Tab(ws)
+            await alice.send(type="hello", name="alice")
+            await alice.until(of_type("status", state="connected"))  # a plain DEALER would be refused
+            await alice.send(type="line", text="encrypted hello")
+            await asyncio.to_thread(carol.expect, said("alice", "encrypted hello"))
+            carol.send("and back")
+            await alice.until(of_type("event", name="carol", text="and back"))
+
+    asyncio.run(main())
+    assert (tmp_path / "broker-keys" / "web.key").is_file()  # the gateway's own key pair
+
+
+def test_the_gateway_serves_https_and_wss_with_a_certificate(procs: Processes, broker: Broker, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=30,
+    )
+    web = procs.process("-m", "chat.web", "--host", HOST, "--port", str(broker.port), "--listen", f"{HOST}:0",
+                        "--web-cert", str(cert), "--web-key", str(key))
+    url = web.expect(r"^web: the web client is at (https://127\.0\.0\.1:\d+/)$")[1]
+    trusted = ssl.create_default_context(cafile=str(cert))
+    trusted.check_hostname = False  # the certificate names 127.0.0.1 as its CN only
+
+    async def main() -> None:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url, ssl=trusted) as page:
+                assert page.status == 200
+            async with http.ws_connect(url + "ws", ssl=trusted) as ws:
+                tab = Tab(ws)
+                await tab.send(type="hello", name="alice")
+                await tab.until(of_type("status", state="connected"))
+
+    asyncio.run(main())
