@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         procs.append(broker)
         gateway, web = start(
-            ["-m", "chat.web", "--host", HOST, "--port", listening[1], "--listen", f"{HOST}:0", "--history", "0"],
+            ["-m", "chat.web", "--host", HOST, "--port", listening[1], "--listen", f"{HOST}:0", "--history", "0",
+             "--max-per-address", str(opts.web_clients)],
             r"web client is at (\S+)",
         )
         procs.append(gateway)

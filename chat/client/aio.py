@@ -22,6 +22,7 @@ from chat.client.core import ClientCore
 from chat.client.driver import ClientCurve, CoreDriver
 
 TIMER_SLACK = 0.0005  # seconds: a wake-up this close to the one already set is not set again
+DRAIN_BATCH = 1000  # messages handled from one socket before the loop turns to the others
 
 
 class AsyncConnection(CoreDriver):
@@ -90,6 +91,9 @@ class AsyncConnection(CoreDriver):
             sent.exception()
 
     async def _read(self, sock: zmq.Socket) -> None:
+        # The same socket, not awaited: what is queued already is read at once, up to DRAIN_BATCH, which
+        # saves a turn of the event loop per message under load (the thread driver drains the same way).
+        queued = zmq.Socket.shadow(sock.underlying)
         while not sock.closed and self.exit is None:
             try:
                 frames = await sock.recv_multipart()
@@ -97,15 +101,25 @@ class AsyncConnection(CoreDriver):
                 if sock.closed:
                     return
                 raise
-            now = self.clock()
-            if sock is self.dealer:
-                self._step(self.core.on_direct(frames, now))
-            elif sock is self.sub:
-                self._step(self.core.on_published(frames, now))
-            elif sock is self.monitor:
-                event = parse_monitor_message(frames)
-                self._monitor_event(int(event["event"]), int(event["value"]))
-                self._after()
+            for _ in range(DRAIN_BATCH):
+                self._handle(sock, frames)
+                if sock.closed or self.exit is not None:
+                    return
+                try:
+                    frames = queued.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+
+    def _handle(self, sock: zmq.Socket, frames: list[bytes]) -> None:
+        now = self.clock()
+        if sock is self.dealer:
+            self._step(self.core.on_direct(frames, now))
+        elif sock is self.sub:
+            self._step(self.core.on_published(frames, now))
+        elif sock is self.monitor:
+            event = parse_monitor_message(frames)
+            self._monitor_event(int(event["event"]), int(event["value"]))
+            self._after()
 
     def _tick(self) -> None:
         self._timer = None

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from chat.client.driver import ClientCurve
-from chat.client.host import BrokerAddress, HISTORY_LINES
+from chat.client.host import HISTORY_LINES, MAX_SESSIONS, MAX_SESSIONS_PER_ADDRESS, BrokerAddress
 from chat.keys import KeyFileError, default_key_dir, ensure_keypair, parse_public_key
 from chat.web.run import WEB_KEY, listen_address, serve, tls_context
 
@@ -24,6 +24,10 @@ def parser() -> argparse.ArgumentParser:
                         help="where browsers connect (default 0.0.0.0:8080; port 0: any free port)")
     parser.add_argument("--history", type=int, default=HISTORY_LINES, metavar="N",
                         help="recent lines a new tab shows (default %(default)s)")
+    parser.add_argument("--max-sessions", type=int, default=MAX_SESSIONS, metavar="N",
+                        help="browser tabs at once (default %(default)s)")
+    parser.add_argument("--max-per-address", type=int, default=MAX_SESSIONS_PER_ADDRESS, metavar="N",
+                        help="browser tabs from one address (default %(default)s)")
     parser.add_argument("--server-key", metavar="KEY_OR_FILE",
                         help="the broker runs --secure: its public key (write --server-key=KEY)")
     parser.add_argument("--key-dir", type=Path, default=None,
@@ -46,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, KeyFileError, ValueError) as exc:
         parser().error(str(exc))
     host, port = args.listen
-    return serve(BrokerAddress(args.host, args.port, curve), host, port, context=context, history_lines=args.history)
+    return serve(BrokerAddress(args.host, args.port, curve), host, port, context=context, history_lines=args.history,
+                 max_sessions=args.max_sessions, per_address=args.max_per_address)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def announce(url: str, out: TextIO) -> None:
 
 
 def serve(broker: BrokerAddress, host: str, port: int, *, context: ssl.SSLContext | None, history_lines: int,
-          out: TextIO = sys.stdout) -> int:
+          max_sessions: int, per_address: int, out: TextIO = sys.stdout) -> int:
     """Run the gateway in this thread until Ctrl-C or SIGTERM."""
     import signal
 
@@ -67,7 +67,8 @@ def serve(broker: BrokerAddress, host: str, port: int, *, context: ssl.SSLContex
             except (NotImplementedError, RuntimeError):  # Windows: Ctrl-C raises KeyboardInterrupt instead
                 pass
         await run_gateway(broker, host, port, stop=stop, ready=lambda url: announce(url, out),
-                          ssl_context=context, history_lines=history_lines)
+                          ssl_context=context, history_lines=history_lines, max_sessions=max_sessions,
+                          per_address=per_address)
 
     try:
         asyncio.run(main())

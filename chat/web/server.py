@@ -19,14 +19,13 @@ from aiohttp import WSMsgType, web
 
 from chat import protocol as p
 from chat.client import events as ev
-from chat.client.host import BrokerAddress, Session, SessionHost, SessionLimit
+from chat.client.host import MAX_SESSIONS, MAX_SESSIONS_PER_ADDRESS, BrokerAddress, Session, SessionHost, SessionLimit
 from chat.web import wire
 
 WS_HEARTBEAT = 2.0  # seconds between pings to the browser: a tab that vanished is noticed within ~3 s
 MAX_QUEUED = 20_000  # messages waiting for a slow browser before its tab is dropped (the page resumes)
 RATE = 10.0  # messages a second a tab may send on average...
 BURST = 40  # ...and at once
-MAX_TABS_PER_ADDRESS = 20  # open WebSockets from one address
 STATIC = ("index.html", "app.js", "style.css")
 CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 # No inline script or style, no other origin, no framing: text that slipped into markup could not run.
@@ -197,6 +196,7 @@ class Gateway:
 
     def __init__(self, host: SessionHost) -> None:
         self.host = host
+        self.per_address = host.per_address
         self.tabs: Counter[str] = Counter()
         self.files = {name: (resources.files("chat.web") / "static" / name).read_bytes() for name in STATIC}
         self.app = web.Application(middlewares=[security_headers])
@@ -217,9 +217,10 @@ class Gateway:
         if not origin_allowed(request):
             return web.Response(status=403, text="this WebSocket is for the page of this gateway only")
         address = request.remote or ""
-        if self.tabs[address] >= MAX_TABS_PER_ADDRESS:
-            return web.Response(status=429, text=f"at most {MAX_TABS_PER_ADDRESS} tabs from one address")
-        ws = web.WebSocketResponse(max_msg_size=wire.MAX_MESSAGE_BYTES, heartbeat=WS_HEARTBEAT)
+        if self.tabs[address] >= self.per_address:
+            return web.Response(status=429, text=f"at most {self.per_address} tabs from one address")
+        # No per-message deflate: on a LAN it costs the gateway more CPU than it saves on the wire.
+        ws = web.WebSocketResponse(max_msg_size=wire.MAX_MESSAGE_BYTES, heartbeat=WS_HEARTBEAT, compress=False)
         await ws.prepare(request)
         self.tabs[address] += 1
         tab = Tab(self.host, address, ws.send_str)
@@ -262,9 +263,12 @@ async def run_gateway(
     ready: Callable[[str], None],
     ssl_context: ssl.SSLContext | None = None,
     history_lines: int = 20,
+    max_sessions: int = MAX_SESSIONS,
+    per_address: int = MAX_SESSIONS_PER_ADDRESS,
 ) -> None:
-    """Serve the web client until ``stop`` is set; ``ready`` gets the URL once it listens."""
-    host = SessionHost(broker, history_lines=history_lines)
+    """Serve the web client until ``stop`` is set; ``ready`` gets the URL once it listens. At most
+    ``per_address`` tabs (WebSockets, and so sessions) from one address."""
+    host = SessionHost(broker, history_lines=history_lines, max_sessions=max_sessions, per_address=per_address)
     gateway = Gateway(host)
     runner = web.AppRunner(gateway.app, access_log=None, handle_signals=False)
     await runner.setup()
