@@ -68,13 +68,20 @@ def run(test: Callable[[SessionHost], Coroutine[Any, Any, None]], broker: Broker
     asyncio.run(main())
 
 
+async def joined(host: SessionHost, *names: str) -> list[tuple[Session, Seen]]:
+    """Sessions under these names (each from its own address), once each is in."""
+    sessions = []
+    for name in names:
+        seen = Seen()
+        sessions.append((host.open(name, seen, name=name), seen))
+    for _, seen in sessions:
+        await seen.until(connected)
+    return sessions
+
+
 def test_two_sessions_on_one_loop_chat_in_public_and_in_private(broker: Broker) -> None:
     async def test(host: SessionHost) -> None:
-        alice_seen, bob_seen = Seen(), Seen()
-        alice = host.open("a", alice_seen, name="alice")
-        bob = host.open("b", bob_seen, name="bob")
-        await alice_seen.until(connected)
-        await bob_seen.until(connected)
+        (alice, alice_seen), (bob, bob_seen) = await joined(host, "alice", "bob")
         alice.submit("hello bob")
         await bob_seen.until(said("hello bob"))
         await alice_seen.until(lambda i: isinstance(i, ev.Acked))
@@ -93,11 +100,7 @@ def test_a_new_driver_takes_the_session_back_without_a_gap_or_a_duplicate(broker
     """What a gateway restart does: the page hands back token, history id, last seqs and pending lines."""
 
     async def test(host: SessionHost) -> None:
-        alice_seen, bob_seen = Seen(), Seen()
-        alice = host.open("a", alice_seen, name="alice")
-        bob = host.open("b", bob_seen, name="bob")
-        await alice_seen.until(connected)
-        await bob_seen.until(connected)
+        (alice, alice_seen), (bob, bob_seen) = await joined(host, "alice", "bob")
         alice.submit("one")
         sent = await alice_seen.until(lambda i: isinstance(i, ev.Sent))
         acked = await alice_seen.until(lambda i: isinstance(i, ev.Acked))

@@ -22,7 +22,7 @@ from chat.client import events as ev
 from chat.client.host import MAX_SESSIONS, MAX_SESSIONS_PER_ADDRESS, BrokerAddress, Session, SessionHost, SessionLimit
 from chat.web import wire
 
-WS_HEARTBEAT = 2.0  # seconds between pings to the browser: a tab that vanished is noticed within ~3 s
+WS_HEARTBEAT = 4.0  # seconds between pings to the browser: a tab that vanished is noticed within ~6 s
 MAX_QUEUED = 20_000  # messages waiting for a slow browser before its tab is dropped (the page resumes)
 RATE = 10.0  # messages a second a tab may send on average...
 BURST = 40  # ...and at once
@@ -99,7 +99,10 @@ class Tab:
                 return
             batch, self.outbox = self.outbox, []
             if batch:
-                await self._send(wire.encode(batch))
+                try:
+                    await self._send(wire.encode(batch))
+                except ConnectionError:  # the browser went away; the reader sees the close
+                    return
             if self.exit is not None and not self.outbox:
                 return
 
