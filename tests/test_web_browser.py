@@ -20,10 +20,11 @@ from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from conftest import REPO, Broker, Processes, private, said
+from conftest import REPO, Broker, Processes, online, private, said
 
 pytestmark = pytest.mark.timeout(90)
 CHROMIUM = "/usr/bin/chromium"
@@ -124,10 +125,25 @@ def test_browser_and_terminal_users_chat_in_rooms_and_in_private_and_hostile_tex
     procs: Processes, chrome: WebDriver, tmp_path: Path
 ) -> None:
     shots = REPO / "docs" if SCREENSHOTS == "docs" else tmp_path
-    broker, url = web_broker(procs, "--web", "0")
+    broker, url = web_broker(procs, "--web", "0", "--rate", "0")
     carol = procs.join("carol", broker)
+    for n in range(1, 26):
+        carol.send(f"old {n}")
+    carol.send("/who")  # answered once the broker has handled every line before it
+    carol.expect(online("carol"))
+
+    # The name prompt shows the broker's refusal; then the page joins with history, and older on scroll.
+    chrome.get(url)
+    chrome.find_element(By.ID, "name").send_keys("Carol\n")
+    wait(chrome, lambda d: "taken" in d.find_element(By.ID, "login-error").text, "the name refused as taken")
     log_in(chrome, url, "alice")
     alice = chrome.current_window_handle
+    shows(chrome, "<carol>old 25")
+    assert [line for line in log_lines(chrome) if "old " in line][0].endswith("old 6")  # 20 lines of history
+    olds = lambda d: [int(line.rsplit(" ", 1)[1]) for line in log_lines(d) if "<carol>old " in line]  # noqa: E731
+    chrome.find_element(By.CSS_SELECTOR, "#log .conv-log:not([hidden]) button.older").click()  # or scroll up
+    wait(chrome, lambda d: olds(d)[0] == 1, "the older lines")
+    assert olds(chrome) == list(range(1, 26))
     chrome.switch_to.new_window("tab")
     log_in(chrome, url, "bob")
     bob = chrome.current_window_handle
@@ -141,6 +157,9 @@ def test_browser_and_terminal_users_chat_in_rooms_and_in_private_and_hostile_tex
     shows(chrome, "<carol>hi from the terminal")
     type_line(chrome, "hello from alice")
     carol.expect(said("alice", "hello from alice"))
+    chrome.find_element(By.ID, "message").send_keys(Keys.ARROW_UP)  # Up recalls the last line
+    assert chrome.find_element(By.ID, "message").get_attribute("value") == "hello from alice"
+    chrome.find_element(By.ID, "message").clear()
 
     # Rooms: alice joins #dev from the page, carol from the terminal; #general counts what alice misses.
     type_line(chrome, "/join #dev")

@@ -46,7 +46,15 @@ function conversation(key, kind, title) {
     log.hidden = true;
     $("log").append(log);
     conv = { key, kind, title, log, entries: [], unread: 0, lastSeq: 0, exhausted: false, loading: false,
-             topic: "", members: new Set(), lastDay: "" };
+             topic: "", members: new Set(), lastDay: "", older: null };
+    if (kind === "room") {
+      conv.older = document.createElement("button");
+      conv.older.type = "button";
+      conv.older.className = "older";
+      conv.older.textContent = "Load older messages";
+      conv.older.addEventListener("click", () => loadOlder(conv));
+      log.append(conv.older);
+    }
     convs.set(key, conv);
     renderList();
   }
@@ -238,7 +246,7 @@ function prepend(conv, entries) {
   const log = $("log");
   const fromBottom = log.scrollHeight - log.scrollTop;
   conv.entries = [...entries, ...conv.entries];
-  conv.log.replaceChildren();
+  conv.log.replaceChildren(...(conv.older ? [conv.older] : []));
   conv.lastDay = "";
   for (const entry of conv.entries) {
     const day = entry.ts ? dayOf(entry.ts) : conv.lastDay;
@@ -246,6 +254,12 @@ function prepend(conv, entries) {
     conv.log.append(lineElement(entry));
   }
   log.scrollTop = log.scrollHeight - fromBottom;  // stay on the line the reader was at
+}
+
+function loadOlder(conv) {
+  if (!conv || conv.kind !== "room" || conv.exhausted || conv.loading) return;
+  conv.loading = true;
+  send({ type: "older", room: conv.key, count: 50 });
 }
 
 function notice(text, level) {
@@ -311,7 +325,7 @@ const HANDLERS = {
   older(m) {
     const conv = roomConv(m.room);
     conv.loading = false;
-    if (!m.events.length) { conv.exhausted = true; return; }
+    if (!m.events.length) { conv.exhausted = true; conv.older.hidden = true; return; }
     prepend(conv, m.events.map((e) => ({ ts: e.ts, kind: e.kind, name: e.name, text: e.text, room: e.room, seq: e.seq })));
   },
   private(m) {
@@ -498,10 +512,7 @@ function setUp() {
     $("join-room").value = "";
   });
   $("log").addEventListener("scroll", () => {
-    const conv = convs.get(state.active);
-    if ($("log").scrollTop > 0 || !conv || conv.kind !== "room" || conv.exhausted || conv.loading) return;
-    conv.loading = true;  // scrolled to the top: fetch older lines
-    send({ type: "older", room: conv.key, count: 50 });
+    if ($("log").scrollTop === 0) loadOlder(convs.get(state.active));  // scrolled to the top
   });
   for (const [button, panel] of [["toggle-nav", "conversations"], ["toggle-members", "members"]]) {
     $(button).addEventListener("click", () => {
