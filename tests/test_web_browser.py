@@ -138,6 +138,11 @@ def test_browser_and_terminal_users_chat_in_rooms_and_in_private_and_hostile_tex
     wait(chrome, lambda d: "taken" in d.find_element(By.ID, "login-error").text, "the name refused as taken")
     log_in(chrome, url, "alice")
     alice = chrome.current_window_handle
+    accessible = chrome.execute_script("""
+        const label = (id) => document.querySelector(`label[for=${id}]`)?.textContent;
+        return [document.getElementById('log').getAttribute('role'), label('name'), label('message')];
+    """)
+    assert accessible == ["log", "Name", "Message"]
     shows(chrome, "<carol>old 25")
     assert [line for line in log_lines(chrome) if "old " in line][0].endswith("old 6")  # 20 lines of history
     olds = lambda d: [int(line.rsplit(" ", 1)[1]) for line in log_lines(d) if "<carol>old " in line]  # noqa: E731
