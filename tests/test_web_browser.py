@@ -100,16 +100,22 @@ def type_line(driver: WebDriver, text: str) -> None:
 
 
 def open_conversation(driver: WebDriver, title: str) -> None:
-    for button in driver.find_elements(By.CSS_SELECTOR, "#conv-list button"):
-        if button.find_element(By.TAG_NAME, "span").text == title:
-            button.click()
-            wait(driver, lambda d: d.find_element(By.ID, "title").text == title, f"the conversation {title}")
-            return
-    pytest.fail(f"no conversation {title} in the list")
+    # Found and clicked in one script: the page redraws its list as lines come (no stale elements).
+    clicked = driver.execute_script("""
+        const button = [...document.querySelectorAll('#conv-list button')]
+            .find(b => b.firstChild.textContent === arguments[0]);
+        if (button) button.click();
+        return !!button;
+    """, title)
+    assert clicked, f"no conversation {title} in {conversations(driver)}"
+    wait(driver, lambda d: d.find_element(By.ID, "title").text == title, f"the conversation {title}")
 
 
 def conversations(driver: WebDriver) -> list[str]:
-    return [b.text.replace("\n", " ") for b in driver.find_elements(By.CSS_SELECTOR, "#conv-list button")]
+    """The entries of the conversation list, with their unread counts: "#general 1"."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#conv-list button')].map(b => b.innerText.replace(/\\n/g, ' '))"
+    )
 
 
 HOSTILE = [
