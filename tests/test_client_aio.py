@@ -88,6 +88,12 @@ def test_two_sessions_on_one_loop_chat_in_public_and_in_private(broker: Broker) 
         bob.submit("/pm alice just us")
         pm = await alice_seen.until(lambda i: isinstance(i, ev.PrivateIn))
         assert isinstance(pm, ev.PrivateIn) and (pm.private.name, pm.private.text) == ("bob", "just us")
+        alice.submit("/join #dev")
+        await alice_seen.until(lambda i: isinstance(i, ev.RoomsChanged) and i.current == "#dev")
+        alice.focus("#General")
+        alice.focus("#nowhere")  # not one of hers: no change
+        alice.submit("back in general")
+        await bob_seen.until(said("back in general"))
         bob.leave()
         assert (await asyncio.wait_for(bob.wait(), WAIT)).code == ev.EXIT_OK
         await alice_seen.until(lambda i: isinstance(i, ev.Public) and i.event.kind == p.KIND_LEAVE)

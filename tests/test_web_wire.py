@@ -80,6 +80,7 @@ class FakeCore:
 class FakeSession:
     core: FakeCore = field(default_factory=FakeCore)
     typed: list[str] = field(default_factory=list)
+    focused: list[str] = field(default_factory=list)
     left: bool = False
 
     def submit(self, line: str) -> None:
@@ -87,6 +88,9 @@ class FakeSession:
 
     def leave(self) -> None:
         self.left = True
+
+    def focus(self, room: str) -> None:
+        self.focused.append(room)
 
 
 class FakeHost:
@@ -131,16 +135,15 @@ def test_a_tab_maps_its_requests_onto_its_session(loop: Any) -> None:
     tab.receive('{"type": "hello", "name": "alice", "room": "#dev"}')
     assert host.opened == [{"address": "192.0.2.9", "name": "alice", "room": "#dev", "resume": None, "on_exit": tab.ended}]
     session = host.session
-    tab.receive('{"type": "line", "text": "in dev", "room": "#DEV"}')
-    assert session.core.current == "#dev"  # the page's conversation is where the line goes
+    tab.receive('{"type": "line", "text": "in dev", "room": "#DEV"}')  # the page's conversation
     tab.receive('{"type": "line", "text": "psst", "to": "bob"}')
     tab.receive('{"type": "line", "text": "/who", "to": "bob"}')  # a command stays a command
-    tab.receive('{"type": "line", "text": "elsewhere", "room": "#notmine"}')  # not ours: current unchanged
+    tab.receive('{"type": "line", "text": "elsewhere", "room": "#notmine"}')
     tab.receive('{"type": "older", "room": "#general", "count": 30}')
     tab.receive('{"type": "who", "room": "#dev"}')
     tab.receive('{"type": "quit"}')
     assert session.typed == ["in dev", "/pm bob psst", "/who", "elsewhere", "/history 30", "/who #dev"]
-    assert session.core.current == "#general" and session.left
+    assert session.focused == ["#DEV", "", "", "#notmine", "#general"] and session.left
     tab.receive('{"type": "hello", "name": "again"}')
     assert tab.outbox[-1]["code"] == wire.BAD_TYPE and len(host.opened) == 1
 

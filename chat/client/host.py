@@ -67,6 +67,13 @@ class Session:
     def submit(self, line: str) -> None:
         self.conn.submit(line)
 
+    def focus(self, room: str) -> None:
+        """Type into ``room`` from now on, if the session is in it: what ``/switch`` does, without its
+        notice. A gateway's conversation (a browser's open room, IRC's ``PRIVMSG #room``) names it."""
+        key = p.room_key(room)
+        if key in self.core.rooms:
+            self.core.current = key
+
     def leave(self) -> None:
         """Leave politely: the lines typed are delivered first (the core's drain), then LEAVE."""
         self.conn.submit_eof()

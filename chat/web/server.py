@@ -8,7 +8,6 @@ shows goes back as JSON. aiohttp serves both the files and the WebSockets on one
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 import time
 from collections import Counter
@@ -17,7 +16,6 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
-from chat import protocol as p
 from chat.client import events as ev
 from chat.client.host import MAX_SESSIONS, MAX_SESSIONS_PER_ADDRESS, BrokerAddress, Session, SessionHost, SessionLimit
 from chat.web import wire
@@ -34,7 +32,6 @@ CSP = (
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 
-log = logging.getLogger(__name__)
 
 
 class Bucket:
@@ -139,14 +136,14 @@ class Tab:
     def _line(self, line: wire.Line) -> None:
         assert self.session is not None
         text = line.text
-        self._focus(line.room)
+        self.session.focus(line.room)
         if line.to and not text.startswith("/"):
             text = f"/pm {line.to} {text}"  # typed in a private conversation
         self.session.submit(text)
 
     def _older(self, older: wire.Older) -> None:
         assert self.session is not None
-        self._focus(older.room)
+        self.session.focus(older.room)
         self.session.submit(f"/history {older.count}")
 
     def _who(self, who: wire.Who) -> None:
@@ -156,14 +153,6 @@ class Tab:
     def _quit(self, _: wire.Quit) -> None:
         assert self.session is not None
         self.session.leave()
-
-    def _focus(self, room: str) -> None:
-        """The page's conversation is the room a line goes to (what /switch does, without its notice)."""
-        assert self.session is not None
-        core = self.session.core
-        key = p.room_key(room)
-        if key and key in core.rooms:
-            core.current = key
 
     def closed(self) -> None:
         """The WebSocket is gone: the session delivers what was typed, then leaves."""
