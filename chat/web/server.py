@@ -33,7 +33,6 @@ CSP = (
 )
 
 
-
 class Bucket:
     """Token bucket: ``take`` is False when the tab sends faster than RATE with bursts of BURST."""
 
