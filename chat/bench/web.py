@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -255,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--json", type=Path, default=Path("bench-web.json"))
     opts = ap.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so that the finally block below ends the broker and the gateway.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     procs: list[subprocess.Popen[str]] = []
     try:
         broker, listening = start(
