@@ -16,11 +16,11 @@ from chat.broker.server import PUB_HWM
 from chat.client.core import ClientCore
 from chat.client.events import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
 from chat.client.net import ClientCurve
+from chat.discovery import BEACON_PORT, LISTEN_TIME
+from chat.keys import BROKER_KEY, CLIENT_KEY, KeyFileError, default_key_dir, ensure_keypair, parse_public_key
 
 if TYPE_CHECKING:
     from chat.broker.server import Curve
-from chat.discovery import BEACON_PORT, LISTEN_TIME
-from chat.keys import BROKER_KEY, CLIENT_KEY, KeyFileError, default_key_dir, ensure_keypair, parse_public_key
 
 DEFAULT_PORT = 5555
 DEFAULT_PUB_PORT = 5556
