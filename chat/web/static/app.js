@@ -376,9 +376,11 @@ const HANDLERS = {
   notice(m) { notice(m.text, m.level); },
   error(m) { notice(`${m.reason} (${m.code})`, "error"); },
   exit(m) {
-    state.quitting = true;
-    setState(m.code === 0 ? "left" : "lost");
     if (m.reason) notice(m.reason, m.code === 0 ? "info" : "error");
+    if (m.reason && !$("login").hidden) $("login-error").textContent = m.reason;
+    if (m.code === 1) return;  // the broker could not be reached: the WebSocket closes, and the page tries again
+    state.quitting = true;
+    setState(m.code === 0 ? "left" : "refused");
     sessionStorage.removeItem(SESSION_KEY);
   },
 };
