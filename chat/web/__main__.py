@@ -10,6 +10,7 @@ from chat.client.driver import ClientCurve
 from chat.client.host import HISTORY_LINES, MAX_SESSIONS, MAX_SESSIONS_PER_ADDRESS, BrokerAddress
 from chat.keys import KeyFileError, default_key_dir, ensure_keypair, parse_public_key
 from chat.web.run import WEB_KEY, listen_address, serve, tls_context
+from chat.web.server import WS_HEARTBEAT
 
 DEFAULT_BROKER_PORT = 5555
 
@@ -28,6 +29,9 @@ def parser() -> argparse.ArgumentParser:
                         help="browser tabs at once (default %(default)s)")
     parser.add_argument("--max-per-address", type=int, default=MAX_SESSIONS_PER_ADDRESS, metavar="N",
                         help="browser tabs from one address (default %(default)s)")
+    parser.add_argument("--ping", type=float, default=WS_HEARTBEAT, metavar="SECONDS",
+                        help="seconds between pings to each browser; one that does not answer within half of it "
+                             "is dropped (default %(default)g)")
     parser.add_argument("--server-key", metavar="KEY_OR_FILE",
                         help="the broker runs --secure: its public key (write --server-key=KEY)")
     parser.add_argument("--key-dir", type=Path, default=None,
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(str(exc))
     host, port = args.listen
     return serve(BrokerAddress(args.host, args.port, curve), host, port, context=context, history_lines=args.history,
-                 max_sessions=args.max_sessions, per_address=args.max_per_address)
+                 max_sessions=args.max_sessions, per_address=args.max_per_address, ping=args.ping)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def announce(url: str, out: TextIO) -> None:
 
 
 def serve(broker: BrokerAddress, host: str, port: int, *, context: ssl.SSLContext | None, history_lines: int,
-          max_sessions: int, per_address: int, out: TextIO = sys.stdout) -> int:
+          max_sessions: int, per_address: int, ping: float, out: TextIO = sys.stdout) -> int:
     """Run the gateway in this thread until Ctrl-C or SIGTERM."""
     import signal
 
@@ -68,7 +68,7 @@ def serve(broker: BrokerAddress, host: str, port: int, *, context: ssl.SSLContex
                 pass
         await run_gateway(broker, host, port, stop=stop, ready=lambda url: announce(url, out),
                           ssl_context=context, history_lines=history_lines, max_sessions=max_sessions,
-                          per_address=per_address)
+                          per_address=per_address, ping=ping)
 
     try:
         asyncio.run(main())
