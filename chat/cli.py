@@ -21,6 +21,7 @@ from chat.keys import BROKER_KEY, CLIENT_KEY, KeyFileError, default_key_dir, ens
 
 if TYPE_CHECKING:
     from chat.broker.server import Curve
+    from chat.client.host import BrokerAddress
 
 DEFAULT_PORT = 5555
 DEFAULT_PUB_PORT = 5556
@@ -127,6 +128,8 @@ def broker_parser() -> argparse.ArgumentParser:
     webgroup.add_argument("--web", type=_port, metavar="PORT", help="also serve the web client on this port (of --host)")
     webgroup.add_argument("--web-cert", type=Path, help="serve the web client over HTTPS: the certificate (PEM)")
     webgroup.add_argument("--web-key", type=Path, help="serve the web client over HTTPS: the certificate's key (PEM)")
+    ircgroup = parser.add_argument_group("IRC gateway")
+    ircgroup.add_argument("--irc", type=_port, metavar="PORT", help="also let IRC clients connect on this port (of --host)")
     return parser
 
 
@@ -226,12 +229,18 @@ def broker_main(argv: list[str] | None = None) -> int:
         rate=args.rate,
         burst=args.burst,
     )
-    beside = None
+    starters: list[Callable[[int], Callable[[], None]]] = []
     if args.web is not None:
         try:
-            beside = web_beside(args, curve)
+            starters.append(web_beside(args, curve))
         except (OSError, KeyFileError, ValueError) as exc:
             parser.error(f"--web: {exc}")
+    if args.irc is not None:
+        try:
+            starters.append(irc_beside(args, curve))
+        except (OSError, KeyFileError) as exc:
+            parser.error(f"--irc: {exc}")
+    beside = all_beside(starters) if starters else None
     try:
         return serve(
             args.host, args.port, args.pub_port, broker, pub_hwm=args.pub_hwm, curve=curve, announce=announce,
@@ -242,25 +251,61 @@ def broker_main(argv: list[str] | None = None) -> int:
             history.close()
 
 
-def web_beside(args: argparse.Namespace, curve: Curve | None) -> Callable[[int], Callable[[], None]]:
-    """``--web``: what starts the web gateway once the broker listens (and returns how to stop it). The
-    gateway is a client like any other, on this machine, with its own key pair when the broker is secure."""
-    from chat.client.host import BrokerAddress
-    from chat.web.run import WEB_KEY, GatewayThread, tls_context
-
-    context = tls_context(args.web_cert, args.web_key)
-    web_curve = None
-    if curve is not None:
-        key_dir = args.key_dir or default_key_dir()
-        public, secret, _ = ensure_keypair(key_dir, WEB_KEY)
-        web_curve = ClientCurve(curve.public, public, secret)
-        if args.allow and not (args.allow / f"{WEB_KEY}.key").is_file():
-            print(f"broker: warning: the web gateway's key {key_dir / (WEB_KEY + '.key')} is not in {args.allow}: "
-                  "copy it there, or web users cannot join", file=sys.stderr, flush=True)
-    local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(args.host, args.host)
+def all_beside(starters: list[Callable[[int], Callable[[], None]]]) -> Callable[[int], Callable[[], None]]:
+    """Start every gateway once the broker listens; stop them all, the last started first."""
 
     def start(router_port: int) -> Callable[[], None]:
-        gateway = GatewayThread(BrokerAddress(local, router_port, web_curve), args.host, args.web, context=context)
+        stops = [starter(router_port) for starter in starters]
+
+        def stop() -> None:
+            for each in reversed(stops):
+                each()
+
+        return stop
+
+    return start
+
+
+def gateway_address(args: argparse.Namespace, curve: Curve | None, key_name: str, what: str) -> Callable[[int], BrokerAddress]:
+    """Where a gateway beside the broker connects: this machine, with its own key pair when the broker
+    is secure (a gateway is a client like any other)."""
+    from chat.client.host import BrokerAddress
+
+    gateway_curve = None
+    if curve is not None:
+        key_dir = args.key_dir or default_key_dir()
+        public, secret, _ = ensure_keypair(key_dir, key_name)
+        gateway_curve = ClientCurve(curve.public, public, secret)
+        if args.allow and not (args.allow / f"{key_name}.key").is_file():
+            print(f"broker: warning: the {what} gateway's key {key_dir / (key_name + '.key')} is not in {args.allow}: "
+                  f"copy it there, or {what} users cannot join", file=sys.stderr, flush=True)
+    local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(args.host, args.host)
+    return lambda router_port: BrokerAddress(local, router_port, gateway_curve)
+
+
+def web_beside(args: argparse.Namespace, curve: Curve | None) -> Callable[[int], Callable[[], None]]:
+    """``--web``: what starts the web gateway once the broker listens (and returns how to stop it)."""
+    from chat.web.run import WEB_KEY, tls_context, web_thread
+
+    context = tls_context(args.web_cert, args.web_key)
+    address = gateway_address(args, curve, WEB_KEY, "web")
+
+    def start(router_port: int) -> Callable[[], None]:
+        gateway = web_thread(address(router_port), args.host, args.web, context=context)
+        gateway.start()
+        return gateway.stop
+
+    return start
+
+
+def irc_beside(args: argparse.Namespace, curve: Curve | None) -> Callable[[int], Callable[[], None]]:
+    """``--irc``: what starts the IRC gateway once the broker listens (and returns how to stop it)."""
+    from chat.irc.run import IRC_KEY, irc_thread
+
+    address = gateway_address(args, curve, IRC_KEY, "IRC")
+
+    def start(router_port: int) -> Callable[[], None]:
+        gateway = irc_thread(address(router_port), args.host, args.irc)
         gateway.start()
         return gateway.stop
 

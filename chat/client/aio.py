@@ -45,6 +45,8 @@ class AsyncConnection(CoreDriver):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = math.inf
         self.done: asyncio.Future[ev.Exit] = self._loop.create_future()
+        self._published_flowing = asyncio.Event()
+        self._published_flowing.set()
 
     # ------------------------------------------------------------------ for front ends (the loop's thread)
 
@@ -57,6 +59,14 @@ class AsyncConnection(CoreDriver):
 
     def submit_eof(self) -> None:
         self._step(self.core.on_eof(self.clock()))
+
+    def hold_published(self, held: bool) -> None:
+        """Stop (or go on) reading the SUB, for a front end whose own reader is slow: libzmq's queue
+        then fills and drops, and the core's gap refill (``FETCH``) catches up once reading goes on."""
+        if held:
+            self._published_flowing.clear()
+        else:
+            self._published_flowing.set()
 
     async def run(self) -> ev.Exit:
         """Start, and wait until the core exits (or ``close``)."""
@@ -95,6 +105,9 @@ class AsyncConnection(CoreDriver):
         # saves a turn of the event loop per message under load (the thread driver drains the same way).
         queued = zmq.Socket.shadow(sock.underlying)
         while not sock.closed and self.exit is None:
+            if sock is self.sub and not self._published_flowing.is_set():
+                await self._published_flowing.wait()
+                continue
             try:
                 frames = await sock.recv_multipart()
             except zmq.ZMQError:
@@ -105,6 +118,8 @@ class AsyncConnection(CoreDriver):
                 self._handle(sock, frames)
                 if sock.closed or self.exit is not None:
                     return
+                if sock is self.sub and not self._published_flowing.is_set():
+                    break
                 try:
                     frames = queued.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:

@@ -9,7 +9,7 @@ import ssl
 import sys
 import threading
 from pathlib import Path
-from typing import TextIO
+from typing import Awaitable, Callable, TextIO
 
 from chat.client.host import BrokerAddress
 from chat.web.server import run_gateway
@@ -82,39 +82,35 @@ def serve(broker: BrokerAddress, host: str, port: int, *, context: ssl.SSLContex
 
 
 class GatewayThread:
-    """The gateway beside a broker, in a thread of the broker's process with its own event loop."""
+    """A gateway beside a broker, in a thread of the broker's process with its own event loop.
 
-    def __init__(self, broker: BrokerAddress, host: str, port: int, *, context: ssl.SSLContext | None,
-                 out: TextIO = sys.stdout) -> None:
-        self._args = (broker, host, port, context, out)
+    ``run(stop, ready)`` is the gateway's coroutine: it serves until ``stop`` is set and calls ``ready``
+    once it listens (the web and the IRC gateway both run this way)."""
+
+    def __init__(self, label: str, run: Callable[[asyncio.Event, Callable[[], None]], Awaitable[None]]) -> None:
+        self.label = label
+        self._run_gateway = run
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="web gateway", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{label} gateway", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
         self._started.wait(STOP_TIMEOUT)
 
     def _run(self) -> None:
-        broker, host, port, context, out = self._args
-
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-
-            def ready(url: str) -> None:
-                announce(url, out)
-                self._started.set()
-
-            await run_gateway(broker, host, port, stop=self._stop, ready=ready, ssl_context=context)
+            await self._run_gateway(self._stop, self._started.set)
 
         try:
             asyncio.run(main())
         except OSError as exc:
             self.error = exc
-            print(f"web: cannot listen on {host}:{port}: {exc}", file=sys.stderr, flush=True)
+            print(f"{self.label}: cannot listen: {exc}", file=sys.stderr, flush=True)
         finally:
             self._started.set()
 
@@ -125,3 +121,17 @@ class GatewayThread:
             except RuntimeError:  # the loop ended in between
                 pass
         self._thread.join(STOP_TIMEOUT)
+
+
+def web_thread(broker: BrokerAddress, host: str, port: int, *, context: ssl.SSLContext | None,
+               out: TextIO = sys.stdout) -> GatewayThread:
+    """The web gateway beside a broker (``broker.py --web``)."""
+
+    async def run(stop: asyncio.Event, started: Callable[[], None]) -> None:
+        def ready(url: str) -> None:
+            announce(url, out)
+            started()
+
+        await run_gateway(broker, host, port, stop=stop, ready=ready, ssl_context=context)
+
+    return GatewayThread("web", run)
