@@ -83,7 +83,8 @@ class Connection:
         self.last_heard = time.monotonic()
         self.slow_since: float | None = None
         self.batches = 0
-        self._history: dict[str, list[tuple[str, str, int]]] = {}  # room -> playback waiting for the end of its reply
+        self._history: dict[str, list[tuple[str, str, int]]] = {}
+        self._naming: set[str] = set()  # rooms just joined whose NAMES have not come: playback waits  # room -> playback waiting for the end of its reply
 
     # ------------------------------------------------------------------ writing
 
@@ -97,11 +98,16 @@ class Connection:
         self.writer.write(line.encode())
         self._watch_backlog()
 
+    @property
+    def client(self) -> str:
+        """The first parameter of every numeric: our nick, or ``*`` before registration."""
+        return self.nick if self.registered else "*"
+
     def reply(self, numeric: str, *params: str) -> None:
-        self.send(Line(numeric, (self.nick or "*", *params), SERVER))
+        self.send(Line(numeric, (self.client, *params), SERVER))
 
     def notice(self, text: str) -> None:
-        self.send(Line("NOTICE", (self.nick or "*", text), SERVER))
+        self.send(Line("NOTICE", (self.client, text), SERVER))
 
     def say(self, source: str, command: str, target: str, text: str, ts: int | None, batch: str = "") -> None:
         """PRIVMSG (or NOTICE) from ``source``, cut into lines that fit in 512 bytes."""
@@ -234,18 +240,18 @@ class Connection:
         sub = line.params[0].upper()
         if sub == "LS":
             self.negotiating = not self.registered
-            self.send(Line("CAP", (self.nick or "*", "LS", " ".join(CAPS)), SERVER))
+            self.send(Line("CAP", (self.client, "LS", " ".join(CAPS)), SERVER))
         elif sub == "LIST":
-            self.send(Line("CAP", (self.nick or "*", "LIST", " ".join(sorted(self.caps))), SERVER))
+            self.send(Line("CAP", (self.client, "LIST", " ".join(sorted(self.caps))), SERVER))
         elif sub == "REQ" and len(line.params) > 1:
             self.negotiating = not self.registered
             wanted = line.params[1].split()
             if all(cap.lstrip("-") in CAPS for cap in wanted):
                 for cap in wanted:
                     self.caps.discard(cap[1:]) if cap.startswith("-") else self.caps.add(cap)
-                self.send(Line("CAP", (self.nick or "*", "ACK", line.params[1]), SERVER))
+                self.send(Line("CAP", (self.client, "ACK", line.params[1]), SERVER))
             else:
-                self.send(Line("CAP", (self.nick or "*", "NAK", line.params[1]), SERVER))
+                self.send(Line("CAP", (self.client, "NAK", line.params[1]), SERVER))
         elif sub == "END":
             self.negotiating = False
             self._register()
@@ -473,6 +479,7 @@ class Connection:
         for room in changed.rooms:
             if room not in self.channels:
                 self.channels[room] = set()
+                self._naming.add(room)
                 self.send(Line("JOIN", (room,), mask(self.nick)))
                 # Deferred: the core is in the middle of its own step; answers come in this order.
                 loop.call_soon(self._ask, "jointopic", room, "/rooms")
@@ -525,7 +532,8 @@ class Connection:
         pending = self._history.get(event.room)
         if pending is None:
             pending = self._history[event.room] = []
-            asyncio.get_running_loop().call_soon(self._flush_history, event.room)
+            if event.room not in self._naming:  # else the NAMES answer flushes it, as servers order it
+                asyncio.get_running_loop().call_soon(self._flush_history, event.room)
         pending.append((irc.shown_nick(event.name), text, event.ts))
 
     def _flush_history(self, room: str) -> None:
@@ -574,6 +582,9 @@ class Connection:
             for i in range(0, len(nicks), NAMES_PER_LINE):
                 self.reply("353", "=", room, " ".join(nicks[i:i + NAMES_PER_LINE]))
             self.reply("366", room, "End of /NAMES list")
+            if room in self._naming:
+                self._naming.discard(room)
+                self._flush_history(room)
         elif purpose == "who":
             room = roster.room or "*"
             chosen = nicks if roster.room or arg in ("*", "0") else [n for n in nicks if p.name_key(n) == p.name_key(arg)]
