@@ -30,8 +30,12 @@ def irc_broker(procs: Processes, *extra: str) -> tuple[Broker, int]:
 class Irc:
     """A raw IRC connection: send lines, wait for lines matching a pattern (with a deadline)."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection((HOST, port), timeout=WAIT)
+    def __init__(self, port: int, receive_buffer: int = 0) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if receive_buffer:  # a small window, so that what the client does not read waits in the gateway
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(WAIT)
+        self.sock.connect((HOST, port))
         self.buffer = b""
         self.seen: list[str] = []
         self.cursor = 0
@@ -256,3 +260,28 @@ def test_a_silent_client_is_pinged_then_dropped_and_its_session_times_out(procs:
     quiet.expect(r"^(:lanchat )?PING :?lanchat$")
     assert any("Closing link: Ping timeout" in line for line in quiet.closed())
     bob.expect(timed_out("quiet"))
+
+
+def test_a_slow_reader_loses_nothing_and_one_that_never_reads_is_dropped(procs: Processes, ircs: list[Irc]) -> None:
+    broker = procs.broker(5.0, "--rate", "0")
+    gateway = procs.process("-m", "chat.irc", "--host", HOST, "--port", str(broker.port), "--listen", f"{HOST}:0",
+                            "--send-queue", "16384", "--slow-timeout", "6")
+    port = int(gateway.expect(r"^irc: IRC clients connect to 127\.0\.0\.1:(\d+)$")[1])
+    bob = procs.join("bob", broker)
+    fast, slow, deaf = Irc(port), Irc(port, receive_buffer=4096), Irc(port, receive_buffer=4096)
+    ircs += [fast, slow, deaf]
+    for nick, conn in (("fast", fast), ("slow", slow), ("deaf", deaf)):
+        conn.register(nick, caps="")
+    bob.expect_all(joined("fast"), joined("slow"), joined("deaf"))
+    lines = [f"{n:04d} " + "x" * 395 for n in range(1200)]  # 480 kB: past the send queue, the kernel and its limit
+    for line in lines:
+        bob.send(line)
+    got = [fast.expect(r"^:bob!bob@lanchat PRIVMSG #general :(\d{4} x+)$")[1] for _ in lines]
+    assert got == lines
+    # slow has read nothing while all that went by; now it reads, and gets every line, in order.
+    got = [slow.expect(r"^:bob!bob@lanchat PRIVMSG #general :(\d{4} x+)$")[1] for _ in lines]
+    assert got == lines
+    bob.expect(left("deaf"), timeout=15)  # dropped once it stayed behind for --slow-timeout
+    deaf.closed()  # reset: what waited for it, and the ERROR after it, are thrown away with the connection
+    slow.send("PRIVMSG #general :still here")
+    bob.expect(said("slow", "still here"))

@@ -17,12 +17,14 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from chat import protocol as p
 from chat.client import events as ev
 from chat.client.core import ClientCore
 from chat.client.driver import ClientCurve, CoreDriver
 
 TIMER_SLACK = 0.0005  # seconds: a wake-up this close to the one already set is not set again
 DRAIN_BATCH = 1000  # messages handled from one socket before the loop turns to the others
+MAX_DEFERRED = 64  # HISTORY answers kept while the SUB is held (the core asks again for what is dropped)
 
 
 class AsyncConnection(CoreDriver):
@@ -47,6 +49,7 @@ class AsyncConnection(CoreDriver):
         self.done: asyncio.Future[ev.Exit] = self._loop.create_future()
         self._published_flowing = asyncio.Event()
         self._published_flowing.set()
+        self._deferred: list[list[bytes]] = []  # HISTORY answers that came while the SUB was held
 
     # ------------------------------------------------------------------ for front ends (the loop's thread)
 
@@ -62,11 +65,17 @@ class AsyncConnection(CoreDriver):
 
     def hold_published(self, held: bool) -> None:
         """Stop (or go on) reading the SUB, for a front end whose own reader is slow: libzmq's queue
-        then fills and drops, and the core's gap refill (``FETCH``) catches up once reading goes on."""
+        then fills and drops, and the core's gap refill (``FETCH``) catches up once reading goes on.
+        ``HISTORY`` answers wait too (a PONG would otherwise have the core fetch the held events over
+        the DEALER, past the hold); everything else on the DEALER goes on, so the session stays alive."""
         if held:
             self._published_flowing.clear()
-        else:
-            self._published_flowing.set()
+            return
+        self._published_flowing.set()
+        deferred, self._deferred = self._deferred, []
+        for frames in deferred:
+            if self.dealer is not None and self.exit is None:
+                self._handle(self.dealer, frames)
 
     async def run(self) -> ev.Exit:
         """Start, and wait until the core exits (or ``close``)."""
@@ -128,6 +137,10 @@ class AsyncConnection(CoreDriver):
     def _handle(self, sock: zmq.Socket, frames: list[bytes]) -> None:
         now = self.clock()
         if sock is self.dealer:
+            if not self._published_flowing.is_set() and frames[1:2] == [p.History.TYPE]:
+                if len(self._deferred) < MAX_DEFERRED:
+                    self._deferred.append(frames)
+                return
             self._step(self.core.on_direct(frames, now))
         elif sock is self.sub:
             self._step(self.core.on_published(frames, now))

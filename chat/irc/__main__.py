@@ -9,7 +9,7 @@ from pathlib import Path
 from chat.client.driver import ClientCurve
 from chat.client.host import HISTORY_LINES, MAX_SESSIONS, MAX_SESSIONS_PER_ADDRESS, BrokerAddress
 from chat.irc.run import IRC_KEY, serve
-from chat.irc.server import PING_INTERVAL, PING_TIMEOUT
+from chat.irc.server import PING_INTERVAL, PING_TIMEOUT, SEND_QUEUE, SLOW_TIMEOUT, Limits
 from chat.keys import KeyFileError, default_key_dir, ensure_keypair, parse_public_key
 from chat.web.run import listen_address
 
@@ -34,6 +34,10 @@ def parser() -> argparse.ArgumentParser:
                         help="silence before the gateway PINGs a client (default %(default)g)")
     parser.add_argument("--ping-timeout", type=float, default=PING_TIMEOUT, metavar="SECONDS",
                         help="then silence before it drops the client (default %(default)g)")
+    parser.add_argument("--send-queue", type=int, default=SEND_QUEUE, metavar="BYTES",
+                        help="bytes waiting for a slow client before the gateway stops reading for it (default %(default)s)")
+    parser.add_argument("--slow-timeout", type=float, default=SLOW_TIMEOUT, metavar="SECONDS",
+                        help="how long a client may stay that slow before it is dropped (default %(default)g)")
     parser.add_argument("--server-key", metavar="KEY_OR_FILE",
                         help="the broker runs --secure: its public key (write --server-key=KEY)")
     parser.add_argument("--key-dir", type=Path, default=None,
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = args.listen
     return serve(BrokerAddress(args.host, args.port, curve), host, port, history_lines=args.history,
                  max_sessions=args.max_sessions, per_address=args.max_per_address,
-                 ping_interval=args.ping_interval, ping_timeout=args.ping_timeout)
+                 limits=Limits(args.ping_interval, args.ping_timeout, args.send_queue, args.slow_timeout))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
 
 from chat.client.host import BrokerAddress
 from chat.irc.server import run_gateway
@@ -19,7 +19,7 @@ def announce(host: str, port: int, out: TextIO) -> None:
     print(f"irc: IRC clients connect to {shown}:{port}", file=out, flush=True)
 
 
-def serve(broker: BrokerAddress, host: str, port: int, *, out: TextIO = sys.stdout, **options: float) -> int:
+def serve(broker: BrokerAddress, host: str, port: int, *, out: TextIO = sys.stdout, **options: Any) -> int:
     """Run the gateway in this thread until Ctrl-C or SIGTERM."""
 
     async def main() -> None:

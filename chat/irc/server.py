@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any, Callable
 
 from chat import protocol as p
 from chat.client import events as ev
-from chat.client.host import BrokerAddress, Session, SessionHost, SessionLimit
+from chat.client.host import MAX_SESSIONS, MAX_SESSIONS_PER_ADDRESS, BrokerAddress, Session, SessionHost, SessionLimit
 from chat.irc import lines as irc
 from chat.irc.lines import Line
 
@@ -27,10 +28,12 @@ VERSION = "lanchat-irc-1"
 CAPS = ("server-time", "message-tags", "echo-message", "batch")
 PING_INTERVAL = 60.0  # seconds of silence from a client before the gateway sends it a PING...
 PING_TIMEOUT = 60.0  # ...and then before it drops the client, whose broker session then times out
-WRITE_HIGH = 256 * 1024  # bytes waiting for a slow reader: the gateway stops reading its SUB...
-WRITE_LOW = 64 * 1024  # ...and reads it again below this; the core refills the gap from history
-WRITE_LIMIT = 4 * 1024 * 1024  # bytes waiting at most: a client that reads nothing is dropped...
-SLOW_TIMEOUT = 30.0  # ...as is one that has not drained below WRITE_HIGH for this long
+SEND_QUEUE = 256 * 1024  # bytes waiting for a slow reader: the gateway stops reading its SUB (libzmq
+# queues, the core refills any gap from history), and reads it again below a quarter of this
+SLOW_TIMEOUT = 30.0  # seconds a reader may stay above SEND_QUEUE before it is dropped...
+SOCKET_SEND_BUFFER = 64 * 1024  # the kernel's part (SO_SNDBUF): fixed, so that a client that does not
+# read is noticed by the send queue above instead of vanishing into megabytes of autotuned buffer
+WRITE_LIMIT_FACTOR = 16  # ...and SEND_QUEUE times this is the most that may wait for it at all
 MAX_WAITING = 1000  # lines typed and not yet acknowledged: beyond, a line is refused (flood)
 READ_CHUNK = 16 * 1024
 NAMES_PER_LINE = 20
@@ -48,6 +51,16 @@ def mask(nick: str) -> str:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Time and space one IRC connection gets (flags of ``python -m chat.irc``)."""
+
+    ping_interval: float = PING_INTERVAL
+    ping_timeout: float = PING_TIMEOUT
+    send_queue: int = SEND_QUEUE
+    slow_timeout: float = SLOW_TIMEOUT
+
+
+@dataclass(frozen=True)
 class Command:
     """How an IRC command is taken: its handler, its least number of parameters, and whether it needs
     a registered connection (``False``: also before registration, as CAP, NICK, USER, PASS)."""
@@ -60,15 +73,14 @@ class Command:
 class Connection:
     """One IRC client: its stream, its broker session, and what it asked that the broker will answer."""
 
-    def __init__(self, host: SessionHost, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                 ping_interval: float = PING_INTERVAL, ping_timeout: float = PING_TIMEOUT) -> None:
+    def __init__(self, host: SessionHost, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 limits: Limits = Limits()) -> None:
         self.host = host
         self.reader = reader
         self.writer = writer
         peer = writer.get_extra_info("peername")
         self.address = str(peer[0]) if peer else ""
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
+        self.limits = limits
         self.nick = ""  # asked for; the broker's name once registered
         self.user = False
         self.caps: set[str] = set()
@@ -121,12 +133,13 @@ class Connection:
             self.send(Line(command, (target, f"\x01ACTION {piece}\x01" if action else piece), mask(source), tags))
 
     def _watch_backlog(self) -> None:
-        """A slow reader: stop taking from its SUB above WRITE_HIGH (libzmq's queue fills and drops; the
-        core fetches what it missed once reading goes on); drop a client that reads nothing at all."""
+        """A slow reader: stop taking from its SUB above ``send_queue`` (libzmq queues, and drops past
+        its high-water mark; the core fetches what it missed once reading goes on); drop a client that
+        reads nothing at all."""
         waiting = self.writer.transport.get_write_buffer_size()
-        if waiting > WRITE_LIMIT:
+        if waiting > self.limits.send_queue * WRITE_LIMIT_FACTOR:
             self.drop("SendQ exceeded")
-        elif waiting > WRITE_HIGH and self.slow_since is None:
+        elif waiting > self.limits.send_queue and self.slow_since is None:
             self.slow_since = time.monotonic()
             if self.session is not None:
                 self.session.conn.hold_published(True)
@@ -134,7 +147,7 @@ class Connection:
 
     async def _drained(self) -> None:
         try:
-            await self.writer.drain()  # returns below the transport's low-water mark (WRITE_LOW)
+            await self.writer.drain()  # returns below the transport's low-water mark
         except ConnectionError:
             return
         self.slow_since = None
@@ -156,12 +169,18 @@ class Connection:
                 self.session.close()
             else:
                 self.session.leave()
-        self.writer.transport.abort() if self.writer.transport.get_write_buffer_size() > WRITE_LOW else self.writer.close()
+        if self.slow_since is not None:
+            self.writer.transport.abort()  # what waits for it would never be read
+        else:
+            self.writer.close()
 
     # ------------------------------------------------------------------ reading
 
     async def serve(self) -> None:
-        self.writer.transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
+        self.writer.transport.set_write_buffer_limits(self.limits.send_queue, self.limits.send_queue // 4)
         buffer = bytearray()
         skipping = False  # the rest of a line that was too long
         timer = asyncio.ensure_future(self._keepalive())
@@ -198,19 +217,19 @@ class Connection:
         pinged = False
         while not self.closing:
             now = time.monotonic()
-            if self.slow_since is not None and now - self.slow_since > SLOW_TIMEOUT:
-                self.drop(f"reads too slowly (nothing drained for {SLOW_TIMEOUT:g} s)")
+            if self.slow_since is not None and now - self.slow_since > self.limits.slow_timeout:
+                self.drop(f"reads too slowly (not drained for {self.limits.slow_timeout:g} s)")
                 return
             silent = now - self.last_heard
-            if silent >= self.ping_interval + self.ping_timeout:
+            if silent >= self.limits.ping_interval + self.limits.ping_timeout:
                 self.drop(f"Ping timeout: {silent:.0f} seconds", timed_out=True)
                 return
-            if silent >= self.ping_interval and not pinged:
+            if silent >= self.limits.ping_interval and not pinged:
                 self.send(Line("PING", (SERVER,)))
                 pinged = True
-            elif silent < self.ping_interval:
+            elif silent < self.limits.ping_interval:
                 pinged = False
-            await asyncio.sleep(min(1.0, self.ping_interval / 4))
+            await asyncio.sleep(min(1.0, self.limits.ping_interval / 4))
 
     def receive(self, raw: bytes) -> None:
         """One line from the client: parsed, checked against its table entry, handled. Never raises."""
@@ -669,22 +688,16 @@ async def run_gateway(
     stop: asyncio.Event,
     ready: Callable[[str, int], None],
     history_lines: int = 20,
-    ping_interval: float = PING_INTERVAL,
-    ping_timeout: float = PING_TIMEOUT,
-    max_sessions: int | None = None,
-    per_address: int | None = None,
+    limits: Limits = Limits(),
+    max_sessions: int = MAX_SESSIONS,
+    per_address: int = MAX_SESSIONS_PER_ADDRESS,
 ) -> None:
     """Serve IRC clients until ``stop`` is set; ``ready`` gets the address and port once it listens."""
-    limits: dict[str, int] = {}
-    if max_sessions is not None:
-        limits["max_sessions"] = max_sessions
-    if per_address is not None:
-        limits["per_address"] = per_address
-    host = SessionHost(broker, history_lines=history_lines, **limits)
+    host = SessionHost(broker, history_lines=history_lines, max_sessions=max_sessions, per_address=per_address)
     connections: set[asyncio.Task[None]] = set()
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = Connection(host, reader, writer, ping_interval=ping_interval, ping_timeout=ping_timeout)
+        connection = Connection(host, reader, writer, limits)
         task = asyncio.current_task()
         assert task is not None
         connections.add(task)
