@@ -60,10 +60,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a process by its PID: SIGTERM, then SIGKILL if a loaded machine keeps it busy too long."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def start(argv: list[str], stack: ExitStack, ready: str) -> tuple[subprocess.Popen[bytes], str]:
     """A process, ended by its PID when the run is over; its output line matching ``ready``."""
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    stack.callback(lambda: (proc.terminate(), proc.wait(5)) if proc.poll() is None else None)
+    stack.callback(stop, proc)
     assert proc.stdout is not None
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -94,7 +105,7 @@ def ngircd(stack: ExitStack) -> tuple[int, int]:
     conf.write_text(NGIRCD_CONF.format(port=port, folder=folder, uid=os.getuid(), gid=os.getgid()))
     binary = shutil.which("ngircd") or "/usr/sbin/ngircd"
     proc = subprocess.Popen([binary, "--nodaemon", "--config", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    stack.callback(lambda: (proc.terminate(), proc.wait(5)) if proc.poll() is None else None)
+    stack.callback(stop, proc)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         try:
