@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from chat import __version__
 from chat import protocol as p
@@ -23,6 +24,10 @@ from chat.discovery import BEACON_PORT, LISTEN_TIME
 from chat.errors import StartupError
 from chat.keys import BROKER_KEY, CLIENT_KEY, KeyFileError, default_key_dir, ensure_keypair, parse_public_key
 from chat.paths import given, history_db
+
+if TYPE_CHECKING:
+    from chat.broker.server import Curve
+    from chat.client.host import BrokerAddress
 
 DEFAULT_HISTORY_LINES = 20
 # The client command a broker prints for its users, after how the broker itself was started.
@@ -161,6 +166,12 @@ def broker_parser(prog: str = "broker.py") -> argparse.ArgumentParser:
     )
     lan.add_argument("--beacon-port", type=_port, default=BEACON_PORT, help="UDP port of the beacon (default %(default)s)")
     lan.add_argument("--name", default=None, help="the broker's name in its beacon (default: the host name)")
+    webgroup = parser.add_argument_group("web client")
+    webgroup.add_argument("--web", type=_port, metavar="PORT", help="also serve the web client on this port (of --host)")
+    webgroup.add_argument("--web-cert", type=Path, help="serve the web client over HTTPS: the certificate (PEM)")
+    webgroup.add_argument("--web-key", type=Path, help="serve the web client over HTTPS: the certificate's key (PEM)")
+    ircgroup = parser.add_argument_group("IRC gateway")
+    ircgroup.add_argument("--irc", type=_port, metavar="PORT", help="also let IRC clients connect on this port (of --host)")
     return parser
 
 
@@ -263,8 +274,22 @@ def broker_main(argv: list[str] | None = None, prog: str = "broker.py") -> int:
         burst=args.burst,
     )
     server.attach(broker)
+    starters: list[Callable[[int], Callable[[], None]]] = []
+    if args.web is not None:
+        try:
+            starters.append(web_beside(args, curve))
+        except (OSError, KeyFileError, ValueError) as exc:
+            parser.error(f"--web: {exc}")
+    if args.irc is not None:
+        try:
+            starters.append(irc_beside(args, curve))
+        except (OSError, KeyFileError) as exc:
+            parser.error(f"--irc: {exc}")
+    beside = all_beside(starters) if starters else None
     try:
-        return serve(server, announce=announce, launcher=CLIENT_LAUNCHERS.get(prog, "python client.py"))
+        return serve(
+            server, announce=announce, launcher=CLIENT_LAUNCHERS.get(prog, "python client.py"), beside=beside
+        )
     finally:
         history.close()
 
@@ -292,6 +317,67 @@ def open_history(db: str | None) -> History:
         raise StartupError(f"cannot use {path} as the history database: {exc}") from None
     print(f"broker: history in {path}", flush=True)
     return history
+
+
+def all_beside(starters: list[Callable[[int], Callable[[], None]]]) -> Callable[[int], Callable[[], None]]:
+    """Start every gateway once the broker listens; stop them all, the last started first."""
+
+    def start(router_port: int) -> Callable[[], None]:
+        stops = [starter(router_port) for starter in starters]
+
+        def stop() -> None:
+            for each in reversed(stops):
+                each()
+
+        return stop
+
+    return start
+
+
+def gateway_address(args: argparse.Namespace, curve: Curve | None, key_name: str, what: str) -> Callable[[int], BrokerAddress]:
+    """Where a gateway beside the broker connects: this machine, with its own key pair when the broker
+    is secure (a gateway is a client like any other)."""
+    from chat.client.host import BrokerAddress
+
+    gateway_curve = None
+    if curve is not None:
+        key_dir = args.key_dir or default_key_dir()
+        public, secret, _ = ensure_keypair(key_dir, key_name)
+        gateway_curve = ClientCurve(curve.public, public, secret)
+        if args.allow and not (args.allow / f"{key_name}.key").is_file():
+            print(f"broker: warning: the {what} gateway's key {key_dir / (key_name + '.key')} is not in {args.allow}: "
+                  f"copy it there, or {what} users cannot join", file=sys.stderr, flush=True)
+    local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(args.host, args.host)
+    return lambda router_port: BrokerAddress(local, router_port, gateway_curve)
+
+
+def web_beside(args: argparse.Namespace, curve: Curve | None) -> Callable[[int], Callable[[], None]]:
+    """``--web``: what starts the web gateway once the broker listens (and returns how to stop it)."""
+    from chat.web.run import WEB_KEY, tls_context, web_thread
+
+    context = tls_context(args.web_cert, args.web_key)
+    address = gateway_address(args, curve, WEB_KEY, "web")
+
+    def start(router_port: int) -> Callable[[], None]:
+        gateway = web_thread(address(router_port), args.host, args.web, context=context)
+        gateway.start()
+        return gateway.stop
+
+    return start
+
+
+def irc_beside(args: argparse.Namespace, curve: Curve | None) -> Callable[[int], Callable[[], None]]:
+    """``--irc``: what starts the IRC gateway once the broker listens (and returns how to stop it)."""
+    from chat.irc.run import IRC_KEY, irc_thread
+
+    address = gateway_address(args, curve, IRC_KEY, "IRC")
+
+    def start(router_port: int) -> Callable[[], None]:
+        gateway = irc_thread(address(router_port), args.host, args.irc)
+        gateway.start()
+        return gateway.stop
+
+    return start
 
 
 def client_curve(args: argparse.Namespace) -> ClientCurve | None:

@@ -826,3 +826,27 @@ def test_a_line_typed_after_join_before_the_welcome_goes_to_the_joined_room() ->
     assert p.Enter("#dev") in sent(actions) and not any(isinstance(m, p.Say) for m in sent(actions))
     [say] = sent(direct(core, p.Entered("#dev", 0), 0.2))
     assert isinstance(say, p.Say) and (say.room, say.text) == ("#dev", "for dev")
+
+# --------------------------------------------------------------------------- carrying on (a gateway restarted)
+
+
+def test_a_carried_on_session_rejoins_with_its_token_and_fetches_what_it_missed_then_resends_its_lines() -> None:
+    core = ClientCore("alice", interactive=True)
+    pending = p.Say("page-7", "not acknowledged yet", GENERAL)
+    core.carry_on("t" * 32, WELCOME.history_id, {GENERAL: 2}, GENERAL, [pending])
+    [join] = sent(core.start(0.0))
+    assert join == p.Join("alice", "t" * 32, [GENERAL])
+    actions = direct(core, msgspec.structs.replace(WELCOME, name="alice"), T_JOINED)
+    fetch, resent = sent(actions)
+    assert isinstance(fetch, p.Fetch)
+    assert (fetch.room, fetch.first, fetch.last) == (GENERAL, 3, WELCOME.rooms[GENERAL])  # after what the page showed
+    assert resent == pending  # under its own id: the broker drops it if it has it
+    assert shown(direct(core, history(event(3), event(4, name="alice"), event(5)), T_JOINED)) == [3, 5]
+
+
+def test_a_carried_on_session_of_another_history_starts_afresh() -> None:
+    core = ClientCore("alice", interactive=True)
+    core.carry_on("t" * 32, "an older history", {GENERAL: 2}, GENERAL, [])
+    core.start(0.0)
+    actions = direct(core, msgspec.structs.replace(WELCOME, name="alice"), T_JOINED)
+    assert not [m for m in sent(actions) if isinstance(m, p.Fetch)]  # its numbers are not this history's

@@ -294,10 +294,14 @@ def serve(
     *,
     announce: Announce | None = None,
     launcher: str = "python client.py",
+    beside: Callable[[int], Callable[[], None]] | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
     """Run a bound server, with its broker attached, in this process until SIGINT or SIGTERM. Returns
-    the exit code. ``launcher``: how users start a client, for the command the broker prints."""
+    the exit code. ``launcher``: how users start a client, for the command the broker prints.
+
+    ``beside`` starts something with the broker once it listens (the web and IRC gateways: ``--web``,
+    ``--irc``), given the ROUTER port, and returns what stops it when the broker stops."""
     host, curve = server.host, server.curve
     signal.signal(signal.SIGINT, server.stop)
     signal.signal(signal.SIGTERM, server.stop)
@@ -323,12 +327,15 @@ def serve(
             file=out,
             flush=True,
         )
+    stop_beside = beside(server.port) if beside is not None else None
     # What start-up made (modules, the history's indexes) lives as long as the process: out of the
     # collector's sight, a full collection no longer walks it (it took 13 ms, a latency spike, in the bench).
     gc.freeze()
     try:
         server.run()
     finally:
+        if stop_beside is not None:
+            stop_beside()
         if announcer is not None:
             announcer.stop()
         server.close()

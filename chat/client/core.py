@@ -125,6 +125,21 @@ class ClientCore:
             return self._join(now)
         return [ev.AskName()]
 
+    def carry_on(
+        self, token: str, history_id: str, rooms: dict[str, int], current: str, pending: list[Outgoing]
+    ) -> None:
+        """Go on with a session that another driver began (a gateway restarted while a browser kept its
+        page), before ``start``: the same token takes the broker's session back, each room goes on after
+        the last event shown there, and lines never acknowledged go again under their own ids (the
+        broker drops those it already has)."""
+        self.token = token
+        self.history_id = history_id
+        if rooms:
+            self.rooms = list(rooms)
+        self.current = current if current in self.rooms else self.rooms[0]
+        self.feeds = {room: Feed.starting_after(last, 0) for room, last in rooms.items()}
+        self.waiting.extend(pending)
+
     def on_input(self, line: str, now: float) -> list[ev.Action]:
         """A line the user typed."""
         line = line.rstrip("\r\n")

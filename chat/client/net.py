@@ -10,65 +10,21 @@ import itertools
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from chat import protocol as p
 from chat.client import events as ev
 from chat.client.core import ClientCore
+from chat.client.driver import ClientCurve, CoreDriver
 
-SUB_RCVHWM = 100_000  # events queued for a slow reader before libzmq drops (and the core fetches them)
-HANDSHAKE_EVENTS = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
 _EOF = object()
 _wake_numbers = itertools.count()  # one inproc address per Connection of this process
 
 
-@dataclass(frozen=True)
-class ClientCurve:
-    """CURVE keys of a client: the broker's public key, and our own pair."""
-
-    server_key: bytes
-    public: bytes
-    secret: bytes
-
-
-def handshake_certain(event: int, value: int) -> bool:
-    """Whether a failed handshake is the broker saying no (rather than, say, a broker stopping)."""
-    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return True
-    return event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
-
-
-def handshake_problem(event: int, value: int, encrypted: bool) -> str:
-    """Plain words for a failed ZMTP handshake, as seen by the client's socket monitor."""
-    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return (
-            "the broker refused this client's key (not in its --allow folder); "
-            "send the broker's admin your public key: python -m chat.keys show"
-        )
-    mismatch = event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
-    if encrypted and mismatch:
-        return "the broker does not use encryption: run without --server-key, or start it with --secure"
-    if encrypted:
-        return (
-            "the encrypted handshake failed: --server-key is not this broker's public key, "
-            "or the broker does not use encryption"
-        )
-    if mismatch:
-        return "the broker requires encryption: run with --server-key KEY (the broker prints the command at start)"
-    return (
-        "the handshake with the broker failed; it probably requires encryption: "
-        "run with --server-key KEY (the broker prints the command at start)"
-    )
-
-
-class Connection:
-    """Drives a ``ClientCore`` over real sockets until it asks to exit."""
+class Connection(CoreDriver):
+    """Drives a ``ClientCore`` over real sockets, in one thread with a poller, until it asks to exit."""
 
     def __init__(
         self,
@@ -81,19 +37,8 @@ class Connection:
         ctx: zmq.Context | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.core = core
-        self.curve = curve
-        self.monitor: zmq.Socket | None = None
-        self.host = host
-        self.port = port
-        self.show = show
-        self.clock = clock
-        self.ctx = ctx or zmq.Context.instance()
+        super().__init__(core, host, port, show, curve=curve, ctx=ctx or zmq.Context.instance(), clock=clock)
         self.poller = zmq.Poller()
-        self.dealer: zmq.Socket | None = None
-        self.sub: zmq.Socket | None = None
-        self.sub_port: int | None = None
-        self.rooms: set[str] = set()
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         # Front ends wake the loop through an inproc PAIR, not a pipe: Windows' zmq_poll polls sockets only.
         address = f"inproc://chat-client-wake-{next(_wake_numbers)}"
@@ -173,9 +118,7 @@ class Connection:
                 event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            kind, value = int(event["event"]), int(event["value"])
-            problem = handshake_problem(kind, value, self.curve is not None)
-            self._apply(self.core.on_handshake_failed(problem, handshake_certain(kind, value), self.clock()))
+            self._monitor_event(int(event["event"]), int(event["value"]))
 
     def _read_inbox(self) -> None:
         for _ in range(10_000):  # bounded; the loop polls again if more are left
@@ -196,83 +139,14 @@ class Connection:
             else:
                 self._apply(self.core.on_request(item, now))  # type: ignore[arg-type] # only requests are left
 
-    def _apply(self, actions: list[ev.Action]) -> None:
-        for action in actions:
-            if isinstance(action, ev.Send):
-                assert self.dealer is not None
-                try:
-                    self.dealer.send_multipart(p.encode(action.message), zmq.NOBLOCK)
-                except zmq.Again:
-                    pass  # queue full while the broker is away: the core resends what matters
-            elif isinstance(action, ev.Reconnect):
-                self._new_dealer()
-            elif isinstance(action, ev.Subscribe):
-                self._subscribe(action)
-            elif isinstance(action, ev.Unsubscribe):
-                if self.sub is not None and action.room in self.rooms:
-                    self.sub.setsockopt(zmq.UNSUBSCRIBE, p.topic_frame(action.room))
-                    self.rooms.discard(action.room)
-            elif isinstance(action, ev.Exit):
-                self.exit = action
-                return
-            else:
-                self.show(action)
+    def _watch(self, sock: zmq.Socket) -> None:
+        self.poller.register(sock, zmq.POLLIN)
 
-    # ------------------------------------------------------------------ sockets
-
-    def _new_dealer(self) -> None:
-        self._close_dealer()
-        self.dealer = self._socket(zmq.DEALER)
-        # The monitor reports a refused handshake (wrong key, no key, key not allowed), which would
-        # otherwise look like a broker that never answers.
-        self.monitor = self.dealer.get_monitor_socket(HANDSHAKE_EVENTS)
-        self.dealer.connect(p.endpoint(self.host, self.port))
-        self.poller.register(self.dealer, zmq.POLLIN)
-        self.poller.register(self.monitor, zmq.POLLIN)
-
-    def _close_dealer(self) -> None:
-        if self.dealer is None:
-            return
-        self.poller.unregister(self.dealer)
-        if self.monitor is not None:
-            self.poller.unregister(self.monitor)
-            self.dealer.disable_monitor()
-            self.monitor.close(linger=0)
-            self.monitor = None
-        self.dealer.close(linger=0)
-        self.dealer = None
-
-    def _socket(self, kind: int) -> zmq.Socket:
-        sock = self.ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        if ":" in self.host:
-            sock.setsockopt(zmq.IPV6, 1)
-        if self.curve is not None:
-            sock.curve_serverkey = self.curve.server_key
-            sock.curve_publickey = self.curve.public
-            sock.curve_secretkey = self.curve.secret
-        return sock
-
-    def _subscribe(self, action: ev.Subscribe) -> None:
-        if self.sub is None or self.sub_port != action.pub_port:
-            if self.sub is not None:
-                self.poller.unregister(self.sub)
-                self.sub.close(linger=0)
-            self.sub = self._socket(zmq.SUB)
-            self.sub.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
-            self.sub.connect(p.endpoint(self.host, action.pub_port))
-            self.poller.register(self.sub, zmq.POLLIN)
-            self.sub_port = action.pub_port
-            self.rooms = set()
-        for room in set(action.rooms) - self.rooms:
-            self.sub.setsockopt(zmq.SUBSCRIBE, p.topic_frame(room))
-        self.rooms |= set(action.rooms)
+    def _unwatch(self, sock: zmq.Socket) -> None:
+        self.poller.unregister(sock)
 
     def close(self) -> None:
-        self._close_dealer()
-        if self.sub is not None:
-            self.sub.close(linger=0)
-            self.sub = None
+        self._close_sockets()
         with self._lock:
             if not self._closed:
                 self._closed = True
