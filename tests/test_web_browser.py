@@ -65,7 +65,7 @@ def chrome() -> Iterator[WebDriver]:
 def web_broker(procs: Processes, *extra: str, port: int = 0, pub_port: int = 0, label: str = "broker") -> tuple[Broker, str]:
     """``broker.py`` with ``extra`` (give --web), and the URL of its web client."""
     broker = Broker(timeout=5.0, extra=extra, port=port, pub_port=pub_port, label=label)
-    procs._listening(broker)
+    procs.listening(broker)
     return broker, broker.expect(WEB_URL)["url"]
 
 

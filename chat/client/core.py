@@ -95,6 +95,7 @@ class ClientCore:
         self.history_id = ""
         self.private_seq = 0  # the last PRIVATE shown: a lower or equal one is a resend, not shown again
         self._private_asked = 0  # the highest PONG.private_seq we rejoined for: asked once, not every PONG
+        self._carried_on = False  # set by carry_on: the first WELCOME is a takeover, not a new session
         self.heartbeat = DEFAULT_HEARTBEAT
         self.max_text = p.MAX_TEXT_CHARS  # characters in one line, as the broker's WELCOME says
         self.timeout = DEFAULT_TIMEOUT
@@ -126,7 +127,13 @@ class ClientCore:
         return [ev.AskName()]
 
     def carry_on(
-        self, token: str, history_id: str, rooms: dict[str, int], current: str, pending: list[Outgoing]
+        self,
+        token: str,
+        history_id: str,
+        rooms: dict[str, int],
+        current: str,
+        pending: list[Outgoing],
+        private_seq: int = -1,
     ) -> None:
         """Go on with a session that another driver began (a gateway restarted while a browser kept its
         page), before ``start``: the same token takes the broker's session back, each room goes on after
@@ -139,6 +146,9 @@ class ClientCore:
         self.current = current if current in self.rooms else self.rooms[0]
         self.feeds = {room: Feed.starting_after(last, 0) for room, last in rooms.items()}
         self.waiting.extend(pending)
+        # -1: the private messages the page already showed are not known, so none is asked for again.
+        self.private_seq = private_seq
+        self._carried_on = True  # its WELCOME takes a session over: no join event of ours to fetch
 
     def on_input(self, line: str, now: float) -> list[ev.Action]:
         """A line the user typed."""
@@ -527,7 +537,7 @@ class ClientCore:
         # each room, right after rooms[room]: fetch it with the history, to show it as everyone sees it.
         # (After a reconnect the session may have been taken over, with no join event: if there is one,
         # the next gap brings it.)
-        own_join = 0 if was_lost else 1
+        own_join = 0 if was_lost or self._carried_on else 1
         self.state = "joined"
         self.name = welcome.name
         self._own_key = p.name_key(welcome.name)  # compared with every event's sender: computed once
