@@ -56,6 +56,22 @@ def announce(url: str, out: TextIO) -> None:
 def serve(broker: BrokerAddress, host: str, port: int, *, context: ssl.SSLContext | None, history_lines: int,
           max_sessions: int, per_address: int, ping: float, out: TextIO = sys.stdout) -> int:
     """Run the gateway in this thread until Ctrl-C or SIGTERM."""
+    return serve_until_stopped(
+        "web",
+        host,
+        port,
+        lambda stop: run_gateway(broker, host, port, stop=stop, ready=lambda url: announce(url, out),
+                                 ssl_context=context, history_lines=history_lines, max_sessions=max_sessions,
+                                 per_address=per_address, ping=ping),
+        out,
+    )
+
+
+def serve_until_stopped(
+    label: str, host: str, port: int, gateway: Callable[[asyncio.Event], Awaitable[None]], out: TextIO
+) -> int:
+    """Run a gateway's coroutine (``gateway(stop)``) in this thread until Ctrl-C or SIGTERM; 1 when it
+    cannot listen. What ``python -m chat.web`` and ``python -m chat.irc`` both do."""
     import signal
 
     async def main() -> None:
@@ -66,18 +82,16 @@ def serve(broker: BrokerAddress, host: str, port: int, *, context: ssl.SSLContex
                 loop.add_signal_handler(signum, stop.set)
             except (NotImplementedError, RuntimeError):  # Windows: Ctrl-C raises KeyboardInterrupt instead
                 pass
-        await run_gateway(broker, host, port, stop=stop, ready=lambda url: announce(url, out),
-                          ssl_context=context, history_lines=history_lines, max_sessions=max_sessions,
-                          per_address=per_address, ping=ping)
+        await gateway(stop)
 
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
     except OSError as exc:
-        print(f"web: cannot listen on {host}:{port}: {exc}", file=sys.stderr, flush=True)
+        print(f"{label}: cannot listen on {host}:{port}: {exc}", file=sys.stderr, flush=True)
         return 1
-    print("web: stopped", file=out, flush=True)
+    print(f"{label}: stopped", file=out, flush=True)
     return 0
 
 
