@@ -77,6 +77,7 @@ KIND_LEAVE = "leave"
 KIND_ENTER = "enter"  # joined one room with /join (text: empty)
 KIND_PART = "part"  # left one room with /leave (text: empty)
 KIND_TOPIC = "topic"  # set the room's topic (text: the new topic)
+KIND_JOINS = "joins"  # a join storm, summed up: name is the first who joined, text how many did (decimal)
 SAY_KINDS = (KIND_MSG, KIND_ACTION)
 
 MAX_ROOM_CHARS = 32  # after the '#'

@@ -41,6 +41,11 @@ DEDUP_IDS_PER_NAME = RECENT_ACKS  # acknowledged ids remembered per user, to dro
 DEDUP_NAMES = 2 * MAX_SESSIONS
 MAX_ROOMS = 10_000  # rooms that can exist at once (with members or with a topic)
 RESTART_GRACE_TIMEOUTS = 2  # session timeouts a client has, after a broker restart, to resume its session
+# A join storm: past JOIN_BURST joins in a room within JOIN_WINDOW seconds, the broker holds the next ones
+# and publishes them as one "joins" event when the window ends (or before any other event in that room),
+# so that each member decodes a bounded number of presence events per second however many join.
+JOIN_BURST = 5
+JOIN_WINDOW = 1.0
 RESTORED = b"\x00restored\x00"  # identity prefix of a restored session until its client is back: never
 # a ROUTER's (5 bytes), and never looked up for a request even if a peer chose it as its routing id
 
@@ -103,6 +108,9 @@ class Broker:
         self.topics: dict[str, str] = {}  # room -> topic (kept in memory only)
         self.members: dict[str, int] = {}  # room -> sessions in it; a room with none is not listed
         self._acks: OrderedDict[str, OrderedDict[str, p.Ack]] = OrderedDict()  # per user, loaded on joining
+        self._join_windows: dict[str, tuple[float, int]] = {}  # room -> (its window's start, joins shown in it)
+        self._held_joins: dict[str, list[str]] = {}  # room -> names whose joins wait for the window's end
+        self.joins_due = float("inf")  # when the first held joins are to be published (release_joins)
         self.restart_grace = RESTART_GRACE_TIMEOUTS * session_timeout if restart_grace is None else restart_grace
         self._restore(self.history.open_sessions())
 
@@ -148,7 +156,9 @@ class Broker:
     def shutdown(self, reason: str = "the broker is shutting down") -> list[Outgoing]:
         """Tell every client that the broker is going away. Its history keeps who was online, so that
         they can resume after a restart."""
-        out: list[Outgoing] = [Reply(s.identity, p.Bye(reason)) for s in self.sessions.values() if not s.restored]
+        now = self.clock()
+        out: list[Outgoing] = [event for room in list(self._held_joins) for event in self._release_room(room, now)]
+        out += [Reply(s.identity, p.Bye(reason)) for s in self.sessions.values() if not s.restored]
         self.sessions.clear()
         self.names.clear()
         self.members.clear()
@@ -222,8 +232,47 @@ class Broker:
         # WELCOME before the join event: its sequence numbers are the ones the client must follow on from.
         out: list[Outgoing] = [Reply(identity, self._welcome(session))]
         for room in sorted(session.rooms):
-            out.append(self._publish(room, p.KIND_JOIN, session.name, "", now))
+            if self._join_shown(room, now):
+                out.append(self._publish(room, p.KIND_JOIN, session.name, "", now))
+            else:
+                self._held_joins.setdefault(room, []).append(session.name)
+                self.joins_due = min(self.joins_due, self._join_windows[room][0] + JOIN_WINDOW)
         return out + self._privates_again(session, join)
+
+    def _join_shown(self, room: str, now: float) -> bool:
+        """Whether a join in ``room`` is published now (True) or held for the window's summary."""
+        start, shown = self._join_windows.get(room, (now, 0))
+        if now - start >= JOIN_WINDOW:
+            start, shown = now, 0
+        if shown < JOIN_BURST and room not in self._held_joins:
+            self._join_windows[room] = (start, shown + 1)
+            return True
+        self._join_windows[room] = (start, shown)
+        return False
+
+    def release_joins(self) -> list[Outgoing]:
+        """The held joins of every room whose window has ended, one ``joins`` event per room."""
+        now = self.clock()
+        if now < self.joins_due:
+            return []
+        out: list[Outgoing] = []
+        self.joins_due = float("inf")
+        for room in list(self._held_joins):
+            end = self._join_windows[room][0] + JOIN_WINDOW
+            if now >= end:
+                out += self._release_room(room, now)
+            else:
+                self.joins_due = min(self.joins_due, end)
+        return out
+
+    def _release_room(self, room: str, now: float) -> list[Outgoing]:
+        names = self._held_joins.pop(room, None)
+        if not names:
+            return []
+        self._join_windows[room] = (now, 0)  # a new window: the next joins are shown one by one again
+        if len(names) == 1:
+            return [self._publish(room, p.KIND_JOIN, names[0], "", now)]
+        return [self._publish(room, p.KIND_JOINS, names[0], str(len(names)), now)]
 
     def _load_acks(self, key: str) -> None:
         """Load a user's last acknowledged ids, so that resends are recognised (also after a restart)."""
@@ -257,10 +306,12 @@ class Broker:
         if kind != p.KIND_TOPIC:  # a topic has its own, protocol-wide limit
             self._check_text(text)
         self._spend(session, now)
-        event = self._publish(room, kind, session.name, p.neutralise(text), now, msg_id)
+        out = self._publish_after_joins(room, kind, session.name, p.neutralise(text), now, msg_id)
+        event = out[-1]
+        assert isinstance(event, p.Event)
         ack = p.Ack(msg_id, event.seq, event.ts)
         self._remember(session.name_key, ack)
-        return [event, Reply(session.identity, ack)]
+        return [*out, Reply(session.identity, ack)]
 
     def _pm(self, session: Session, pm: p.Pm, now: float) -> list[Outgoing]:
         done = self._acked(session, pm.id)
@@ -326,7 +377,7 @@ class Broker:
             raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more rooms")
         self._add_member(session, room)
         self._keep(session)
-        return [Reply(session.identity, entered), self._publish(room, p.KIND_ENTER, session.name, "", now)]
+        return [Reply(session.identity, entered), *self._publish_after_joins(room, p.KIND_ENTER, session.name, "", now)]
 
     def _part(self, session: Session, part: p.Part, now: float) -> list[Outgoing]:
         room = p.room_key(part.room)
@@ -335,8 +386,7 @@ class Broker:
         self._remove_member(session, room)
         session.last_room = room
         self._keep(session)
-        event = self._publish(room, p.KIND_PART, session.name, "", now)
-        return [event, Reply(session.identity, p.Parted(room))]
+        return [*self._publish_after_joins(room, p.KIND_PART, session.name, "", now), Reply(session.identity, p.Parted(room))]
 
     def _rooms(self, session: Session, now: float) -> list[Outgoing]:
         rooms = [{"room": r, "members": n, "topic": self.topics.get(r, "")} for r, n in sorted(self.members.items())]
@@ -347,8 +397,9 @@ class Broker:
         if room not in session.rooms:
             raise RemoteProtocolError(p.NO_SUCH_ROOM, f"you are not in {room}")
         out = self._publish_line(session, room, p.KIND_TOPIC, topic.text, topic.id, now)
-        if isinstance(out[0], p.Event):  # published now, not a resend
-            self.topics[room] = out[0].text
+        published = out[-2] if len(out) > 1 else None
+        if isinstance(published, p.Event):  # published now, not a resend
+            self.topics[room] = published.text
         return out
 
     def _add_member(self, session: Session, room: str) -> None:
@@ -409,6 +460,11 @@ class Broker:
         self.history.append(event, msg_id)
         return event
 
+    def _publish_after_joins(self, room: str, kind: str, name: str, text: str, now: float, msg_id: str = "") -> list[Outgoing]:
+        """Publish an event in ``room``, after the joins held there: who joined comes before what they say."""
+        held = self._release_room(room, now) if room in self._held_joins else []
+        return [*held, self._publish(room, kind, name, text, now, msg_id)]
+
     def _end(self, session: Session, why: str) -> list[Outgoing]:
         """End a session: its leave goes to each of its rooms, or, in none, to the room it parted last
         (whoever saw it there sees it go, as the roster of everyone online no longer lists it)."""
@@ -420,7 +476,10 @@ class Broker:
         for room in rooms:
             self._remove_member(session, room)
         announce = rooms or ([session.last_room] if session.last_room else [])
-        return [self._publish(room, p.KIND_LEAVE, session.name, why, now) for room in announce]
+        out: list[Outgoing] = []
+        for room in announce:
+            out += self._publish_after_joins(room, p.KIND_LEAVE, session.name, why, now)
+        return out
 
     def _keep(self, session: Session) -> None:
         """Record an online session in the history, so that it can resume after a restart."""

@@ -185,8 +185,11 @@ class BrokerServer:
         next_expiry = clock() + EXPIRE_EVERY
         next_allow_check = clock() + ALLOW_CHECK_EVERY
         while not self.stopping:
-            timeout = max(0, min(POLL_MS, int((next_expiry - clock()) * 1000)))
+            # held joins are due on the broker's own clock
+            wait = min(next_expiry - clock(), self.broker.joins_due - self.broker.clock())
+            timeout = max(0, min(POLL_MS, int(wait * 1000)))
             outgoing = self._drain() if poller.poll(timeout) else []
+            outgoing += self.broker.release_joins()
             if clock() >= next_expiry:
                 outgoing += self.broker.expire_idle()
                 next_expiry = clock() + EXPIRE_EVERY

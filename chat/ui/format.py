@@ -3,6 +3,7 @@
     [YYYY-MM-DD HH:MM:SS] alice: text
     [YYYY-MM-DD HH:MM:SS] * alice waves
     [YYYY-MM-DD HH:MM:SS] alice has joined the chat.
+    [YYYY-MM-DD HH:MM:SS] alice and 11 others have joined the chat.   (a join storm, summed up)
     [YYYY-MM-DD HH:MM:SS] alice has left the chat.
     [YYYY-MM-DD HH:MM:SS] alice has left the chat. (timed out)
     [YYYY-MM-DD HH:MM:SS] alice has left the chat. (broker restarted)
@@ -68,6 +69,11 @@ class LineFormatter:
             return f"{when} * {self.name(event.name)} {text}"
         if event.kind == p.KIND_JOIN:
             return self.dim(f"{when} {p.neutralise(event.name)} has joined the chat.")
+        if event.kind == p.KIND_JOINS and event.text.isdecimal() and int(event.text) > 1:
+            others = int(event.text) - 1
+            return self.dim(
+                f"{when} {p.neutralise(event.name)} and {others} other{'s' if others > 1 else ''} have joined the chat."
+            )
         if event.kind == p.KIND_LEAVE:
             why = f" ({p.LEAVE_REASONS[event.text]})" if event.text in p.LEAVE_REASONS else ""
             return self.dim(f"{when} {p.neutralise(event.name)} has left the chat.{why}")

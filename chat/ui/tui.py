@@ -466,6 +466,12 @@ class ChatApp(App[int]):
         """Joins and leaves in a room whose roster is known (before, they are in the roster)."""
         room = p.room_key(event.room)
         names = self.rosters.get(room)
+        if names is not None and event.kind == p.KIND_JOINS:  # names not given: ask for the roster again
+            del self.rosters[room]
+            if room == p.room_key(self.users.room):
+                self._roster_due = True
+                self._view(self.buffers.shown, tell_core=False)
+            return
         if names is None or event.kind not in (p.KIND_JOIN, p.KIND_ENTER, p.KIND_LEAVE, p.KIND_PART):
             return
         names[:] = [n for n in names if p.name_key(n) != p.name_key(event.name)]
