@@ -117,6 +117,9 @@ class Join(Message, frozen=True):
     # The seq of the last PRIVATE this client has shown: the broker sends again the ones after it that
     # went to this client (same token). -1 (absent): send none again, as a client that does not count.
     private_seq: int = -1
+    # True: this client reads ACKS, so the broker may answer several of its lines at once (one reply per
+    # batch instead of one ACK per line). Absent (an older client): every line gets its own ACK.
+    batch_acks: bool = False
 
 
 class Say(Message, frozen=True):
@@ -231,6 +234,18 @@ class Ack(Message, frozen=True):
     ts: int
 
 
+class Acks(Message, frozen=True):
+    """Several ACKs to one client, of the lines the broker handled in one batch, in the order handled:
+    each ``[id, seq, ts]`` means exactly what ``ACK`` with those fields means. Sent only to a client
+    whose JOIN said ``batch_acks``."""
+
+    TYPE: ClassVar[bytes] = b"ACKS"
+    acks: list[tuple[str, int, int]]
+
+    def each(self) -> list[Ack]:
+        return [Ack(msg_id, seq, ts) for msg_id, seq, ts in self.acks]
+
+
 class Error(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"ERROR"
     code: str
@@ -309,7 +324,7 @@ CLIENT_MESSAGES: dict[bytes, type[Message]] = {
     m.TYPE: m for m in (Join, Say, Pm, Who, Ping, Leave, Fetch, Enter, Part, Rooms, Topic)
 }
 BROKER_MESSAGES: dict[bytes, type[Message]] = {
-    m.TYPE: m for m in (Welcome, Ack, Error, Roster, Private, Pong, History, Bye, Entered, Parted, RoomList)
+    m.TYPE: m for m in (Welcome, Ack, Acks, Error, Roster, Private, Pong, History, Bye, Entered, Parted, RoomList)
 }
 
 

@@ -95,7 +95,7 @@ def test_start_with_a_name_sends_join_with_a_random_token() -> None:
     core = ClientCore("alice", interactive=False)
     actions = core.start(0.0)
     assert ev.Status("connecting") in actions
-    assert sent(actions) == [p.Join("alice", core.token, [GENERAL], private_seq=0)]
+    assert sent(actions) == [p.Join("alice", core.token, [GENERAL], private_seq=0, batch_acks=True)]
     assert len(core.token) >= 16 and core.token != ClientCore("alice", interactive=False).token
 
 
@@ -103,7 +103,7 @@ def test_start_without_a_name_asks_for_one_and_takes_the_next_line() -> None:
     core = ClientCore(None, interactive=True)
     assert core.start(0.0) == [ev.AskName()]
     actions = core.on_input("alice\n", 0.5)
-    assert sent(actions) == [p.Join("alice", core.token, [GENERAL], private_seq=0)]
+    assert sent(actions) == [p.Join("alice", core.token, [GENERAL], private_seq=0, batch_acks=True)]
 
 
 def test_a_typed_name_that_breaks_the_rules_is_asked_again_without_sending() -> None:
@@ -156,7 +156,7 @@ def test_name_taken_interactive_asks_again_and_uses_the_next_line() -> None:
     assert actions == [ev.AskName("the name alice is taken; choose another")]
     assert exits(core.tick(client_core.CONNECT_TIMEOUT + 1)) == []  # a person is being asked: no time-out
     actions = core.on_input("alice2", 10.0)
-    assert sent(actions) == [p.Join("alice2", core.token, [GENERAL], private_seq=0)]
+    assert sent(actions) == [p.Join("alice2", core.token, [GENERAL], private_seq=0, batch_acks=True)]
     assert ev.Status("connected", "alice2") in direct(core, msgspec.structs.replace(WELCOME, name="alice2"), 10.1)
 
 
@@ -497,7 +497,7 @@ def test_a_private_message_sent_again_is_not_shown_again_and_the_rejoin_names_th
     assert direct(core, first, 1.0) == [ev.PrivateIn(first)]
     assert direct(core, second, 1.1) == [ev.PrivateIn(second)]
     t, actions = lose(core)
-    assert p.Join("alice", core.token, [GENERAL], private_seq=2) in sent(actions)
+    assert p.Join("alice", core.token, [GENERAL], private_seq=2, batch_acks=True) in sent(actions)
     direct(core, WELCOME, t + 0.5)
     third = p.Private("bob", "alice", "three", 9, seq=3)
     # the broker sends again what came after the JOIN's private_seq; a retried JOIN may bring it twice
@@ -514,7 +514,7 @@ def test_a_pong_naming_a_private_message_never_seen_asks_for_it_again_once() -> 
     direct(core, p.Private("bob", "alice", "one", 7, seq=1), 1.0)
     assert sent(direct(core, p.Pong({GENERAL: 3}, private_seq=1), 1.1)) == []
     asked = sent(direct(core, p.Pong({GENERAL: 3}, private_seq=3), 1.2))
-    assert asked == [p.Join("alice", core.token, [GENERAL], private_seq=1)]
+    assert asked == [p.Join("alice", core.token, [GENERAL], private_seq=1, batch_acks=True)]
     assert direct(core, WELCOME, 1.3) == []  # the answer to a JOIN on a joined connection
     assert sent(direct(core, p.Pong({GENERAL: 3}, private_seq=3), 1.4)) == []
     lost = p.Private("carol", "alice", "three", 9, seq=3)
@@ -607,8 +607,8 @@ def test_broker_silence_beyond_the_timeout_means_reconnecting() -> None:
     retry = core.tick(t + client_core.RETRY_INTERVAL)
     everything = actions + retry
     assert ev.Reconnect() in everything
-    assert p.Join("alice", first_token, [GENERAL], private_seq=0) in sent(everything)
-    assert retry == [ev.Reconnect(), ev.Send(p.Join("alice", first_token, [GENERAL], private_seq=0))]  # and again, every RETRY_INTERVAL
+    assert p.Join("alice", first_token, [GENERAL], private_seq=0, batch_acks=True) in sent(everything)
+    assert retry == [ev.Reconnect(), ev.Send(p.Join("alice", first_token, [GENERAL], private_seq=0, batch_acks=True))]  # and again, every RETRY_INTERVAL
 
 
 def test_bye_from_a_stopping_broker_means_reconnecting() -> None:
@@ -645,7 +645,7 @@ def test_not_joined_while_joined_rejoins_at_once() -> None:
     core = joined()
     actions = direct(core, p.Error(p.NOT_JOINED, "join first", "PING"), 1.0)
     assert ev.Status("reconnecting") in actions
-    assert p.Join("alice", core.token, [GENERAL], private_seq=0) in sent(actions + core.tick(1.0))
+    assert p.Join("alice", core.token, [GENERAL], private_seq=0, batch_acks=True) in sent(actions + core.tick(1.0))
 
 
 def test_a_line_refused_with_not_joined_is_sent_again_after_the_rejoin_not_dropped() -> None:
@@ -655,7 +655,7 @@ def test_a_line_refused_with_not_joined_is_sent_again_after_the_rejoin_not_dropp
     assert isinstance(line, p.Say)
     actions = direct(core, p.Error(p.NOT_JOINED, "join first", line.id), 1.0)
     assert not [a for a in actions if isinstance(a, ev.Failed)]
-    assert p.Join("alice", core.token, [GENERAL], private_seq=0) in sent(actions)
+    assert p.Join("alice", core.token, [GENERAL], private_seq=0, batch_acks=True) in sent(actions)
     assert line in sent(direct(core, WELCOME, 1.2))
 
 
@@ -835,7 +835,7 @@ def test_a_carried_on_session_rejoins_with_its_token_and_fetches_what_it_missed_
     pending = p.Say("page-7", "not acknowledged yet", GENERAL)
     core.carry_on("t" * 32, WELCOME.history_id, {GENERAL: 2}, GENERAL, [pending])
     [join] = sent(core.start(0.0))
-    assert join == p.Join("alice", "t" * 32, [GENERAL])
+    assert join == p.Join("alice", "t" * 32, [GENERAL], batch_acks=True)
     actions = direct(core, msgspec.structs.replace(WELCOME, name="alice"), T_JOINED)
     fetch, resent = sent(actions)
     assert isinstance(fetch, p.Fetch)

@@ -21,7 +21,7 @@ from chat.bench.fanout import run_fanout
 from chat.bench.latency import run_latency
 from chat.bench.procs import REPO, BenchError
 from chat.bench.scale import BROKER_FDS_PER_CLIENT, FD_SLACK, run_scale
-from chat.bench.targets import TARGETS, Target
+from chat.bench.targets import FANOUT_DEFAULT, HISTORY_ACK, TARGETS, Target
 
 QUICK = {  # a smoke run of every workload in a few seconds (CI)
     "lines": 1000,
@@ -76,8 +76,9 @@ def parser() -> argparse.ArgumentParser:
                      help="lines per run are cut to this over the receivers (default %(default)s)")
     fan.add_argument("--line-bytes", type=pos_int, default=100, help="bytes of text per line (default %(default)s)")
     fan.add_argument("--window", type=pos_int, default=500, help="unacknowledged lines at most (default %(default)s)")
-    fan.add_argument("--fanout-targets", type=_targets, default=list(TARGETS.values()),
-                     help=f"default {','.join(TARGETS)}")
+    fan.add_argument("--fanout-targets", type=_targets, default=FANOUT_DEFAULT,
+                     help=f"default {','.join(t.name for t in FANOUT_DEFAULT)}; also {HISTORY_ACK.name} "
+                     "(one ACK per line, as before ACKS)")
     fan.add_argument("--skip-fanout", action="store_true")
     lat = ap.add_argument_group("2. latency")
     lat.add_argument("--latency-clients", type=pos_int, default=50, help="default %(default)s")

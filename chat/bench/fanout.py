@@ -57,7 +57,7 @@ class Sender:
     def join(self, timeout: float = SYNC_TIMEOUT) -> None:
         if not self.peer.chat:
             return
-        self.inlet.send_multipart(wire.join(SENDER_NAME, "bench-token"))
+        self.inlet.send_multipart(wire.join(SENDER_NAME, "bench-token", self.peer.batch_acks))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.inlet.poll(POLL_MS):
@@ -100,6 +100,9 @@ class Sender:
             if kind == b"ACK":
                 self.accepted += 1
                 self.last_ack = frames
+            elif kind == b"ACKS":
+                self.accepted += len(wire.acks(*wire.reply(frames)))
+                self.last_ack = frames
             elif kind != b"PONG":
                 self.accepted += 1  # answered, though not accepted: the line will be missing, and counted so
                 self.errors.append(repr(frames)[:200])
@@ -123,7 +126,7 @@ class Sender:
         """The seq of the last acknowledged line (broker) or of the last line sent (baseline)."""
         if not self.peer.chat:
             return self.sent
-        return int(wire.reply(self.last_ack)[1]["seq"]) if self.last_ack is not None else 0
+        return wire.acks(*wire.reply(self.last_ack))[-1][1] if self.last_ack is not None else 0
 
 
 def fanout_sender(ctl: Control, cfg: dict[str, Any]) -> None:

@@ -62,7 +62,7 @@ class Senders:
         if not self.chat:
             return
         for i, sock in enumerate(self.inlets):
-            sock.send_multipart(wire.join(f"lat{i}", f"token{i}"))
+            sock.send_multipart(wire.join(f"lat{i}", f"token{i}", self.peer.batch_acks))
         welcomed: set[int] = set()
         deadline = time.monotonic() + SYNC_TIMEOUT
         while len(welcomed) < self.count and time.monotonic() < deadline:
@@ -104,13 +104,14 @@ class Senders:
             except zmq.Again:
                 return
             kind, body = wire.reply(frames)
-            if kind == b"ACK":
+            acked = wire.acks(kind, body)
+            for msg_id, seq in acked:
                 self.acked += 1
-                self.ack_seq[body["id"]] = body["seq"]
-                sent = self.sent_at.pop(body["id"], None)
+                self.ack_seq[msg_id] = seq
+                sent = self.sent_at.pop(msg_id, None)
                 if sent is not None:
                     self.ack_ns.append(time.monotonic_ns() - sent)
-            elif kind != b"PONG":
+            if not acked and kind != b"PONG":
                 self.errors.append(f"{kind.decode()} {body}"[:200])
 
 

@@ -42,6 +42,7 @@ class Peer:
     endpoint: str  # where requests go (ROUTER or PULL)
     pub_endpoint: str  # where events come from (PUB)
     server_key: bytes | None = None  # the broker's CURVE public key (--secure)
+    batch_acks: bool = False  # JOIN with batch_acks: the broker may answer several lines in one ACKS
 
     @property
     def chat(self) -> bool:

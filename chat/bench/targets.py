@@ -24,6 +24,7 @@ class Target:
     kind: str  # "broker", "floor" or "limit"
     history: bool = False  # --db FILE instead of --db :memory:
     secure: bool = False  # --secure
+    batch_acks: bool = True  # its clients JOIN with batch_acks, as the reference client does (False: one ACK a line)
 
     @property
     def broker(self) -> bool:
@@ -35,7 +36,9 @@ FLOOR = Target("floor", "floor")
 BROKER = Target("broker", "broker")
 HISTORY = Target("broker+history", "broker", history=True)
 SECURE = Target("broker+secure", "broker", secure=True)
-TARGETS = {t.name: t for t in (LIMIT, FLOOR, BROKER, HISTORY, SECURE)}
+HISTORY_ACK = Target("broker+history/ACK", "broker", history=True, batch_acks=False)  # as before ACKS
+TARGETS = {t.name: t for t in (LIMIT, FLOOR, BROKER, HISTORY, HISTORY_ACK, SECURE)}
+FANOUT_DEFAULT = [LIMIT, FLOOR, BROKER, HISTORY, SECURE]
 
 
 @dataclass
@@ -85,5 +88,6 @@ def start(
         endpoint=endpoint(HOST, port),
         pub_endpoint=endpoint(HOST, pub_port),
         server_key=server_key,
+        batch_acks=target.broker and target.batch_acks,
     )
     return Running(target, relay, peer)

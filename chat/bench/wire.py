@@ -56,8 +56,20 @@ def request(kind: bytes, body: dict[str, Any]) -> list[bytes]:
     return [PROTOCOL_TAG, kind, json.dumps(body, separators=(",", ":")).encode()]
 
 
-def join(name: str, token: str) -> list[bytes]:
-    return request(b"JOIN", {"name": name, "token": token})
+def join(name: str, token: str, batch_acks: bool = False) -> list[bytes]:
+    body: dict[str, Any] = {"name": name, "token": token}
+    if batch_acks:
+        body["batch_acks"] = True
+    return request(b"JOIN", body)
+
+
+def acks(kind: bytes, body: dict[str, Any]) -> list[tuple[str, int]]:
+    """(id, seq) of each line an ACK or ACKS reply acknowledges (none for another reply)."""
+    if kind == b"ACK":
+        return [(body["id"], body["seq"])]
+    if kind == b"ACKS":
+        return [(msg_id, seq) for msg_id, seq, _ in body["acks"]]
+    return []
 
 
 PING = request(b"PING", {})

@@ -76,6 +76,7 @@ class Session:
     private_seq: int = 0  # the seq of the last private message sent to this session's client
     restored: bool = False  # online when the broker last stopped; its client has not come back yet
     last_room: str = ""  # the room it parted last: its leave goes there when it is in no room
+    batch_acks: bool = False  # its client reads ACKS (said so in its JOIN)
 
 
 class Broker:
@@ -164,6 +165,32 @@ class Broker:
         self.members.clear()
         return out
 
+    def pack_acks(self, outgoing: list[Outgoing]) -> list[Outgoing]:
+        """A batch's outgoing items with the ACKs to each client that reads ACKS packed into one such
+        reply, where the first of them was (a single ACK stays an ACK). What the ACKs say is unchanged:
+        the batch is stored before anything of it is sent."""
+        packed: dict[bytes, list[p.Ack]] = {}
+        out: list[Outgoing] = []
+        sessions = self.sessions
+        for item in outgoing:
+            if type(item) is Reply and type(item.message) is p.Ack:
+                acks = packed.get(item.identity)
+                if acks is not None:
+                    acks.append(item.message)
+                    continue
+                session = sessions.get(item.identity)
+                if session is not None and session.batch_acks:
+                    packed[item.identity] = [item.message]
+            out.append(item)
+        if not any(len(acks) > 1 for acks in packed.values()):
+            return out
+        for index, item in enumerate(out):
+            if type(item) is Reply and type(item.message) is p.Ack:
+                acks = packed.get(item.identity)
+                if acks is not None and len(acks) > 1:
+                    out[index] = Reply(item.identity, p.Acks([(a.id, a.seq, a.ts) for a in acks]))
+        return out
+
     # ------------------------------------------------------------------ messages
 
     def _dispatch(self, session: Session, message: p.Message, now: float) -> list[Outgoing]:
@@ -209,6 +236,7 @@ class Broker:
                 # leave/join noise.
                 del self.sessions[holder.identity]
                 holder.identity, holder.last_seen, holder.restored = identity, now, False
+                holder.batch_acks = join.batch_acks  # the client may have been upgraded meanwhile
                 self.sessions[identity] = holder
                 self._load_acks(key)  # a session restored after a restart has none in memory yet
                 return [Reply(identity, self._welcome(holder)), *self._privates_again(holder, join)]
@@ -219,7 +247,8 @@ class Broker:
         if len(self.members) + len(rooms - self.members.keys()) > MAX_ROOMS:
             raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more rooms")
         session = Session(
-            identity, join.name, token_hash(join.token), now, name_key=key, key=peer_key, allowance_at=now, rooms=set()
+            identity, join.name, token_hash(join.token), now, name_key=key, key=peer_key, allowance_at=now, rooms=set(),
+            batch_acks=join.batch_acks,
         )
         for room in rooms:
             self._add_member(session, room)

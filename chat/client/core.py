@@ -230,6 +230,8 @@ class ClientCore:
             return self._error(message, now)
         if isinstance(message, p.Ack):
             return self._ack(message, now)
+        if isinstance(message, p.Acks):
+            return [action for ack in message.each() for action in self._ack(ack, now)]
         if isinstance(message, p.Pong):
             return self._pong(message, now)
         if isinstance(message, p.History):
@@ -521,7 +523,7 @@ class ClientCore:
     def _join_message(self) -> p.Join:
         """JOIN names our rooms too, so that a restarted broker puts us back in all of them, and the last
         private message we have shown, so that it sends again any later one that went astray."""
-        return p.Join(self.name, self.token, list(self.rooms), self.private_seq)
+        return p.Join(self.name, self.token, list(self.rooms), self.private_seq, batch_acks=True)
 
     def _refused(self, reason: str) -> list[ev.Action]:
         if self.interactive:
