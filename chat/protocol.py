@@ -659,6 +659,8 @@ def neutralise(text: str) -> str:
     Control characters (which start ANSI/OSC escape sequences) become visible caret notation, C1
     controls, lone surrogates and bidirectional overrides become U+FFFD, newlines and tabs become spaces.
     """
+    if text.isascii() and text.isprintable():  # the common case, in C: no control character, nothing else to do
+        return text
     if not _UNSAFE.search(text):
         return text
     out = []
