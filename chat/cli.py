@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from chat import protocol as p
-from chat.broker.core import BURST, MAX_SESSIONS, RATE, SESSION_TIMEOUT
+from chat.broker.core import MAX_SESSIONS, SESSION_TIMEOUT
+from chat.broker.limits import BURST, JOIN_BURST, JOIN_RATE, MAX_PER_ADDRESS, RATE
 from chat.broker.server import PUB_HWM
 from chat.client.core import ClientCore
 from chat.client.events import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
@@ -103,6 +104,23 @@ def broker_parser() -> argparse.ArgumentParser:
     )
     limits.add_argument("--rate", type=float, default=RATE, help="lines a user may send per second (default %(default)g; 0: no limit)")
     limits.add_argument("--burst", type=_count, default=BURST, help="lines a user may send at once (default %(default)s)")
+    limits.add_argument(
+        "--max-per-address",
+        type=_count,
+        default=MAX_PER_ADDRESS,
+        metavar="N",
+        help="users at once from one source address (default %(default)s; 0: no limit)",
+    )
+    limits.add_argument(
+        "--join-rate",
+        type=float,
+        default=JOIN_RATE,
+        metavar="R",
+        help="joins and room changes a second from one source address (default %(default)g; 0: no limit)",
+    )
+    limits.add_argument(
+        "--join-burst", type=_count, default=JOIN_BURST, metavar="N", help="... and at once (default %(default)s)"
+    )
     security = parser.add_argument_group("encryption (CurveZMQ)")
     security.add_argument("--secure", action="store_true", help="encrypt both sockets; clients need the broker's public key")
     security.add_argument(
@@ -217,6 +235,10 @@ def broker_main(argv: list[str] | None = None) -> int:
         max_text=args.max_text,
         rate=args.rate,
         burst=args.burst,
+        max_per_address=args.max_per_address,
+        join_rate=args.join_rate,
+        join_burst=args.join_burst,
+        notice=lambda text: print(f"broker: {text}", file=sys.stderr, flush=True),
     )
     try:
         return serve(

@@ -56,6 +56,9 @@ class History(Protocol):
     def open_sessions(self) -> list[SessionRecord]:
         """The sessions online when the broker last stopped (or was killed)."""
 
+    def forget(self, room: str) -> None:
+        """Drop what is held in memory for a room nobody is in (the broker calls it after a while)."""
+
 
 class MemoryHistory:
     """The last ``keep`` events of each room, in memory; gone when the broker stops."""
@@ -89,6 +92,9 @@ class MemoryHistory:
 
     def flush(self) -> None:
         pass  # nothing to make durable
+
+    def forget(self, room: str) -> None:
+        self._rooms.pop(room, None)  # in memory, that is the room's history: its numbers start again
 
     def recent_acks(self) -> list[tuple[str, Ack]]:
         return []  # a new memory history has seen nothing
