@@ -18,6 +18,7 @@ the guard does nothing and the broker says so at start.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import sys
@@ -33,6 +34,7 @@ except ImportError:  # Windows
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+GROWTH = 16 * 1024 * 1024  # the broker's own growth (resident memory) that brings the next check forward
 PENDING_BYTES = 8 * 1024 * 1024  # received and not yet part of a delivered message (a client's 500-line window fits)
 FRAME_OVERHEAD = 9  # the most a ZMTP frame header takes on the wire
 CURVE_OVERHEAD = 33  # what a CURVE MESSAGE command adds to each frame (command name, nonce, MAC, flags)
@@ -107,6 +109,19 @@ class PendingGuard:
         self.accounted: dict[int, int] = {}  # fd -> bytes of it explained by delivered messages (and credit)
         self.sockets = sockets
         self.monitors = [s.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED) for s in sockets]
+        # Checking every connection costs a system call each; reading our own size costs one in all. The
+        # server calls ``watch`` often, and it checks the connections as soon as the broker grows.
+        self._statm = os.open("/proc/self/statm", os.O_RDONLY)
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._checked_at_size = self._resident()
+
+    def _resident(self) -> int:
+        return int(os.pread(self._statm, 128, 0).split()[1]) * self._page
+
+    def watch(self) -> None:
+        """Check the connections now if the broker has grown by GROWTH since the last check."""
+        if self._resident() - self._checked_at_size > GROWTH:
+            self.check()
 
     def delivered(self, fd: int, frames: list[bytes]) -> None:
         """A message came in from connection ``fd``."""
@@ -115,6 +130,8 @@ class PendingGuard:
             self.accounted[fd] = accounted + sum(map(len, frames)) + self.per_frame * len(frames)
 
     def check(self) -> None:
+        """Cut every connection that is more than the budget ahead of what it delivered."""
+        self._checked_at_size = self._resident()
         self.follow_connections()
         for fd, accounted in list(self.accounted.items()):
             received = bytes_received(fd)
@@ -145,6 +162,7 @@ class PendingGuard:
                     self.accounted.pop(fd, None)
 
     def close(self) -> None:
+        os.close(self._statm)
         for sock, monitor in zip(self.sockets, self.monitors):
             sock.disable_monitor()
             monitor.close(linger=0)

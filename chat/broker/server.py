@@ -23,7 +23,8 @@ from chat.broker.core import Broker, Outgoing, Reply
 from chat.discovery import Announcer, beacon
 
 DRAIN_BATCH = 1000  # messages read from the ROUTER before the loop looks at timers again
-EXPIRE_EVERY = 0.25  # seconds between checks for silent sessions
+EXPIRE_EVERY = 0.25  # seconds between checks for silent sessions (and of every connection's unfinished bytes)
+WATCH_EVERY = 0.02  # seconds between looks at the broker's own size (see chat.broker.guard)
 POLL_MS = 200  # longest wait in poll, which bounds how late a stop request is seen
 SHUTDOWN_LINGER_MS = 1000  # time given to the goodbye messages to leave
 PUB_HWM = 1000  # messages (batches of events) queued per subscriber; a slower one loses the rest and fetches it
@@ -161,9 +162,13 @@ class BrokerServer:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         next_expiry = clock() + EXPIRE_EVERY
+        next_watch = clock() + WATCH_EVERY if self.guard is not None else float("inf")
         while not self.stopping:
-            timeout = max(0, min(POLL_MS, int((next_expiry - clock()) * 1000)))
+            timeout = max(0, min(POLL_MS, int((min(next_expiry, next_watch) - clock()) * 1000)))
             outgoing = self._drain() if poller.poll(timeout) else []
+            if self.guard is not None and clock() >= next_watch:
+                self.guard.watch()
+                next_watch = clock() + WATCH_EVERY
             if clock() >= next_expiry:
                 if self.guard is not None:
                     self.guard.check()
