@@ -42,6 +42,7 @@ MAX_ROOMS = 10_000  # rooms that can exist at once (with members or with a topic
 RESTART_GRACE_TIMEOUTS = 2  # session timeouts a client has, after a broker restart, to resume its session
 RESTORED = b"\x00restored\x00"  # identity prefix of a restored session until its client is back: never
 # a ROUTER's (5 bytes), and never looked up for a request even if a peer chose it as its routing id
+FETCH_CHUNK = 100  # events read from the history at a time while filling a HISTORY page
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class Broker:
         self.room_idle = room_idle
         self.notice = notice  # tells the operator (stderr) about a limit being hit, now and then
         self._noticed: dict[str, float] = {}
+        self._unread = 0  # of the connection whose message is being handled
         self.history = history if history is not None else MemoryHistory()
         self.clock = clock
         self.wall_clock = wall_clock
@@ -130,12 +132,16 @@ class Broker:
 
     # ------------------------------------------------------------------ entry points
 
-    def handle(self, identity: bytes, frames: list[bytes], peer_key: str = "", address: str = "") -> list[Outgoing]:
+    def handle(
+        self, identity: bytes, frames: list[bytes], peer_key: str = "", address: str = "", unread: int = 0
+    ) -> list[Outgoing]:
         """Everything that follows from one message received on the ROUTER.
 
         ``peer_key`` is the sender's CURVE public key as authenticated by ZAP, or "" without encryption;
-        ``address`` the source address of its connection (ZeroMQ's ``Peer-Address``), or "" if unknown.
+        ``address`` the source address of its connection (ZeroMQ's ``Peer-Address``), or "" if unknown;
+        ``unread`` how many bytes written to that connection its peer has not taken yet (0 if unknown).
         """
+        self._unread = unread
         try:
             message = p.decode_client(frames)
         except RemoteProtocolError as exc:
@@ -303,7 +309,11 @@ class Broker:
         return [Reply(session.identity, roster)]
 
     def _fetch(self, session: Session, fetch: p.Fetch, now: float) -> list[Outgoing]:
+        if self._unread > limits.FETCH_UNREAD:  # a reader that does not read is sent no more
+            self._tell(f"{session.name} ({session.address or '?'}) asks for history and does not read it")
+            raise RemoteProtocolError(p.RATE_LIMITED, "slow down: read the history sent before; ask again later")
         if not session.fetches.ready(now, limits.FETCH_MIN_COST):
+            self._tell(f"{session.name} ({session.address or '?'}) asks for history faster than allowed")
             raise RemoteProtocolError(
                 p.RATE_LIMITED, f"slow down: history at most {limits.FETCH_BYTES_RATE // 1024} KiB a second"
             )
@@ -319,14 +329,21 @@ class Broker:
             )
         last = min(fetch.last, fetch.first + p.MAX_FETCH - 1)
         # Cut the answer short where it would not fit in one frame; the client asks for the rest.
+        # Read in chunks: a page of long lines holds a few dozen, and reading a thousand would be waste.
         bodies: list[dict[str, object]] = []
         space_left = p.MAX_FRAME_BYTES - p.FRAME_OVERHEAD
-        for event in self.history.fetch(room, fetch.first, last):
-            body = p.event_body(event)
-            space_left -= p.encoded_size(body) + 1
-            if space_left < 0 and bodies:
-                break
-            bodies.append(body)
+        first, full = fetch.first, False
+        while first <= last and not full:
+            chunk_last = min(last, first + FETCH_CHUNK - 1)
+            for event in self.history.fetch(room, first, chunk_last):
+                body = p.event_body(event)
+                size = p.encoded_size(body) + 1
+                if size > space_left and bodies:
+                    full = True
+                    break
+                space_left -= size
+                bodies.append(body)
+            first = chunk_last + 1
         # The budget is in bytes sent: a reader that does not read is not sent more than it allows.
         session.fetches.spend(max(limits.FETCH_MIN_COST, p.MAX_FRAME_BYTES - space_left))
         return [Reply(session.identity, p.History(room, bodies, fetch.first, fetch.last, fetch.id))]
@@ -341,6 +358,7 @@ class Broker:
         if new_room and len(self.members) >= MAX_ROOMS:
             raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more rooms")
         if new_room and not session.rooms_made.ready(now):
+            self._tell(f"{session.name} ({session.address or '?'}) makes rooms too fast")
             raise RemoteProtocolError(
                 p.RATE_LIMITED, f"slow down: at most {limits.ROOMS_PER_MINUTE} new rooms a minute"
             )

@@ -10,7 +10,7 @@ connection (the frame property ``ZMQ_SRCFD`` says which one), and cuts a connect
 a subscriber may send ``PENDING_BYTES`` in all.
 
 The guard also tells how much the broker has written to a connection that the peer has not taken yet
-(``unsent``): a client that asks for history and does not read it is sent no more of it (see the server).
+(``unread``): a client that asks for history and does not read it is sent no more of it (see the core).
 
 The byte counts come from Linux (``TCP_INFO``'s ``tcpi_bytes_received``, and ``SIOCOUTQ``); elsewhere
 the guard does nothing and the broker says so at start.
@@ -62,15 +62,23 @@ def bytes_received(fd: int) -> int | None:
     return int(struct.unpack_from("=Q", info, _TCP_INFO_BYTES_RECEIVED)[0])
 
 
-def unsent(fd: int) -> int:
-    """Bytes written to ``fd`` that the peer has not acknowledged (0 if unknown): its reader is behind."""
+def unread(fd: int) -> int:
+    """Bytes written to ``fd`` that its peer has not taken, when they fill half its send buffer or more
+    (a reader that does not read); else 0, as for a peer that reads (or when it cannot be known)."""
     if fcntl is None:
         return 0
     try:
-        answer = fcntl.ioctl(fd, _SIOCOUTQ, b"\0" * 4)
+        queued = int(struct.unpack("=i", fcntl.ioctl(fd, _SIOCOUTQ, b"\0" * 4))[0])
+        if not queued:
+            return 0
+        sock = socket.socket(fileno=fd)
+        try:
+            capacity = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        finally:
+            sock.detach()
     except OSError:
         return 0
-    return int(struct.unpack("=i", answer)[0])
+    return queued if 2 * queued >= capacity else 0
 
 
 def cut(fd: int) -> str:

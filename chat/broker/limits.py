@@ -16,8 +16,9 @@ JOIN_RATE = 2.0  # JOIN, ENTER and PART a second from one source address, on ave
 JOIN_BURST = 30  # ... and at once
 ROOMS_PER_MINUTE = 10  # rooms one session may create (ENTER of a room that does not exist) a minute
 ROOM_IDLE = 300.0  # seconds after which a room without members is forgotten (its numbers and caches)
-FETCH_BYTES_RATE = 256 * 1024  # bytes of HISTORY a session may be sent per second, on average
-FETCH_BYTES_BURST = 2 * 1024 * 1024  # ... and at once (about 30,000 short events)
+FETCH_BYTES_RATE = 64 * 1024  # bytes of HISTORY a session may be sent per second, on average (a page)
+FETCH_BYTES_BURST = 256 * 1024  # ... and at once (4 pages: about 4,000 short events)
+FETCH_UNREAD = 32 * 1024  # bytes stuck in a connection's full send buffer, beyond which it gets no HISTORY
 FETCH_MIN_COST = 4096  # bytes charged for any FETCH, however small its answer: at most 64 a second
 
 

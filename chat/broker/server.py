@@ -32,9 +32,6 @@ BACKLOG = 4096  # pending TCP connections per socket (libzmq's default, 100, ref
 FILES_PER_CLIENT = 2  # a client holds two connections: DEALER and SUB
 WANTED_FILES = 65536  # open files the broker asks for at start (about 30,000 clients)
 ENOUGH_CLIENTS = 4000  # below room for this many clients, the broker warns at start
-UNREAD_HISTORY = 256 * 1024  # bytes written to a client and not yet taken by it, beyond which it gets no more
-# HISTORY (a rate_limited error instead): a client that asks for history and does not read it would
-# otherwise fill the ROUTER's queue to it, up to 1000 pages of 64 KiB
 
 
 @dataclass(frozen=True)
@@ -105,7 +102,6 @@ class BrokerServer:
         broker.pub_port = self.pub_port
         self.stopping = False
         self.reload_requested = False
-        self._fetched_on: dict[bytes, int] = {}  # identity -> connection (fd) of this batch's FETCH requests
 
     def _socket(self, kind: int, host: str) -> zmq.Socket:
         sock = self.ctx.socket(kind)
@@ -132,7 +128,7 @@ class BrokerServer:
         # Frame by frame: send_multipart type-checks every frame and builds flags each time, which the
         # profile showed as a quarter of the broker's CPU.
         router_send, pub_send = self.router.send, self.pub.send
-        fetched_on, self._fetched_on = self._fetched_on, {}
+
         for topic, tag, kind, body in p.encode_events([item for item in outgoing if not isinstance(item, Reply)]):
             pub_send(topic, _SNDMORE)
             pub_send(tag, _SNDMORE)
@@ -140,22 +136,11 @@ class BrokerServer:
             pub_send(body)
         for item in outgoing:
             if isinstance(item, Reply):
-                if fetched_on and isinstance(item.message, p.History):
-                    item = self._unless_unread(item, fetched_on)
                 tag, kind, body = p.encode(item.message, item.tag)
                 router_send(item.identity, _SNDMORE)
                 router_send(tag, _SNDMORE)
                 router_send(kind, _SNDMORE)
                 router_send(body)
-
-    def _unless_unread(self, reply: Reply, fetched_on: dict[bytes, int]) -> Reply:
-        """A HISTORY page, or an error if its client has not yet taken what it was sent before."""
-        fd = fetched_on.get(reply.identity)
-        if fd is None or guard.unsent(fd) <= UNREAD_HISTORY:
-            return reply
-        assert isinstance(reply.message, p.History)
-        why = "slow down: you have not read the history sent before; ask again later"
-        return Reply(reply.identity, p.Error(p.RATE_LIMITED, why, p.Fetch.TYPE.decode()))
 
     def run(self, clock: Callable[[], float] = time.monotonic) -> None:
         """Serve until ``stop()`` (or a signal handler calling it); then say goodbye to every client."""
@@ -201,13 +186,14 @@ class BrokerServer:
             while frame.more:
                 frame = recv(copy=False)
                 frames.append(frame.bytes)
+            unread = 0
             if watch is not None:
                 fd = frame.get(zmq.SRCFD)
                 watch.delivered(fd, frames)
-                if len(frames) > 1 and frames[1] == b"FETCH":
-                    self._fetched_on[identity] = fd
+                if len(frames) > 1 and frames[1] == b"FETCH":  # what it has not taken yet of earlier answers
+                    unread = guard.unread(fd)
             key = (frame.get("User-Id") or "") if secure else ""
-            outgoing += self.broker.handle(identity, frames, key, frame.get("Peer-Address") or "")
+            outgoing += self.broker.handle(identity, frames, key, frame.get("Peer-Address") or "", unread)
         return outgoing
 
     def _commit(self, outgoing: list[Outgoing]) -> None:
