@@ -18,7 +18,6 @@ import zmq
 from chat.bench.floods import endless_part, zmtp_null_dealer
 from chat.broker import guard
 from conftest import HOST, Broker, Processes
-from test_security import secure_broker
 
 MiB = 1024 * 1024
 REPLY_TIMEOUT = 5.0
@@ -101,7 +100,7 @@ def test_a_message_that_never_ends_is_cut_off_and_memory_stays_bounded(procs: Pr
             break
     assert guard.PENDING_BYTES < sent < limit, f"sent {sent // MiB} MiB of one message: {why}"
     grown = rss_mib(broker) - before
-    assert grown < 64, f"the broker grew by {grown:.0f} MiB"
+    assert grown < 160, f"the broker grew by {grown:.0f} MiB"  # (about 20 on an idle machine)
     broker.expect_err(r"^broker: cut a connection from 127\.0\.0\.1: \d+ KiB sent without finishing a message")
     answer = request(alice, "PING", {})
     assert answer == ("PONG", {"rooms": {"#general": 1}}), answer  # and it goes on serving
@@ -117,10 +116,11 @@ def test_fetch_floods_of_readers_that_do_not_read_are_bounded(procs: Processes, 
     assert request(writer, "JOIN", {"name": "writer"})[0] == "WELCOME"
     waiting = {f"w{n}" for n in range(1500)}  # about 3 MB of history
     last = 0
-    for _ in range(20):  # resend what is refused as rate_limited, a bounded number of times
-        for msg_id in sorted(waiting):
+    for _ in range(40):  # 500 at a time, as a client's window; what is refused is sent again (bounded)
+        chunk = sorted(waiting)[:500]
+        for msg_id in chunk:
             send(writer, "SAY", {"id": msg_id, "text": f"{msg_id} " + "x" * 1900})
-        for _ in range(len(waiting)):
+        for _ in range(len(chunk)):
             kind, body = reply(writer)
             if kind == "ACK":
                 waiting.discard(body["id"])
@@ -216,7 +216,9 @@ def test_an_enter_part_loop_is_slowed_down_and_fresh_rooms_are_limited(procs: Pr
 def test_a_routing_id_set_by_another_key_never_speaks_for_its_session(
     procs: Processes, ctx: zmq.Context, tmp_path: Path
 ) -> None:
-    broker, server_key = secure_broker(procs, tmp_path)
+    # A long session time-out: the victim's session must outlive the attempts, however loaded the machine.
+    broker = procs.broker(30.0, "--secure", "--key-dir", str(tmp_path / "broker-keys"))
+    server_key = broker.expect(r"^broker: clients join with: .* --server-key='?(?P<key>[^' ]{40})'?$")["key"]
     victim_keys = zmq.curve_keypair()
     mallory_keys = zmq.curve_keypair()
 
@@ -233,7 +235,7 @@ def test_a_routing_id_set_by_another_key_never_speaks_for_its_session(
     assert request(victim, "JOIN", {"name": "victim", "token": "t"})[0] == "WELCOME"
     victim.close()  # the session stays until it times out
     answer: tuple[str, dict[str, Any]] | None = None
-    deadline = time.monotonic() + 4  # within the victim's session time-out
+    deadline = time.monotonic() + 20  # within the victim's session time-out
     while answer is None and time.monotonic() < deadline:
         mallory = secure_dealer(mallory_keys)  # the ROUTER refuses a routing id in use until the old one is gone
         send(mallory, "SAY", {"id": "m1", "text": "I am the victim"})
