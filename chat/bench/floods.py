@@ -229,17 +229,26 @@ def many(broker: Broker, ctx: zmq.Context, seconds: float, begin: Callable[[], N
     return f"{len(socks)} DEALERs from one host: {welcomed} joined, refused {refused}; another host: {body.get('code', kind)}"
 
 
+Request = Callable[[int], tuple[str, dict[str, Any]]]  # the n-th request of a loop: (type, body)
+
+
+def churn(sock: zmq.Socket, seconds: float, do: Request, granted: str, undo: Request) -> tuple[int, int]:
+    """``do`` as fast as answers come, and ``undo`` each one granted: (requests, granted), bounded."""
+    n, done, deadline = 0, 0, time.monotonic() + seconds
+    while time.monotonic() < deadline and n < 1_000_000:
+        n += 1
+        send(sock, *do(n))
+        if answer(sock)[0] == granted:
+            done += 1
+            send(sock, *undo(n))
+            answer(sock)
+    return n, done
+
+
 def join_leave(broker: Broker, ctx: zmq.Context, seconds: float, begin: Callable[[], None]) -> str:
     begin()
     sock = dealer(ctx, broker.port, "127.0.0.2")
-    joins, n, deadline = 0, 0, time.monotonic() + seconds
-    while time.monotonic() < deadline and n < 1_000_000:
-        n += 1
-        send(sock, "JOIN", {"name": f"loop{n}"})
-        if answer(sock)[0] == "WELCOME":
-            joins += 1
-            send(sock, "LEAVE", {})
-            answer(sock)
+    n, joins = churn(sock, seconds, lambda n: ("JOIN", {"name": f"loop{n}"}), "WELCOME", lambda n: ("LEAVE", {}))
     return f"{n} JOINs in {seconds:g} s, {joins} let in: {2 * joins / seconds:.0f} events/s stored and fanned out"
 
 
@@ -248,14 +257,8 @@ def rooms(broker: Broker, ctx: zmq.Context, seconds: float, begin: Callable[[], 
     send(sock, "JOIN", {"name": "roomer"})
     answer(sock)
     begin()
-    made, n, deadline = 0, 0, time.monotonic() + seconds
-    while time.monotonic() < deadline and n < 1_000_000:
-        n += 1
-        send(sock, "ENTER", {"room": f"#r{n}"})
-        if answer(sock)[0] == "ENTERED":
-            made += 1
-            send(sock, "PART", {"room": f"#r{n}"})
-            answer(sock)
+    room: Request = lambda n: ("ENTER", {"room": f"#r{n}"})  # noqa: E731
+    n, made = churn(sock, seconds, room, "ENTERED", lambda n: ("PART", {"room": f"#r{n}"}))
     return f"{n} ENTERs of fresh rooms, {made} rooms made"
 
 
