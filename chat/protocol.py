@@ -64,9 +64,12 @@ SERVER_FULL = "server_full"
 ROOM_INVALID = "room_invalid"
 NAME_OWNED = "name_owned"
 RATE_LIMITED = "rate_limited"
+ADDRESS_FULL = "address_full"  # too many sessions from one source address
+KEY_MISMATCH = "key_mismatch"  # (--secure) a request from another key than the session's
 ERROR_CODES = (
     BAD_FRAMES, BAD_VERSION, BAD_TYPE, BAD_JSON, BAD_FIELD, TOO_LARGE, NAME_INVALID, NAME_TAKEN, NOT_JOINED,
     ALREADY_JOINED, NO_SUCH_USER, NO_SUCH_ROOM, ROOM_INVALID, HISTORY_RANGE, SERVER_FULL, NAME_OWNED, RATE_LIMITED,
+    ADDRESS_FULL, KEY_MISMATCH,
 )  # every code an ERROR can carry; docs/PROTOCOL.md lists the same (tests/test_error_table.py checks it)
 
 # Event kinds on the PUB socket.

@@ -115,6 +115,11 @@ class SqliteHistory:
         self._pending_private.clear()
         self._sessions.clear()
 
+    def forget(self, room: str) -> None:
+        """Drop the cached last seq of a room (its events stay on disk); not while some wait to be written."""
+        if not any(event.room == room for event, _ in self._pending):
+            self._last.pop(room, None)
+
     def fetch(self, room: str, first: int, last: int) -> list[p.Event]:
         rows = self.db.execute(
             "SELECT seq, ts, kind, name, text FROM events WHERE room = ? AND seq BETWEEN ? AND ? ORDER BY seq",

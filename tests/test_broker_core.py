@@ -37,7 +37,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def broker(clock: Clock) -> Broker:
-    return Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT)
+    return Broker(pub_port=5556, clock=clock, wall_clock=clock, session_timeout=TIMEOUT)
 
 
 def sendable(out: list[Outgoing]) -> list[Outgoing]:
@@ -179,7 +179,7 @@ def test_join_as_another_name_on_a_joined_connection_is_already_joined(broker: B
 
 
 def test_server_full_at_max_sessions(clock: Clock) -> None:
-    broker = Broker(pub_port=5556, clock=clock, max_sessions=2)
+    broker = Broker(pub_port=5556, clock=clock, wall_clock=clock, max_sessions=2)
     join(broker, A, "alice", token="t-alice")
     join(broker, B, "bob")
     error = only_error(send(broker, C, p.Join("carol")), C)
@@ -497,7 +497,7 @@ def test_fetch_returns_the_events_in_range(broker: Broker, clock: Clock) -> None
 
 
 def test_fetch_answers_at_most_max_fetch_events() -> None:
-    broker = Broker(pub_port=5556, clock=lambda: 0.0, rate=0)  # short events: ts 0; no flood control
+    broker = Broker(pub_port=5556, clock=lambda: 0.0, wall_clock=lambda: 0.0, rate=0)  # short events: ts 0; no flood control
     join(broker, A, "a")
     for i in range(p.MAX_FETCH + 5):
         broker.handle(A, p.encode(p.Say(str(i), "x")))

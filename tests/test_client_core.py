@@ -177,7 +177,7 @@ def pump(core: ClientCore, broker: Broker, actions: list[ev.Action], now: float)
 def test_a_name_the_broker_finds_invalid_is_refused_at_once(interactive: bool, outcome: type) -> None:
     """``client.py --name "bad name"`` must end like a taken name (exit 3, or ask again), not wait for
     CONNECT_TIMEOUT and then claim that the broker could not be reached (exit 1)."""
-    broker = Broker(pub_port=5556, clock=lambda: 0.0)
+    broker = Broker(pub_port=5556, clock=lambda: 0.0, wall_clock=lambda: 0.0)
     core = ClientCore("bad name", interactive=interactive)
     seen = pump(core, broker, core.start(0.0), 0.1)
     assert [type(a) for a in seen if isinstance(a, (ev.Exit, ev.AskName))] == [outcome]

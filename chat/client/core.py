@@ -597,6 +597,8 @@ class ClientCore:
 
     def _error(self, error: p.Error, now: float) -> list[ev.Action]:
         if error.ref == p.Join.TYPE.decode() and self.state in ("joining", "lost"):
+            if self.state == "lost" and error.code in (p.RATE_LIMITED, p.ADDRESS_FULL, p.SERVER_FULL):
+                return []  # a crowd getting back in at once: the next retry may be let in
             if error.code in (p.NAME_TAKEN, p.NAME_INVALID, p.NAME_OWNED):
                 return self._refused(error.reason)
             return [ev.Exit(ev.EXIT_REFUSED, error.reason)]
@@ -615,6 +617,8 @@ class ClientCore:
         if error.ref in self.unacked:
             del self.unacked[error.ref]  # refused for good: resending would not help
             return [ev.Failed(error.ref, error.reason), ev.Notice(error.reason, "error"), *self._pump(now)]
+        if error.code == p.RATE_LIMITED and (error.ref.startswith(GAP_FETCH + "#") or error.ref == p.Fetch.TYPE.decode()):
+            return []  # the history is there, only not so fast: the gap's FETCH is sent again after FETCH_RETRY
         if error.ref.startswith(GAP_FETCH + "#"):  # only that room's gap cannot be filled
             return self._skip_unrecoverable(error.ref[len(GAP_FETCH) :])
         if error.ref == p.Fetch.TYPE.decode():  # a broker that does not echo ids: which room is unknown
