@@ -133,9 +133,9 @@ class SqliteHistory:
         """The last ``limit`` ACKs of one user (lines, topics and private messages), oldest first."""
         rows = self.db.execute(
             "SELECT * FROM ("
-            " SELECT msg_id, seq, ts FROM events WHERE sender_key = ? ORDER BY ts DESC LIMIT ?)"
+            " SELECT msg_id, seq, ts FROM events WHERE sender_key = ? ORDER BY ts DESC, seq DESC LIMIT ?)"
             " UNION ALL SELECT * FROM ("
-            " SELECT msg_id, 0, ts FROM private WHERE sender_key = ? AND msg_id != '' ORDER BY ts DESC LIMIT ?)",
+            " SELECT msg_id, 0, ts FROM private WHERE sender_key = ? AND msg_id != '' ORDER BY ts DESC, seq DESC LIMIT ?)",
             (sender_key, limit, sender_key, limit),
         ).fetchall()
         rows.sort(key=lambda row: row[2])

@@ -102,7 +102,9 @@ def ms(seconds: float) -> int:
 
 def on_disk(db: Path, clock: Clock, **options: Any) -> Broker:
     """A broker whose history is the SQLite file ``db`` (--db FILE)."""
-    return Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=SqliteHistory(db), **options)
+    return Broker(
+        pub_port=5556, clock=clock, wall_clock=clock, session_timeout=TIMEOUT, history=SqliteHistory(db), **options
+    )
 
 
 def crash_and_restart(broker: Broker, db: Path, clock: Clock, **options: Any) -> Broker:

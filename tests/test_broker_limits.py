@@ -53,7 +53,7 @@ def test_a_wall_clock_jump_does_not_refill_the_flood_control() -> None:
 
 
 def test_a_request_with_another_key_never_reaches_the_session_of_its_routing_id(clock: Clock) -> None:
-    broker = Broker(pub_port=5556, clock=clock, wall_clock=clock)
+    broker = Broker(pub_port=5556, clock=clock, wall_clock=clock, session_timeout=TIMEOUT)
     welcome = broker.handle(A, p.encode(p.Join("alice", "t")), "alice-key")
     assert isinstance(replies(welcome, A)[0], p.Welcome)
     clock.advance(TIMEOUT - 1)
