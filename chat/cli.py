@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from chat.client.core import ClientCore
 from chat.client.events import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
 from chat.client.net import ClientCurve
 from chat.discovery import BEACON_PORT, LISTEN_TIME
+from chat.errors import StoreError
 from chat.keys import BROKER_KEY, CLIENT_KEY, KeyFileError, default_key_dir, ensure_keypair, parse_public_key
 
 DEFAULT_PORT = 5555
@@ -200,8 +200,8 @@ def broker_main(argv: list[str] | None = None) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         try:
             history = SqliteHistory(path)
-        except sqlite3.Error as exc:
-            print(f"broker: cannot open the history database {path}: {exc}", file=sys.stderr)
+        except StoreError as exc:
+            print(f"broker: cannot use the history database: {exc}", file=sys.stderr)
             return 1
         print(f"broker: history in {path}", flush=True)
     announce = None
@@ -217,6 +217,7 @@ def broker_main(argv: list[str] | None = None) -> int:
         max_text=args.max_text,
         rate=args.rate,
         burst=args.burst,
+        warn=lambda message: print(f"broker: {message}", file=sys.stderr, flush=True),
     )
     try:
         return serve(

@@ -31,3 +31,10 @@ class LocalProtocolError(ProtocolError):
 
 class UsageError(ChatError):
     """A bad command-line value, reported to the user with exit code 2."""
+
+
+class StoreError(ChatError):
+    """The history store failed (disk full, read-only, damaged, locked by another broker).
+
+    The broker answers the request it was serving with an error and goes on; at start it exits with the
+    message."""

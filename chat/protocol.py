@@ -62,6 +62,7 @@ SERVER_FULL = "server_full"
 ROOM_INVALID = "room_invalid"
 NAME_OWNED = "name_owned"
 RATE_LIMITED = "rate_limited"
+STORE_FAILED = "store_failed"  # the broker could not store (disk full, read-only) or read its history
 
 # Event kinds on the PUB socket.
 KIND_MSG = "msg"

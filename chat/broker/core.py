@@ -19,9 +19,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
+import msgspec
+
 from chat import protocol as p
 from chat.broker.history import History, MemoryHistory
-from chat.errors import RemoteProtocolError
+from chat.errors import RemoteProtocolError, StoreError
 
 SESSION_TIMEOUT = 5.0  # seconds of silence after which a session is expired
 RATE = 5.0  # lines a session may send per second, on average (SAY, PM and WHO count)
@@ -72,8 +74,10 @@ class Broker:
         max_text: int = p.MAX_TEXT_CHARS,
         rate: float = RATE,
         burst: int = BURST,
+        warn: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.pub_port = pub_port
+        self.warn = warn  # tells the operator (stderr) when storing fails, and when it works again
         self.max_text = max_text
         self.rate = rate
         self.burst = burst
@@ -87,6 +91,10 @@ class Broker:
         self.topics: dict[str, str] = {}  # room -> topic (kept in memory only)
         self.members: dict[str, int] = {}  # room -> sessions in it; a room with none is not listed
         self._acks: OrderedDict[str, OrderedDict[str, p.Ack]] = OrderedDict()
+        # What this batch changed that a failed write must undo: (name key, line id), (room, old topic).
+        self._batch_acks: list[tuple[str, str]] = []
+        self._batch_topics: list[tuple[str, str | None]] = []
+        self.store_failing = False
         for key, ack in self.history.recent_acks():
             self._remember(key, ack)
 
@@ -113,6 +121,29 @@ class Broker:
             return self._dispatch(session, message, now)
         except RemoteProtocolError as exc:
             return [Reply(identity, p.Error(exc.code, exc.reason, p.reference(message)))]
+        except StoreError as exc:  # a failed read (a damaged page): this request fails, the broker goes on
+            return [Reply(identity, p.Error(p.STORE_FAILED, str(exc), p.reference(message)))]
+
+    def commit(self, outgoing: list[Outgoing]) -> list[Outgoing]:
+        """Store the batch's events in one write; what to send once that is done (or has failed).
+
+        When the write fails, no event of the batch is published (each would need its number and its
+        place in the history): lines are refused to their senders with ``store_failed``, and sessions that
+        came and went meanwhile are not announced. Everything else the batch answered still goes out.
+        """
+        batch_acks, self._batch_acks = self._batch_acks, []
+        batch_topics, self._batch_topics = self._batch_topics, []
+        try:
+            self.history.flush()
+        except StoreError as exc:
+            if not self.store_failing:
+                self.store_failing = True
+                self.warn(f"{exc}: lines are refused until it can be written again; the rest goes on")
+            return self._unstored(outgoing, batch_acks, batch_topics)
+        if self.store_failing and any(isinstance(item, p.Event) for item in outgoing):
+            self.store_failing = False
+            self.warn("the history can be written again: lines are accepted again")
+        return outgoing
 
     def expire_idle(self) -> list[Outgoing]:
         """End the sessions that have been silent for longer than the session timeout."""
@@ -128,6 +159,34 @@ class Broker:
         self.sessions.clear()
         self.names.clear()
         self.members.clear()
+        return out
+
+    def _unstored(
+        self, outgoing: list[Outgoing], acks: list[tuple[str, str]], topics: list[tuple[str, str | None]]
+    ) -> list[Outgoing]:
+        """Undo a batch whose events could not be stored: numbers, acknowledgements, topics."""
+        kept: dict[str, int] = {}  # room -> its last stored number
+        for item in outgoing:
+            if isinstance(item, p.Event):
+                kept[item.room] = min(kept.get(item.room, item.seq), item.seq - 1)
+        self._seq.update(kept)
+        for name_key, msg_id in acks:  # not stored, so not done: a resend must be handled afresh
+            ids = self._acks.get(name_key)
+            if ids is not None:
+                ids.pop(msg_id, None)
+        for room, topic in reversed(topics):
+            if topic is None:
+                self.topics.pop(room, None)
+            else:
+                self.topics[room] = topic
+        reason = "the broker cannot store messages at the moment (its disk is full or read-only); not sent"
+        out: list[Outgoing] = []
+        for item in outgoing:
+            if isinstance(item, Reply):
+                message = _stored_only(item.message, kept)
+                if isinstance(message, p.Ack) and message.seq:  # a line of this batch: refused
+                    message = p.Error(p.STORE_FAILED, reason, message.id)
+                out.append(Reply(item.identity, message, item.tag))
         return out
 
     # ------------------------------------------------------------------ messages
@@ -182,6 +241,8 @@ class Broker:
         rooms = {p.room_key(room) for room in join.rooms} or {p.DEFAULT_ROOM}
         if len(self.members) + len(rooms - self.members.keys()) > MAX_ROOMS:
             raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more rooms")
+        for room in rooms:
+            self._last_seq(room)  # reads the store (which may fail) before anything changes
         session = Session(
             identity, join.name, join.token, now, name_key=key, key=peer_key, allowance_at=now, rooms=set()
         )
@@ -216,6 +277,7 @@ class Broker:
         event = self._publish(room, kind, session.name, p.neutralise(text), now, msg_id)
         ack = p.Ack(msg_id, event.seq, event.ts)
         self._remember(session.name_key, ack)
+        self._batch_acks.append((session.name_key, msg_id))
         return [event, Reply(session.identity, ack)]
 
     def _pm(self, session: Session, pm: p.Pm, now: float) -> list[Outgoing]:
@@ -295,6 +357,7 @@ class Broker:
             raise RemoteProtocolError(p.NO_SUCH_ROOM, f"you are not in {room}")
         out = self._publish_line(session, room, p.KIND_TOPIC, topic.text, topic.id, now)
         if isinstance(out[0], p.Event):  # published now, not a resend
+            self._batch_topics.append((room, self.topics.get(room)))
             self.topics[room] = out[0].text
         return out
 
@@ -383,3 +446,18 @@ class Broker:
         ids[ack.id] = ack
         if len(ids) > DEDUP_IDS_PER_NAME:
             ids.popitem(last=False)
+
+
+def _stored_only(message: p.Message, kept: dict[str, int]) -> p.Message:
+    """``message`` as if the batch's events (numbered after ``kept[room]``) had never been."""
+    if not kept:
+        return message
+    if isinstance(message, (p.Welcome, p.Pong)):
+        rooms = {room: min(seq, kept.get(room, seq)) for room, seq in message.rooms.items()}
+        return msgspec.structs.replace(message, rooms=rooms)
+    if isinstance(message, p.Entered) and message.room in kept:
+        return msgspec.structs.replace(message, last_seq=min(message.last_seq, kept[message.room]))
+    if isinstance(message, p.History) and message.room in kept:
+        events = [e for e in message.events if e["seq"] <= kept[message.room]]
+        return msgspec.structs.replace(message, events=events)
+    return message

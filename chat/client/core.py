@@ -465,7 +465,8 @@ class ClientCore:
             del self.unacked[error.ref]  # refused for good: resending would not help
             return [ev.Failed(error.ref, error.reason), ev.Notice(error.reason, "error"), *self._pump(now)]
         if error.ref == p.Fetch.TYPE.decode():
-            return self._skip_unrecoverable()
+            unreadable = [ev.Notice(error.reason, "error")] if error.code == p.STORE_FAILED else []
+            return unreadable + self._skip_unrecoverable()
         return [ev.Notice(error.reason, "error")]
 
     def _bye(self, bye: p.Bye, now: float) -> list[ev.Action]:
