@@ -18,7 +18,7 @@ Receivers ignore JSON fields they do not know; that is how the protocol grows wi
 
 import re
 import unicodedata
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
@@ -184,8 +184,8 @@ class Welcome(Message, frozen=True):
     name: str
     pub_port: int
     rooms: dict[str, int]  # room -> sequence number of the last event published there
-    heartbeat_ms: int
-    timeout_ms: int
+    heartbeat_ms: Annotated[int, msgspec.Meta(ge=1)]  # 0 or less would have a client ping without pause
+    timeout_ms: Annotated[int, msgspec.Meta(ge=1)]
     history_id: str
 
 
@@ -594,6 +594,29 @@ def validate(message: Message) -> None:
     check = _VALIDATORS.get(type(message))
     if check is not None:
         check(message)
+
+
+def neutralised(value: Any) -> Any:
+    """``value`` (a decoded message, an event, or a part of one) with every string in it neutralised.
+
+    A client applies it to everything a broker sends, before deciding or showing anything: a fake broker
+    (the beacons are not authenticated) must not reach the terminal through an error or goodbye reason.
+    """
+    if isinstance(value, str):
+        return neutralise(value)
+    if isinstance(value, list):
+        return [neutralised(item) for item in value]
+    if isinstance(value, dict):
+        return {neutralised(key): neutralised(item) for key, item in value.items()}
+    if isinstance(value, msgspec.Struct):
+        changes = {}
+        for name in value.__struct_fields__:
+            old = getattr(value, name)
+            new = neutralised(old)
+            if new is not old and new != old:
+                changes[name] = new
+        return msgspec.structs.replace(value, **changes) if changes else value
+    return value
 
 
 def neutralise(text: str) -> str:

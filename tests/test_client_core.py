@@ -184,11 +184,12 @@ def test_own_events_are_not_shown_but_others_are() -> None:
     assert shown(publish(core, event(6, name="alicia"))) == [6]
 
 
-def test_public_events_are_shown_as_they_came() -> None:
+def test_public_events_are_shown_as_they_came_but_neutralised() -> None:
     core = joined()
     publish(core, event(4, name="alice", kind=p.KIND_JOIN, text=""))
-    e = event(5, name="bob", text="hi \x1b[31m", kind=p.KIND_ACTION)
-    assert publish(core, e) == [ev.Public(e)]  # the front end formats and neutralises
+    e = event(5, name="bob\x07", text="hi \x1b[31m", kind=p.KIND_ACTION)
+    safe = event(5, name="bob^G", text="hi ^[[31m", kind=p.KIND_ACTION)
+    assert publish(core, e) == [ev.Public(safe)]  # every front end gets text it can show (and formats it)
 
 
 def test_a_gap_is_fetched_and_the_history_fills_it_in_order() -> None:
