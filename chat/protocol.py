@@ -22,6 +22,7 @@ from typing import Annotated, Any, ClassVar
 
 import msgspec
 
+from chat import lookalikes
 from chat.errors import RemoteProtocolError
 
 VERSION = 2  # 2: events are published in batches (EVENTS); 1 published one EVENT per message
@@ -496,14 +497,26 @@ def name_problem(name: str) -> str | None:
             return "a name cannot contain spaces"
         if not ch.isprintable() or ch in _BIDI_CONTROLS:
             return "a name can contain only printable characters"
+        if lookalikes.invisible(ch):
+            return f"a name cannot contain invisible characters (U+{ord(ch):04X})"
     if name[0] in "#/*":
         return "a name cannot start with '#', '/' or '*'"
+    if lookalikes.stacked_marks(name):
+        return f"a name can have at most {lookalikes.MAX_MARKS} accents on a letter"
+    scripts = lookalikes.mixed_scripts(name)
+    if scripts:
+        return f"a name cannot mix scripts ({', '.join(sorted(s.lower() for s in scripts))}): it would look like another"
     return None
 
 
 def name_key(name: str) -> str:
     """The form under which names are compared: unique case-insensitively."""
     return unicodedata.normalize("NFKC", name).casefold()
+
+
+def name_look(name: str) -> str:
+    """What a name looks like: two names online may not look alike (``alice``, ``aIice``, ``a1ice``)."""
+    return lookalikes.skeleton(name)
 
 
 def room_problem(room: str) -> str | None:

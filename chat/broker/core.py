@@ -54,6 +54,7 @@ class Session:
     token: str
     last_seen: float
     name_key: str = ""  # the name as compared: set once, used on every line
+    look: str = ""  # what the name looks like (p.name_look): no two sessions look alike
     key: str = ""  # the client's CURVE public key (Z85) when the broker runs --secure
     allowance: float = BURST  # the flood-control token bucket
     allowance_at: float = 0.0
@@ -87,6 +88,7 @@ class Broker:
         self.max_sessions = max_sessions
         self.sessions: dict[bytes, Session] = {}  # by ROUTER identity
         self.names: dict[str, Session] = {}  # by name_key
+        self.looks: dict[str, Session] = {}  # by look
         self._seq: dict[str, int] = {}
         self.topics: dict[str, str] = {}  # room -> topic (kept in memory only)
         self.members: dict[str, int] = {}  # room -> sessions in it; a room with none is not listed
@@ -158,6 +160,7 @@ class Broker:
         out: list[Outgoing] = [Reply(s.identity, p.Bye(reason)) for s in self.sessions.values()]
         self.sessions.clear()
         self.names.clear()
+        self.looks.clear()
         self.members.clear()
         return out
 
@@ -236,6 +239,10 @@ class Broker:
                 self.sessions[identity] = holder
                 return [Reply(identity, self._welcome(holder))]
             raise RemoteProtocolError(p.NAME_TAKEN, f"the name {holder.name} is taken; choose another")
+        look = p.name_look(join.name)
+        twin = self.looks.get(look)
+        if twin is not None:
+            raise RemoteProtocolError(p.NAME_TAKEN, f"the name {join.name} looks like {twin.name}, who is online; choose another")
         if len(self.sessions) >= self.max_sessions:
             raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more users")
         rooms = {p.room_key(room) for room in join.rooms} or {p.DEFAULT_ROOM}
@@ -244,7 +251,7 @@ class Broker:
         for room in rooms:
             self._last_seq(room)  # reads the store (which may fail) before anything changes
         session = Session(
-            identity, join.name, join.token, now, name_key=key, key=peer_key, allowance_at=now, rooms=set()
+            identity, join.name, join.token, now, name_key=key, look=look, key=peer_key, allowance_at=now, rooms=set()
         )
         for room in rooms:
             self._add_member(session, room)
@@ -252,6 +259,7 @@ class Broker:
             self.history.set_name_owner(key, peer_key)  # first use: the name is this key's from now on
         self.sessions[identity] = session
         self.names[key] = session
+        self.looks[look] = session
         # WELCOME before the join event: its sequence numbers are the ones the client must follow on from.
         out: list[Outgoing] = [Reply(identity, self._welcome(session))]
         for room in sorted(session.rooms):
@@ -421,6 +429,7 @@ class Broker:
     def _end(self, session: Session, why: str) -> list[Outgoing]:
         del self.sessions[session.identity]
         del self.names[session.name_key]
+        del self.looks[session.look]
         now = self.clock()
         rooms = sorted(session.rooms)
         for room in rooms:
