@@ -1,15 +1,22 @@
 """What a failing disk does to the broker: full or read-only, a damaged file, a second broker on it.
 
-Without root tricks: a full disk is the broker's own file-size limit (RLIMIT_FSIZE, set on the running
-broker by ``prlimit``: every write to the history then fails as on a full disk, and lifting it is the disk
-recovering); damage is bytes written over pages of the file.
+Without root: a full disk is the broker's own file-size limit (RLIMIT_FSIZE, set on the running broker
+by ``prlimit``: every write to the history then fails as on a full disk, and lifting it is the disk
+recovering); damage is bytes written over pages of the file. With root (CI), a real small file system
+too: a tmpfs in a mount namespace of the test's own, filled up and freed again. A read-only file system
+fails SQLite's writes the same way (any write error but ENOSPC is SQLITE_IOERR_WRITE, as EFBIG is
+here); Linux refuses to remount one read-only while the broker holds its file open for writing, so that
+is not staged for real.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
-import sys
+import shutil
+import subprocess
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -21,7 +28,7 @@ from chat.broker.core import Broker, Reply
 from chat.broker.history import MemoryHistory
 from chat.errors import StoreError
 from chat.store import SqliteHistory
-from conftest import Processes, online, said
+from conftest import HOST, LISTENING, REPO, START_TIMEOUT, Process, Processes, online, said
 
 try:
     import resource
@@ -237,3 +244,68 @@ def test_a_second_broker_on_the_same_database_refuses_to_start(procs: Processes,
     alice.send("the first one goes on")
     bob.expect(said("alice", "the first one goes on"))
     assert first.stop() == 0
+
+
+class MountNamespace:
+    """A mount namespace held open by a process of the test, with a small tmpfs on ``disk``: the mount is
+    seen only there, and goes with the namespace when the holder ends."""
+
+    def __init__(self, procs: Processes, disk: Path) -> None:
+        disk.mkdir()
+        self.disk = disk
+        prefix = ("unshare", "--mount", "--propagation", "private", "--")
+        self.holder = Process("mount namespace", ["-c", "import sys; sys.stdin.read()"], stdin=True, prefix=prefix)
+        procs._track(self.holder)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._own():  # until unshare has made the namespace and run the holder in it
+            assert time.monotonic() < deadline, "the mount namespace never came up"
+            time.sleep(0.01)  # a poll with a deadline
+        self.run("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk))
+
+    def _own(self) -> bool:
+        return os.readlink(f"/proc/{self.holder.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+
+    def prefix(self) -> tuple[str, ...]:
+        return ("nsenter", "-t", str(self.holder.pid), "-m", f"--wd={REPO}", "--")
+
+    def enter(self, *command: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*self.prefix(), *command], capture_output=True, timeout=10)
+
+    def run(self, *command: str) -> None:
+        done = self.enter(*command)
+        assert done.returncode == 0, f"{command}: {done.stderr.decode()}"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="a file system of the test's own (tmpfs in a mount namespace) needs root and util-linux",
+)
+def test_a_real_disk_that_fills_up_and_frees_space(procs: Processes, tmp_path: Path) -> None:
+    ns = MountNamespace(procs, tmp_path / "disk")
+    db = ns.disk / "history.db"
+    args = ["broker.py", "--host", HOST, "--port", "0", "--pub-port", "0", "--db", str(db)]
+    broker = Process("broker (own disk)", args, stdin=False, prefix=ns.prefix())
+    procs._track(broker)
+    port = int(broker.expect(LISTENING, START_TIMEOUT)["port"])
+
+    alice = procs.client("alice", port, "--history", "0")
+    bob = procs.client("bob", port, "--history", "0")
+    for client in (alice, bob):
+        client.expect_err(r"^\*\*\* joined as ")
+    alice.send("stored first")
+    bob.expect(said("alice", "stored first"))
+
+    ns.enter("dd", "if=/dev/zero", f"of={ns.disk / 'filler'}", "bs=64k")  # fails when the disk is full
+    alice.send("on a full disk")
+    alice.expect_err(r"not sent$")
+    broker.expect_err(r"^broker: cannot write the history database .*full")
+    ns.run("rm", str(ns.disk / "filler"))
+    alice.send("stored second")
+    bob.expect(said("alice", "stored second"))
+    broker.expect_err(r"^broker: the history can be written again")
+
+    bob.send("/who")
+    bob.expect(online("alice", "bob"))
+    assert not bob.matching("full disk")
+    assert broker.proc.poll() is None
