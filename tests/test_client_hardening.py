@@ -239,3 +239,35 @@ def test_a_paste_beyond_the_burst_then_typing_arrives_in_the_order_typed(procs: 
     bob.expect(said("alice", "line 60"), timeout=20)
     got = [int(m[1]) for line in bob.stdout() if (m := re.search(r"alice: line (\d+)$", line))]
     assert got == list(range(1, 61))
+
+
+@pytest.mark.timeout(30)
+def test_the_full_screen_client_shows_a_fake_brokers_escapes_as_text(fake: FakeBroker) -> None:
+    import asyncio
+
+    from test_tui import SIZE, chat_app, lines, run, shown, until
+
+    apps: list = []
+    app = chat_app(apps, fake, "alice")  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            identity, _ = await asyncio.to_thread(fake.receive, b"JOIN")
+            fake.welcome(identity, timeout_ms=60_000)
+            await until(pilot, "the WELCOME", lambda: app.state == "connected")
+            fake.send(identity, p.Error(p.NO_SUCH_USER, "no " + EVIL, "WHO"))
+            await until(pilot, "the error", shown(app, r"\^\[\]0;pwned\^G"))  # (wrapped under "no")
+            fake.send(identity, p.Bye("bye " + EVIL))
+            await until(pilot, "the goodbye", shown(app, r"lost the broker: bye"))
+            assert [line for line in lines(app) if re.search("[\x00-\x1f\x7f-\x9f\u202e]", line)] == []
+            identity, _ = await asyncio.to_thread(fake.receive, b"JOIN")
+            fake.send(identity, p.Error(p.SERVER_FULL, "full " + EVIL, "JOIN"))
+            await until(pilot, "the end", lambda: bool(app.exit_reason))
+        assert app.exit_reason.startswith("full ^[]0;pwned^G") and not unsafe([app.exit_reason]), app.exit_reason  # type: ignore[list-item]
+
+    try:
+        run(scenario)
+    finally:
+        for made in apps:
+            if made.thread is not None:
+                made.thread.join(5)
