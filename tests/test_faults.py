@@ -84,10 +84,17 @@ def test_lines_that_cannot_be_stored_are_refused_and_the_broker_recovers_with_th
     assert batch(broker, (A, p.Say("a-1", "stored", "#general")))[0] == p.Event(3, int(T0 * 1000), "msg", "alice", "stored", "#general")
 
     history.full = True
-    out = batch(broker, (A, p.Say("a-2", "lost?", "#general")), (B, p.Ping()), (A, p.Say("a-3", "again", "#general")))
+    out = batch(
+        broker,
+        (A, p.Say("a-2", "lost?", "#general")),
+        (B, p.Ping()),
+        (A, p.Say("a-1", "stored", "#general")),  # a resend of a line stored before: still acknowledged
+        (A, p.Say("a-3", "again", "#general")),
+    )
     assert [item for item in out if isinstance(item, p.Event)] == [], "nothing unstored is published"
     refused = replies(out, A)
     assert [(e.code, e.ref) for e in refused if isinstance(e, p.Error)] == [(p.STORE_FAILED, "a-2"), (p.STORE_FAILED, "a-3")]
+    assert [a for a in refused if isinstance(a, p.Ack)] == [p.Ack("a-1", 3, int(T0 * 1000))]
     assert "disk is full or read-only" in refused[0].reason  # type: ignore[union-attr]
     assert replies(out, B) == [p.Pong({"#general": 3})], "numbers as stored, not as tried"
     # What needs no disk goes on: a private message, who is online, old history.

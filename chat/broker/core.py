@@ -93,8 +93,8 @@ class Broker:
         self.topics: dict[str, str] = {}  # room -> topic (kept in memory only)
         self.members: dict[str, int] = {}  # room -> sessions in it; a room with none is not listed
         self._acks: OrderedDict[str, OrderedDict[str, p.Ack]] = OrderedDict()
-        # What this batch changed that a failed write must undo: (name key, line id), (room, old topic).
-        self._batch_acks: list[tuple[str, str]] = []
+        # What this batch changed that a failed write must undo: (identity, name key, line id), (room, old topic).
+        self._batch_acks: list[tuple[bytes, str, str]] = []
         self._batch_topics: list[tuple[str, str | None]] = []
         self.store_failing = False
         for key, ack in self.history.recent_acks():
@@ -165,7 +165,7 @@ class Broker:
         return out
 
     def _unstored(
-        self, outgoing: list[Outgoing], acks: list[tuple[str, str]], topics: list[tuple[str, str | None]]
+        self, outgoing: list[Outgoing], acks: list[tuple[bytes, str, str]], topics: list[tuple[str, str | None]]
     ) -> list[Outgoing]:
         """Undo a batch whose events could not be stored: numbers, acknowledgements, topics."""
         kept: dict[str, int] = {}  # room -> its last stored number
@@ -173,10 +173,11 @@ class Broker:
             if isinstance(item, p.Event):
                 kept[item.room] = min(kept.get(item.room, item.seq), item.seq - 1)
         self._seq.update(kept)
-        for name_key, msg_id in acks:  # not stored, so not done: a resend must be handled afresh
+        for _, name_key, msg_id in acks:  # not stored, so not done: a resend must be handled afresh
             ids = self._acks.get(name_key)
             if ids is not None:
                 ids.pop(msg_id, None)
+        refused = {(identity, msg_id) for identity, _, msg_id in acks}
         for room, topic in reversed(topics):
             if topic is None:
                 self.topics.pop(room, None)
@@ -187,7 +188,7 @@ class Broker:
         for item in outgoing:
             if isinstance(item, Reply):
                 message = _stored_only(item.message, kept)
-                if isinstance(message, p.Ack) and message.seq:  # a line of this batch: refused
+                if isinstance(message, p.Ack) and (item.identity, message.id) in refused:  # a line of this batch
                     message = p.Error(p.STORE_FAILED, reason, message.id)
                 out.append(Reply(item.identity, message, item.tag))
         return out
@@ -285,7 +286,7 @@ class Broker:
         event = self._publish(room, kind, session.name, p.neutralise(text), now, msg_id)
         ack = p.Ack(msg_id, event.seq, event.ts)
         self._remember(session.name_key, ack)
-        self._batch_acks.append((session.name_key, msg_id))
+        self._batch_acks.append((session.identity, session.name_key, msg_id))
         return [event, Reply(session.identity, ack)]
 
     def _pm(self, session: Session, pm: p.Pm, now: float) -> list[Outgoing]:
