@@ -84,6 +84,19 @@ def test_everything_a_broker_sends_is_neutralised_before_any_front_end_sees_it()
     assert [a.reason for a in seen if isinstance(a, ev.Exit)] == ["taken ^[]0;pwned^G^[]52;c;Y3VybCBldmlsLmV4YW1wbGUgfCBzaA==^G^[[2J\ufffd31m\ufffd"]
 
 
+def test_history_the_broker_cannot_read_is_reported_and_skipped() -> None:
+    core = ClientCore("alice", interactive=False)
+    core.start(0.0)
+    direct(core, WELCOME, 0.0)
+    [published] = p.encode_events([p.Event(5, 1, p.KIND_MSG, "bob", "five", GENERAL)])
+    actions = core.on_published(published, 0.1)
+    assert [a.message for a in actions if isinstance(a, ev.Send)] == [p.Fetch(GENERAL, 1, 4)]
+    actions = direct(core, p.Error(p.STORE_FAILED, "cannot read the history (database disk image is malformed)", "FETCH"), 0.2)
+    texts = [a.text for a in actions if isinstance(a, ev.Notice)]
+    assert texts == ["cannot read the history (database disk image is malformed)", "4 event(s) in #general could not be recovered"]
+    assert [a.event.text for a in actions if isinstance(a, ev.Public)] == ["five"]
+
+
 @pytest.mark.parametrize("heartbeat_ms", [0, -1000])
 def test_a_welcome_without_a_heartbeat_is_malformed(heartbeat_ms: int) -> None:
     frames = p.encode(msgspec.structs.replace(WELCOME, heartbeat_ms=heartbeat_ms))
