@@ -265,12 +265,19 @@ class MountNamespace:
         procs._track(self.holder)
         deadline = time.monotonic() + START_TIMEOUT
         while not self._own():  # until unshare has made the namespace and run the holder in it
+            if self.holder.proc.poll() is not None:
+                pytest.skip(f"cannot make a mount namespace here: {' '.join(self.holder.err.until_closed(1.0))}")
             assert time.monotonic() < deadline, "the mount namespace never came up"
             time.sleep(0.01)  # a poll with a deadline
-        self.run("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk))
+        mounted = self.enter("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk))
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
 
     def _own(self) -> bool:
-        return os.readlink(f"/proc/{self.holder.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+        try:
+            return os.readlink(f"/proc/{self.holder.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+        except FileNotFoundError:  # it has exited
+            return False
 
     def prefix(self) -> tuple[str, ...]:
         return ("nsenter", "-t", str(self.holder.pid), "-m", f"--wd={REPO}", "--")
