@@ -7,7 +7,6 @@ import io
 import math
 import os
 import signal
-import sqlite3
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -22,7 +21,7 @@ from chat.client.events import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USA
 from chat.client.net import ClientCurve
 from chat.defaults import DEFAULT_PORT, DEFAULT_PUB_PORT, PUB_HWM
 from chat.discovery import BEACON_PORT, LISTEN_TIME
-from chat.errors import StartupError
+from chat.errors import StartupError, StoreError
 from chat.keys import BROKER_KEY, CLIENT_KEY, KeyFileError, default_key_dir, ensure_keypair, parse_public_key
 from chat.paths import given, history_db
 
@@ -300,6 +299,7 @@ def broker_main(argv: list[str] | None = None, prog: str = "broker.py") -> int:
         join_rate=args.join_rate,
         join_burst=args.join_burst,
         notice=notice,
+        warn=notice,
     )
     server.attach(broker)
     starters: list[Callable[[int], Callable[[], None]]] = []
@@ -344,8 +344,8 @@ def open_history(db: str | None) -> History:
         raise StartupError(f"cannot make the data folder {path.parent}: {exc.strerror or exc}") from None
     try:
         history = SqliteHistory(str(path))
-    except sqlite3.Error as exc:
-        raise StartupError(f"cannot use {path} as the history database: {exc}") from None
+    except StoreError as exc:  # not a history database, damaged, or in use by another broker
+        raise StartupError(f"cannot use the history database: {exc}") from None
     print(f"broker: history in {path}", flush=True)
     return history
 

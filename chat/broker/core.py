@@ -31,11 +31,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
+import msgspec
+
 from chat import protocol as p
 from chat.broker import limits
 from chat.broker.history import RECENT_ACKS, History, MemoryHistory, PrivateRecord, SessionRecord, token_hash
 from chat.broker.limits import BURST, RATE, Address, Bucket
-from chat.errors import RemoteProtocolError
+from chat.errors import RemoteProtocolError, StoreError
 
 # Seconds of silence after which a session is expired. Long enough for a laptop on Wi-Fi: roaming
 # between access points, a busy channel or a power-saving radio can hold packets back for 10 s and more.
@@ -73,6 +75,7 @@ class Session:
     fetches: Bucket  # bytes of HISTORY
     rooms_made: Bucket  # rooms created
     name_key: str = ""  # the name as compared: set once, used on every line
+    look: str = ""  # what the name looks like (p.name_look): no two sessions look alike
     key: str = ""  # the client's CURVE public key (Z85) when the broker runs --secure
     address: str = ""  # the source address of its connection ("": unknown, no per-address limits)
     rooms: set[str] = field(default_factory=lambda: {p.DEFAULT_ROOM})
@@ -102,8 +105,10 @@ class Broker:
         join_burst: int = limits.JOIN_BURST,
         room_idle: float = limits.ROOM_IDLE,
         notice: Callable[[str], None] = lambda text: None,
+        warn: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.pub_port = pub_port
+        self.warn = warn  # tells the operator (stderr) when storing fails, and when it works again
         self.max_text = max_text
         self.rate = rate
         self.burst = burst
@@ -121,12 +126,19 @@ class Broker:
         self.max_sessions = max_sessions
         self.sessions: dict[bytes, Session] = {}  # by ROUTER identity
         self.names: dict[str, Session] = {}  # by name_key
+        self.looks: dict[str, Session] = {}  # by look
         self._seq: dict[str, int] = {}
         self.topics: dict[str, str] = {}  # room -> topic (kept in memory only)
         self.members: dict[str, int] = {}  # room -> sessions in it; a room with none is not listed
         self._empty_since: OrderedDict[str, float] = OrderedDict()  # rooms without members, oldest first
         self.addresses: dict[str, Address] = {}  # source addresses with sessions, or with a spent bucket
         self._acks: OrderedDict[str, OrderedDict[str, p.Ack]] = OrderedDict()  # per user, loaded on joining
+        # What this batch changed that a failed write must undo: (identity, name key, line id), (room, old
+        # topic), (recipient session, its private seq before) of each private message.
+        self._batch_acks: list[tuple[bytes, str, str]] = []
+        self._batch_topics: list[tuple[str, str | None]] = []
+        self._batch_privates: list[tuple[Session, int, p.Private]] = []
+        self.store_failing = False
         self.restart_grace = RESTART_GRACE_TIMEOUTS * session_timeout if restart_grace is None else restart_grace
         self._restore(self.history.open_sessions())
 
@@ -163,6 +175,34 @@ class Broker:
             return self._dispatch(session, message, now)
         except RemoteProtocolError as exc:
             return [Reply(identity, p.Error(exc.code, exc.reason, p.reference(message)))]
+        except StoreError as exc:  # a failed read (a damaged page): this request fails, the broker goes on
+            return [Reply(identity, p.Error(p.STORE_FAILED, str(exc), p.reference(message)))]
+
+    def commit(self, outgoing: list[Outgoing]) -> list[Outgoing]:
+        """Store the batch's events in one write; what to send once that is done (or has failed).
+
+        When the write fails, no event of the batch is published (each would need its number and its
+        place in the history) and none of its private messages is delivered: lines and private messages
+        are refused to their senders with ``store_failed``, and sessions that came and went meanwhile are
+        not announced. Everything else the batch answered still goes out.
+        """
+        batch_acks, self._batch_acks = self._batch_acks, []
+        batch_topics, self._batch_topics = self._batch_topics, []
+        batch_privates, self._batch_privates = self._batch_privates, []
+        try:
+            self.history.flush()
+        except StoreError as exc:
+            if not self.store_failing:
+                self.store_failing = True
+                self.warn(f"{exc}: lines are refused until it can be written again; the rest goes on")
+            for target, before, _ in reversed(batch_privates):  # not stored: their numbers are given again
+                target.private_seq = before
+            unstored = {id(private) for _, _, private in batch_privates}
+            return self._unstored([o for o in outgoing if id(getattr(o, "message", None)) not in unstored], batch_acks, batch_topics)
+        if self.store_failing and (batch_privates or any(isinstance(item, p.Event) for item in outgoing)):
+            self.store_failing = False
+            self.warn("the history can be written again: lines are accepted again")
+        return outgoing
 
     def expire_idle(self) -> list[Outgoing]:
         """End the sessions that have been silent for longer than the session timeout, and the restored
@@ -186,8 +226,39 @@ class Broker:
         out: list[Outgoing] = [Reply(s.identity, p.Bye(reason)) for s in self.sessions.values() if not s.restored]
         self.sessions.clear()
         self.names.clear()
+        self.looks.clear()
         self.members.clear()
         self.addresses.clear()
+        return out
+
+    def _unstored(
+        self, outgoing: list[Outgoing], acks: list[tuple[bytes, str, str]], topics: list[tuple[str, str | None]]
+    ) -> list[Outgoing]:
+        """Undo a batch whose events and private messages could not be stored: numbers, acknowledgements,
+        topics; its private messages are not delivered (their senders are told, and may send them again)."""
+        kept: dict[str, int] = {}  # room -> its last stored number
+        for item in outgoing:
+            if isinstance(item, p.Event):
+                kept[item.room] = min(kept.get(item.room, item.seq), item.seq - 1)
+        self._seq.update(kept)
+        for _, name_key, msg_id in acks:  # not stored, so not done: a resend must be handled afresh
+            ids = self._acks.get(name_key)
+            if ids is not None:
+                ids.pop(msg_id, None)
+        refused = {(identity, msg_id) for identity, _, msg_id in acks}
+        for room, topic in reversed(topics):
+            if topic is None:
+                self.topics.pop(room, None)
+            else:
+                self.topics[room] = topic
+        reason = "the broker cannot store messages at the moment (its disk is full or read-only); not sent"
+        out: list[Outgoing] = []
+        for item in outgoing:
+            if isinstance(item, Reply):
+                message = _stored_only(item.message, kept)
+                if isinstance(message, p.Ack) and (item.identity, message.id) in refused:  # a line of this batch
+                    message = p.Error(p.STORE_FAILED, reason, message.id)
+                out.append(Reply(item.identity, message, item.tag))
         return out
 
     # ------------------------------------------------------------------ messages
@@ -240,15 +311,21 @@ class Broker:
                 self._load_acks(key)  # a session restored after a restart has none in memory yet
                 return [Reply(identity, self._welcome(holder)), *self._privates_again(holder, join)]
             raise RemoteProtocolError(p.NAME_TAKEN, f"the name {holder.name} is taken; choose another")
+        look = p.name_look(join.name)
+        twin = self.looks.get(look)
+        if twin is not None:
+            raise RemoteProtocolError(p.NAME_TAKEN, f"the name {join.name} looks like {twin.name}, who is online; choose another")
         if len(self.sessions) >= self.max_sessions:
             raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more users")
         rooms = {p.room_key(room) for room in join.rooms} or {p.DEFAULT_ROOM}
         if len(self.members) + len(rooms - self.members.keys()) > MAX_ROOMS:
             raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more rooms")
         self._admit(address, now)
+        for room in rooms:
+            self._last_seq(room)  # reads the store (which may fail) before anything changes
         session = Session(
             identity, join.name, token_hash(join.token), now, **self._buckets(now),
-            name_key=key, key=peer_key, address=address, rooms=set(),
+            name_key=key, look=look, key=peer_key, address=address, rooms=set(),
         )
         self._count_address(address, 1, now)
         for room in rooms:
@@ -258,6 +335,7 @@ class Broker:
             self.history.set_name_owner(key, peer_key)  # first use: the name is this key's from now on
         self.sessions[identity] = session
         self.names[key] = session
+        self.looks[look] = session
         self._load_acks(key)
         # WELCOME before the join event: its sequence numbers are the ones the client must follow on from.
         out: list[Outgoing] = [Reply(identity, self._welcome(session))]
@@ -300,6 +378,7 @@ class Broker:
         event = self._publish(room, kind, session.name, p.neutralise(text), now, msg_id)
         ack = p.Ack(msg_id, event.seq, event.ts)
         self._remember(session.name_key, ack)
+        self._batch_acks.append((session.identity, session.name_key, msg_id))
         return [event, Reply(session.identity, ack)]
 
     def _pm(self, session: Session, pm: p.Pm, now: float) -> list[Outgoing]:
@@ -318,9 +397,11 @@ class Broker:
         self.history.append_private(
             PrivateRecord(private, target.name_key, session.name_key, pm.id, target.token)
         )
+        self._batch_privates.append((target, target.private_seq, private))
         target.private_seq = seq
         ack = p.Ack(pm.id, 0, ts)
         self._remember(session.name_key, ack)
+        self._batch_acks.append((session.identity, session.name_key, pm.id))
         return [Reply(target.identity, private), Reply(session.identity, ack)]
 
     def _who(self, session: Session, who: p.Who, now: float) -> list[Outgoing]:
@@ -415,6 +496,7 @@ class Broker:
             raise RemoteProtocolError(p.NO_SUCH_ROOM, f"you are not in {room}")
         out = self._publish_line(session, room, p.KIND_TOPIC, topic.text, topic.id, now)
         if isinstance(out[0], p.Event):  # published now, not a resend
+            self._batch_topics.append((room, self.topics.get(room)))
             self.topics[room] = out[0].text
         return out
 
@@ -554,6 +636,8 @@ class Broker:
         del self.sessions[session.identity]
         del self.names[session.name_key]
         self.history.drop_session(session.name_key)
+        if self.looks.get(session.look) is session:
+            del self.looks[session.look]
         now = self.clock()
         self._count_address(session.address, -1, now)
         rooms = sorted(session.rooms)
@@ -576,8 +660,10 @@ class Broker:
         for record in records:
             session = Session(
                 RESTORED + record.name_key.encode(), record.name, record.token_hash, now, name_key=record.name_key,
-                key=record.key, rooms=set(), restored=True, last_room=record.last_room, **self._buckets(now),
+                look=p.name_look(record.name), key=record.key, rooms=set(), restored=True,
+                last_room=record.last_room, **self._buckets(now),
             )
+            self.looks.setdefault(session.look, session)  # (a file from before look-alikes were refused)
             for room in record.rooms:
                 self._add_member(session, room)
             self.sessions[session.identity] = session
@@ -602,3 +688,18 @@ class Broker:
         ids[ack.id] = ack
         if len(ids) > DEDUP_IDS_PER_NAME:
             ids.popitem(last=False)
+
+
+def _stored_only(message: p.Message, kept: dict[str, int]) -> p.Message:
+    """``message`` as if the batch's events (numbered after ``kept[room]``) had never been."""
+    if not kept:
+        return message
+    if isinstance(message, (p.Welcome, p.Pong)):
+        rooms = {room: min(seq, kept.get(room, seq)) for room, seq in message.rooms.items()}
+        return msgspec.structs.replace(message, rooms=rooms)
+    if isinstance(message, p.Entered) and message.room in kept:
+        return msgspec.structs.replace(message, last_seq=min(message.last_seq, kept[message.room]))
+    if isinstance(message, p.History) and message.room in kept:
+        events = [e for e in message.events if e["seq"] <= kept[message.room]]
+        return msgspec.structs.replace(message, events=events)
+    return message

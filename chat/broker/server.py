@@ -253,8 +253,7 @@ class BrokerServer:
 
     def _commit(self, outgoing: list[Outgoing]) -> None:
         """Store the batch's events in one write, then send: nothing is acknowledged before it is stored."""
-        self.broker.history.flush()
-        self.send(outgoing)
+        self.send(self.broker.commit(outgoing))
 
     def stop(self, *_: object) -> None:
         self.stopping = True
