@@ -48,10 +48,10 @@ DEDUP_IDS_PER_NAME = RECENT_ACKS  # acknowledged ids remembered per user, to dro
 DEDUP_NAMES = 2 * MAX_SESSIONS
 MAX_ROOMS = 10_000  # rooms that can exist at once (with members or with a topic)
 RESTART_GRACE_TIMEOUTS = 2  # session timeouts a client has, after a broker restart, to resume its session
-# A join storm: past JOIN_BURST joins in a room within JOIN_WINDOW seconds, the broker holds the next ones
+# A join storm: past SHOWN_JOINS joins in a room within JOIN_WINDOW seconds, the broker holds the next ones
 # and publishes them as one "joins" event when the window ends (or before any other event in that room),
 # so that each member decodes a bounded number of presence events per second however many join.
-JOIN_BURST = 5
+SHOWN_JOINS = 5
 JOIN_WINDOW = 1.0
 RESTORED = b"\x00restored\x00"  # identity prefix of a restored session until its client is back: never
 # a ROUTER's (5 bytes), and never looked up for a request even if a peer chose it as its routing id
@@ -390,7 +390,7 @@ class Broker:
         start, shown = self._join_windows.get(room, (now, 0))
         if now - start >= JOIN_WINDOW:
             start, shown = now, 0
-        if shown < JOIN_BURST and room not in self._held_joins:
+        if shown < SHOWN_JOINS and room not in self._held_joins:
             self._join_windows[room] = (start, shown + 1)
             return True
         self._join_windows[room] = (start, shown)
