@@ -93,6 +93,8 @@ def parser() -> argparse.ArgumentParser:
                     help="the window in which idle CPU is measured (default %(default)g)")
     sc.add_argument("--scale-join-timeout", type=pos_float, default=30.0, help="default %(default)g")
     sc.add_argument("--scale-no-sub", action="store_true", help="DEALERs only, no SUB per client")
+    sc.add_argument("--scale-sub-on-welcome", action="store_true",
+                    help="each SUB connects on its WELCOME (as a real client does), so joins reach those already in")
     sc.add_argument("--skip-scale", action="store_true")
     ap.add_argument("--quick", action="store_true", help="a small smoke run of every workload (a few seconds)")
     ap.add_argument("--run-timeout", type=pos_float, default=120.0,

@@ -93,9 +93,10 @@ def scale_table(r: Row) -> str:
         f"{_n(r['rss_kib_per_client'], 1)} ({_n(r['rss_kib_per_client_joined'], 1)})" if idle else "-", _n(r["idle_cpu_pct"], 1) if idle else "-",
         f"{_n(r['pongs'])} of {_n(r['pings'])}" if idle else "-",
         str(r["join_errors"] + r.get("idle_errors", 0)), str(r["events_while_idle"]) if idle else "-",
+        _n(r["join_events_per_client"], 1) if r.get("sub_on_welcome") else "-",
     ]
     headers = ["target", "clients", "joined", "join s", "RSS/client KiB (DEALER only)", "idle CPU %", "PINGs answered",
-               "errors", "dropped"]
+               "errors", "dropped", "events/client while joining"]
     text = table(headers, [row])
     if _failed(r):
         text += f"\nFAILED: {r['failure']}"

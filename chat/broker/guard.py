@@ -45,21 +45,27 @@ _SIOCOUTQ = 0x5411  # Linux: bytes in a socket's send queue, not yet acknowledge
 SUPPORTED = sys.platform.startswith("linux") and hasattr(socket, "TCP_INFO") and fcntl is not None
 
 
-def bytes_received(fd: int) -> int | None:
-    """What the kernel has received on TCP socket ``fd`` (None if it is not one, or no longer open)."""
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError:
-        return None
+def bytes_received(sock: socket.socket) -> int | None:
+    """What the kernel has received on TCP socket ``sock`` (None if it is not one, or no longer open)."""
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
     except OSError:
         return None
-    finally:
-        sock.detach()  # the descriptor is libzmq's: never close it here
     if len(info) < _TCP_INFO_SIZE:
         return None
-    return int(struct.unpack_from("=Q", info, _TCP_INFO_BYTES_RECEIVED)[0])
+    return int(_RECEIVED.unpack_from(info, _TCP_INFO_BYTES_RECEIVED)[0])
+
+
+_RECEIVED = struct.Struct("=Q")
+
+
+def borrow(fd: int) -> socket.socket | None:
+    """A Python socket on libzmq's descriptor ``fd``, to ask the kernel about it; ``detach`` it, never
+    close it (None when ``fd`` is no longer open)."""
+    try:
+        return socket.socket(fileno=fd)
+    except OSError:
+        return None
 
 
 def unread(fd: int) -> int:
@@ -115,6 +121,9 @@ class PendingGuard:
         self.notice = notice
         self.per_frame = FRAME_OVERHEAD + (CURVE_OVERHEAD if secure else 0)
         self.accounted: dict[int, int] = {}  # fd -> bytes of it explained by delivered messages (and credit)
+        # fd -> a Python socket on it, made once per connection: making one per check was most of the
+        # broker's CPU while thousands of clients joined (each check visits every connection).
+        self.borrowed: dict[int, socket.socket] = {}
         self.sockets = sockets
         self.monitors = [s.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED) for s in sockets]
         # Checking every connection costs a system call each; reading our own size costs one in all. The
@@ -142,14 +151,15 @@ class PendingGuard:
         self._checked_at_size = self._resident()
         self.follow_connections()
         for fd, accounted in list(self.accounted.items()):
-            received = bytes_received(fd)
+            sock = self.borrowed.get(fd)
+            received = bytes_received(sock) if sock is not None else None
             if received is None:
                 continue
             ahead = received - accounted
             if ahead < 0:  # the overhead is counted high: no credit for it
                 self.accounted[fd] = received
             elif ahead > self.budget:
-                del self.accounted[fd]
+                self._forget(fd)
                 peer = cut(fd)
                 self.notice(
                     f"cut a connection from {peer}: {ahead // 1024} KiB sent without finishing a message "
@@ -164,12 +174,22 @@ class PendingGuard:
                 except zmq.Again:
                     break
                 fd = int(event["value"])
+                self._forget(fd)  # an ACCEPTED on a descriptor not yet seen closed: it was reused
                 if event["event"] == zmq.EVENT_ACCEPTED:
                     self.accounted[fd] = 0
-                else:
-                    self.accounted.pop(fd, None)
+                    sock = borrow(fd)
+                    if sock is not None:
+                        self.borrowed[fd] = sock
+
+    def _forget(self, fd: int) -> None:
+        self.accounted.pop(fd, None)
+        sock = self.borrowed.pop(fd, None)
+        if sock is not None:
+            sock.detach()  # the descriptor is libzmq's: never close it here
 
     def close(self) -> None:
+        for fd in list(self.borrowed):
+            self._forget(fd)
         os.close(self._statm)
         for sock, monitor in zip(self.sockets, self.monitors):
             sock.disable_monitor()
