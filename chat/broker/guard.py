@@ -6,7 +6,9 @@ message: a peer that sends frames with MORE forever grows the broker without lim
 stops it. So, for every TCP connection of the broker's sockets (learnt from a socket monitor), the guard
 compares the bytes the kernel has received with the bytes of the messages libzmq has delivered from that
 connection (the frame property ``ZMQ_SRCFD`` says which one), and cuts a connection that runs more than
-``PENDING_BYTES`` ahead. The PUB socket delivers nothing to the broker (subscriptions stay in libzmq), so
+``PENDING_BYTES`` ahead: every connection as soon as the broker has grown by ``GROWTH``, and otherwise
+``SWEEP`` connections in turn at each tick of the server (with thousands of clients, every connection at
+every tick was most of the broker's CPU). The PUB socket delivers nothing to the broker (subscriptions stay in libzmq), so
 a subscriber may send ``PENDING_BYTES`` in all.
 
 The guard also tells how much the broker has written to a connection that the peer has not taken yet
@@ -35,6 +37,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 GROWTH = 16 * 1024 * 1024  # the broker's own growth (resident memory) that brings the next check forward
+SWEEP = 1024  # connections a periodic ``sweep`` looks at (a system call each); growth checks them all
 PENDING_BYTES = 8 * 1024 * 1024  # received and not yet part of a delivered message (a client's 500-line window fits)
 FRAME_OVERHEAD = 9  # the most a ZMTP frame header takes on the wire
 CURVE_OVERHEAD = 33  # what a CURVE MESSAGE command adds to each frame (command name, nonce, MAC, flags)
@@ -124,6 +127,7 @@ class PendingGuard:
         # fd -> a Python socket on it, made once per connection: making one per check was most of the
         # broker's CPU while thousands of clients joined (each check visits every connection).
         self.borrowed: dict[int, socket.socket] = {}
+        self._sweep_at = 0  # where the next sweep begins, in the order of ``accounted``
         self.sockets = sockets
         self.monitors = [s.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED) for s in sockets]
         # Checking every connection costs a system call each; reading our own size costs one in all. The
@@ -146,11 +150,30 @@ class PendingGuard:
         if accounted is not None:
             self.accounted[fd] = accounted + sum(map(len, frames)) + self.per_frame * len(frames)
 
+    def sweep(self, count: int = SWEEP) -> None:
+        """Check the next ``count`` connections, in turn: with thousands of clients, looking at every one
+        at each tick was most of the broker's CPU. A peer that grows the broker fast is caught sooner by
+        ``watch``, which checks every connection once the broker has grown by GROWTH."""
+        self.follow_connections()
+        fds = list(self.accounted)
+        if len(fds) <= count:
+            self._check(fds)
+            return
+        start = self._sweep_at % len(fds)
+        self._sweep_at = start + count
+        self._check(fds[start : start + count] + fds[: max(0, start + count - len(fds))])
+
     def check(self) -> None:
         """Cut every connection that is more than the budget ahead of what it delivered."""
         self._checked_at_size = self._resident()
         self.follow_connections()
-        for fd, accounted in list(self.accounted.items()):
+        self._check(list(self.accounted))
+
+    def _check(self, fds: list[int]) -> None:
+        for fd in fds:
+            accounted = self.accounted.get(fd)
+            if accounted is None:
+                continue
             sock = self.borrowed.get(fd)
             received = bytes_received(sock) if sock is not None else None
             if received is None:

@@ -208,7 +208,7 @@ class BrokerServer:
                 next_watch = clock() + WATCH_EVERY
             if clock() >= next_expiry:
                 if self.guard is not None:
-                    self.guard.check()
+                    self.guard.sweep()
                 outgoing += self.broker.expire_idle()
                 next_expiry = clock() + EXPIRE_EVERY
             if clock() >= next_allow_check:
