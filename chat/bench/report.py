@@ -92,7 +92,7 @@ def scale_table(r: Row) -> str:
         r["target"], _n(r["clients"]), _n(r["joined"]), _n(r["join_seconds"], 2),
         f"{_n(r['rss_kib_per_client'], 1)} ({_n(r['rss_kib_per_client_joined'], 1)})" if idle else "-", _n(r["idle_cpu_pct"], 1) if idle else "-",
         f"{_n(r['pongs'])} of {_n(r['pings'])}" if idle else "-",
-        str(r["join_errors"] + r.get("idle_errors", 0)), str(r["events_while_idle"]) if idle else "-",
+        str(r["join_errors"] + r.get("idle_errors", 0)), str(r.get("dropped_while_idle", r["events_while_idle"])) if idle else "-",
         _n(r["join_events_per_client"], 1) if r.get("sub_on_welcome") else "-",
     ]
     headers = ["target", "clients", "joined", "join s", "RSS/client KiB (DEALER only)", "idle CPU %", "PINGs answered",
@@ -190,7 +190,7 @@ def problems(results: dict[str, Any]) -> list[str]:
     if sc:
         if _failed(sc):
             found.append("scale: failed")
-        for key in ("join_errors", "idle_errors", "events_while_idle"):
+        for key in ("join_errors", "idle_errors", "dropped_while_idle"):
             if sc.get(key):
                 found.append(f"scale: {key} {sc[key]}")
     return found

@@ -61,6 +61,7 @@ class Crowd:
         self.errors: list[str] = []
         self.error_count = 0
         self.events = 0
+        self.leaves = 0
         self.next_sub_check = 0.0
         self.pings_sent = 0
         self.sub_on_welcome: bool = cfg.get("sub_on_welcome", False)
@@ -112,7 +113,10 @@ class Crowd:
                         frames = sub.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    self.events += len(json.loads(frames[-1])["events"]) if len(frames) == 4 else 1
+                    events = json.loads(frames[-1])["events"] if len(frames) == 4 else [{}]
+                    self.events += len(events)
+                    # a leave means a client was dropped; a join summary that came late does not
+                    self.leaves += sum(1 for event in events if event.get("kind", "leave") == "leave")
 
     def _replies(self, sock: zmq.Socket) -> None:
         for _ in range(DRAIN_BATCH):
@@ -143,6 +147,7 @@ class Crowd:
             "errors": self.error_count,
             "error_samples": self.errors,
             "events": self.events,
+            "leaves": self.leaves,
             "ping_lag_ms": self.ping_lag * 1000,
             "heartbeat_ms": self.heartbeat * 1000,
         }
@@ -169,7 +174,7 @@ def scale_clients(ctl: Control, cfg: dict[str, Any]) -> None:
              **crowd.report())
     if crowd.welcomed < crowd.n:
         return
-    crowd.events = 0
+    crowd.events = crowd.leaves = 0
     if cfg["sub"] and not crowd.sub_on_welcome:
         crowd.connect_subs()
     ctl.send("subscribed")
@@ -273,6 +278,7 @@ def run_scale(opts: Any, tmp: Path, open_files: int | None) -> dict[str, Any]:
         idle_errors=idle["errors"] - joined["errors"],
         idle_error_samples=idle["error_samples"],
         events_while_idle=idle["events"],
+        dropped_while_idle=idle["leaves"],
         ping_lag_ms=idle["ping_lag_ms"],
         load_cpu_pct=idle["load_cpu_pct"],
     )
