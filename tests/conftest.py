@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Pattern
 
 import pytest
+import zmq
 
 from chat.client import events as ev
 
@@ -594,6 +595,15 @@ class ScriptedConnection:
 
     def request(self, request: ev.Request) -> None:
         self.requests.append(request)
+
+
+@pytest.fixture
+def zctx() -> Iterator[zmq.Context]:
+    ctx = zmq.Context()
+    try:
+        yield ctx
+    finally:
+        ctx.destroy(linger=0)  # closes, with linger 0, every socket a test left open
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import zmq
 
@@ -63,15 +61,6 @@ def test_the_client_takes_each_entry_of_acks_as_an_ack() -> None:
     actions = direct(client, p.Acks([(i, 5 + n, 9) for n, i in enumerate(ids)]), 1.1)
     assert [(a.id, a.seq) for a in actions if isinstance(a, ev.Acked)] == [(i, 5 + n) for n, i in enumerate(ids)]
     assert not client.unacked
-
-
-@pytest.fixture
-def zctx() -> Iterator[zmq.Context]:
-    ctx = zmq.Context()
-    try:
-        yield ctx
-    finally:
-        ctx.destroy(linger=0)
 
 
 def test_a_broker_answers_a_burst_of_lines_in_fewer_replies(procs: Processes, zctx: zmq.Context) -> None:

@@ -167,15 +167,6 @@ MakeSubscriber = Callable[..., Subscriber]
 
 
 @pytest.fixture
-def zctx() -> Iterator[zmq.Context]:
-    ctx = zmq.Context()
-    try:
-        yield ctx
-    finally:
-        ctx.destroy(linger=0)  # closes, with linger 0, every socket a test left open
-
-
-@pytest.fixture
 def sockets(zctx: zmq.Context) -> Iterator[list[zmq.Socket]]:
     """Every socket made by ``dealer`` and ``subscriber``, closed with linger 0 when the test ends."""
     made: list[zmq.Socket] = []

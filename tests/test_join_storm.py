@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-
 import pytest
 import zmq
 
@@ -91,15 +89,6 @@ def test_the_plain_line_of_a_joins_event() -> None:
     fmt = LineFormatter()
     line = fmt.event(p.Event(seq=7, ts=1_764_190_000_000, kind=p.KIND_JOINS, name="alice", text="12"))
     assert re.fullmatch(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] alice and 11 others have joined the chat\.", line)
-
-
-@pytest.fixture
-def zctx() -> Iterator[zmq.Context]:
-    ctx = zmq.Context()
-    try:
-        yield ctx
-    finally:
-        ctx.destroy(linger=0)  # closes every socket the test made
 
 
 def test_a_client_shows_a_storm_in_a_few_lines(procs: Processes, zctx: zmq.Context) -> None:
