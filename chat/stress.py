@@ -133,18 +133,21 @@ def run(senders: int, lines: int, receivers: int, restart: bool) -> int:
             pauser.join()
             slow.p.send_signal(signal.SIGCONT)
 
-            with sqlite3.connect(db) as conn:
-                acked = Counter(
-                    conn.execute("SELECT name || ': ' || text FROM events WHERE kind = 'msg'").fetchall()
-                )
-                # A PM to r0 while r0 was away (the restart) is refused (no_such_user), not stored.
-                acked_pms = Counter(conn.execute("SELECT name || ': ' || text FROM private").fetchall())
             expected = senders * lines
             deadline = time.monotonic() + 60
             for r in readers:
                 while time.monotonic() < deadline and sum(1 for l in list(r.lines) if LINE.match(l)) < expected:
                     time.sleep(0.1)
             elapsed = time.monotonic() - started
+            # The broker holds its history file locked while it runs: read what it stored once it is gone
+            # (a SIGKILL loses nothing committed, so this is what any crash would have left).
+            broker.end()
+            with sqlite3.connect(db) as conn:
+                acked = Counter(
+                    conn.execute("SELECT name || ': ' || text FROM events WHERE kind = 'msg'").fetchall()
+                )
+                # A PM to r0 while r0 was away (the restart) is refused (no_such_user), not stored.
+                acked_pms = Counter(conn.execute("SELECT name || ': ' || text FROM private").fetchall())
             print(f"{senders} senders x {lines} lines, {receivers} receivers (1 paused again and again), "
                   f"{'one broker SIGKILL + restart' if restart else 'no restart'}; {elapsed:.1f} s")
             print(f"sender exit codes: {codes}")
