@@ -23,7 +23,7 @@ from chat.client.personal import IgnoreList, mentions
 from chat.ui.format import stamp
 from chat.ui.logs import ChatLogs, file_part
 from chat.ui.plain import LineFrontEnd
-from conftest import HOST, REPO, Broker, Processes, joined, private, said
+from conftest import HOST, REPO, Broker, Processes, joined, said
 from chat.client.core import ClientCore
 from test_client_core import GENERAL, WELCOME, direct, event, history, notices, publish, sent, typed
 from test_client_core import joined as joined_core
@@ -250,7 +250,7 @@ def test_ignore_hides_a_user_and_survives_a_restart_and_logs_are_written(
     again.send("/ignore")
     again.expect_err(r"^\*\*\* ignored \(1\): bob$")
     bob.send("still hidden")
-    bob.send(f"/pm alice {'still hidden too'}")
+    bob.send("/pm alice still hidden too")
     carol.send("after the restart")
     again.expect(said("carol", "after the restart"))
     again.send("/unignore bob")
