@@ -13,6 +13,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -23,7 +24,7 @@ from chat.client.personal import IgnoreList, mentions
 from chat.ui.format import stamp
 from chat.ui.logs import ChatLogs, file_part
 from chat.ui.plain import LineFrontEnd
-from conftest import HOST, REPO, Broker, Processes, joined, said
+from conftest import HOST, REPO, Broker, Processes, joined, private, said
 from chat.client.core import ClientCore
 from test_client_core import GENERAL, WELCOME, direct, event, history, notices, publish, sent, typed
 from test_client_core import joined as joined_core
@@ -216,21 +217,31 @@ def test_plain_mode_rings_once_on_stderr_for_a_live_mention_only_when_asked() ->
 # --------------------------------------------------------------------------- client.py end to end
 
 
+Home = Callable[[str], Path]
+
+
 @pytest.fixture
-def own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A config and data folder of this test's own for the clients it starts (an ignore list is
-    personal: it must not hide anyone in other tests)."""
-    monkeypatch.setitem(conftest._HOME_OVERRIDES, "XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setitem(conftest._HOME_OVERRIDES, "XDG_DATA_HOME", str(tmp_path / "data"))
-    return tmp_path
+def own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
+    """``home(user)``: the clients started from now on have that user's own config and data folders
+    (an ignore list is personal: it must hide nobody from other users, or in other tests)."""
+
+    def home(user: str) -> Path:
+        monkeypatch.setitem(conftest._HOME_OVERRIDES, "XDG_CONFIG_HOME", str(tmp_path / user / "config"))
+        monkeypatch.setitem(conftest._HOME_OVERRIDES, "XDG_DATA_HOME", str(tmp_path / user / "data"))
+        return tmp_path / user
+
+    home("nobody")
+    return home
 
 
 @pytest.mark.timeout(40)
 def test_ignore_hides_a_user_and_survives_a_restart_and_logs_are_written(
-    procs: Processes, broker: Broker, own_home: Path
+    procs: Processes, broker: Broker, own_home: Home
 ) -> None:
-    logs = own_home / "logs"
+    alice_home = own_home("alice")
+    logs = alice_home / "logs"
     alice = procs.join("alice", broker, "--log-dir", str(logs))
+    bob_home = own_home("bob")
     bob = procs.join("bob", broker)
     alice.expect(joined("bob"))
     bob.send("hey alice, here is (a.b)")
@@ -239,18 +250,22 @@ def test_ignore_hides_a_user_and_survives_a_restart_and_logs_are_written(
     alice.expect_err(r"^\*\*\* ignoring bob: their lines and private messages are hidden$")
     bob.send("/pm alice hidden pm")
     bob.send("hidden line")
-    carol = procs.join("carol", broker)
+    own_home("carol")
+    carol = procs.join("carol", broker, "--no-log")
+    after_the_pm(bob, carol, alice)
     carol.send("carol sees it")
     alice.expect(said("carol", "carol sees it"))
     alice.close_stdin()
     alice.assert_exit(0)
     assert alice.matching("hidden") == []
 
+    own_home("alice")
     again = procs.join("alice", broker, "--no-log")  # a new process: the list is read from the config folder
     again.send("/ignore")
     again.expect_err(r"^\*\*\* ignored \(1\): bob$")
     bob.send("still hidden")
     bob.send("/pm alice still hidden too")
+    after_the_pm(bob, carol, again)
     carol.send("after the restart")
     again.expect(said("carol", "after the restart"))
     again.send("/unignore bob")
@@ -258,7 +273,7 @@ def test_ignore_hides_a_user_and_survives_a_restart_and_logs_are_written(
     bob.send("visible again")
     again.expect(said("bob", "visible again"))
     assert again.matching("still hidden") == []
-    assert (own_home / "config" / "lanchat" / "ignored").read_text(encoding="utf-8").splitlines()[1:] == []
+    assert (alice_home / "config" / "lanchat" / "ignored").read_text(encoding="utf-8").splitlines()[1:] == []
 
     [log] = list(logs.glob("#general.*.log"))  # one day, unless this ran across midnight
     lines = log.read_text(encoding="utf-8").splitlines()
@@ -267,11 +282,22 @@ def test_ignore_hides_a_user_and_survives_a_restart_and_logs_are_written(
         "alice has joined the chat.", "bob has joined the chat.", "bob: hey alice, here is (a.b)",
         "carol has joined the chat.", "carol: carol sees it",
     ]
-    assert not list(logs.glob("@*"))  # the ignored private message was not logged either
-    # bob and carol log where they do by default, the platform's data folder: bob's private talk is there
-    [talk] = list((own_home / "data").glob("lanchat/logs/@alice.*.log"))
+    assert [f.name.split(".")[0] for f in logs.glob("@*")] == ["@carol"]  # bob's ignored one: not logged
+    # bob logs where a client does by default, the platform's data folder: his private talk is there
+    [talk] = list((bob_home / "data").glob("lanchat/logs/@alice.*.log"))
     said_there = [line.split("] ", 1)[1] for line in talk.read_text(encoding="utf-8").splitlines()]
     assert said_there == ["bob: hidden pm", "bob: still hidden too"]
+    assert not (alice_home / "data").exists()  # alice: --log-dir, then --no-log
+
+
+def after_the_pm(sender: conftest.Client, relay: conftest.Client, to: conftest.Client) -> None:
+    """Wait until ``to`` has had the private message ``sender`` sent last: the broker handles a client's
+    messages in order, so ``relay`` has its next one only after that, and ``relay``'s own private
+    message to ``to`` follows it on the same connection."""
+    sender.send(f"/pm {relay.name} relay")
+    relay.expect(private(str(sender.name), "relay"))
+    relay.send(f"/pm {to.name} synced")
+    to.expect(private(str(relay.name), "synced"))
 
 
 def p_date(log: Path) -> str:
@@ -281,7 +307,7 @@ def p_date(log: Path) -> str:
 @pytest.mark.timeout(30)
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal for stdout (POSIX)")
 def test_plain_mode_rings_the_bell_on_stderr_only_when_stdout_is_a_terminal(
-    procs: Processes, broker: Broker, own_home: Path
+    procs: Processes, broker: Broker, own_home: Home
 ) -> None:
     """The line on stdout is unchanged; the BEL goes to stderr, and only when a person reads stdout."""
     piped = procs.join("pipes", broker, "--no-log")
