@@ -362,3 +362,10 @@ def _until(condition, what: str, screen: bytearray, timeout: float = 10.0) -> No
         if time.monotonic() > deadline:
             pytest.fail(f"waited for {what}; the terminal showed {bytes(screen)!r}")
         time.sleep(0.02)  # polling the pty reader's buffer, with a deadline
+
+
+@pytest.mark.timeout(20)
+def test_log_dir_and_no_log_together_are_a_bad_command_line(procs: Processes) -> None:
+    client = procs.process("client.py", "--name", "alice", "--log-dir", "logs", "--no-log")
+    client.assert_exit(2)
+    assert client.matching(r"--no-log: not allowed with argument --log-dir", err=True)
