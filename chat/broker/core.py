@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Union
 
 from chat import protocol as p
+from chat.broker.files import FileService
 from chat.broker.history import RECENT_ACKS, History, MemoryHistory, PrivateRecord, SessionRecord, token_hash
 from chat.errors import RemoteProtocolError
 
@@ -52,6 +53,7 @@ class Reply:
     identity: bytes
     message: p.Message
     tag: bytes = p.PROTOCOL_TAG  # another version's tag only to refuse a request of that version
+    data: bytes = b""  # a CHUNK's file data: sent as a fourth frame
 
 
 Outgoing = Union[Reply, p.Event]  # an Event is published on PUB
@@ -88,6 +90,7 @@ class Broker:
         rate: float = RATE,
         burst: int = BURST,
         restart_grace: float | None = None,
+        files: FileService | None = None,
     ) -> None:
         self.pub_port = pub_port
         self.max_text = max_text
@@ -103,6 +106,7 @@ class Broker:
         self.topics: dict[str, str] = {}  # room -> topic (kept in memory only)
         self.members: dict[str, int] = {}  # room -> sessions in it; a room with none is not listed
         self._acks: OrderedDict[str, OrderedDict[str, p.Ack]] = OrderedDict()  # per user, loaded on joining
+        self.files = files  # file sharing (chat.broker.files); None: OFFER and GET are refused
         self.restart_grace = RESTART_GRACE_TIMEOUTS * session_timeout if restart_grace is None else restart_grace
         self._restore(self.history.open_sessions())
 
@@ -128,6 +132,10 @@ class Broker:
             if session is None:
                 raise RemoteProtocolError(p.NOT_JOINED, "join first (send JOIN with a name)")
             session.last_seen = now
+            if isinstance(message, p.FILE_REQUESTS):
+                if self.files is None:
+                    raise RemoteProtocolError(p.BAD_TYPE, "this broker does not keep files")
+                return self.files.handle(self, session, message, p.data_of(frames), now)
             return self._dispatch(session, message, now)
         except RemoteProtocolError as exc:
             return [Reply(identity, p.Error(exc.code, exc.reason, p.reference(message)))]
@@ -138,6 +146,8 @@ class Broker:
         now = self.clock()
         deadline, restored_deadline = now - self.session_timeout, now - self.restart_grace
         out: list[Outgoing] = []
+        if self.files is not None:
+            self.files.sweep(now)
         for session in [s for s in self.sessions.values() if s.last_seen < deadline or s.restored]:
             if not session.restored:
                 out += self._end(session, p.LEFT_TIMEOUT)
@@ -271,17 +281,22 @@ class Broker:
             raise RemoteProtocolError(p.NO_SUCH_USER, f"nobody called {p.neutralise(pm.to)} is online")
         self._check_text(pm.text)
         self._spend(session, now)
-        ts = int(now * 1000)
-        seq = self.history.last_private_seq(target.name_key) + 1
-        private = p.Private(session.name, target.name, p.neutralise(pm.text), ts, seq)
-        # Stored (with the sender's id) before anything is sent: the batch's flush comes first.
-        self.history.append_private(
-            PrivateRecord(private, target.name_key, session.name_key, pm.id, target.token)
-        )
-        target.private_seq = seq
-        ack = p.Ack(pm.id, 0, ts)
+        ack = p.Ack(pm.id, 0, int(now * 1000))
         self._remember(session.name_key, ack)
-        return [Reply(target.identity, private), Reply(session.identity, ack)]
+        return self.private_to(session, target, pm.text, msg_id=pm.id) + [Reply(session.identity, ack)]
+
+    def private_to(self, session: Session, target: Session, text: str, file: int = 0, msg_id: str = "") -> list[Outgoing]:
+        """A PRIVATE from ``session`` to ``target`` (a line, or the offer of ``file``), numbered and stored
+        (with the sender's id) before anything is sent: the batch's flush comes first."""
+        seq = self.history.last_private_seq(target.name_key) + 1
+        private = p.Private(session.name, target.name, p.neutralise(text), int(self.clock() * 1000), seq, file)
+        self.history.append_private(PrivateRecord(private, target.name_key, session.name_key, msg_id, target.token))
+        target.private_seq = seq
+        return [Reply(target.identity, private)]
+
+    def publish_file(self, room: str, session: Session, text: str) -> p.Event:
+        """The ``file`` event that offers a stored file to a room."""
+        return self._publish(room, p.KIND_FILE, session.name, text, self.clock())
 
     def _who(self, session: Session, who: p.Who, now: float) -> list[Outgoing]:
         self._spend(session, now)
