@@ -177,6 +177,7 @@ class FileService:
         self.temporary = temporary  # a folder of its own (--db :memory:): removed on close
         self.uploads: dict[int, Upload] = {}
         self._next_sweep = 0.0
+        self.sweep_every = min(SWEEP_EVERY, upload_timeout / 2)
 
     # ------------------------------------------------------------------ entry points
 
@@ -192,7 +193,7 @@ class FileService:
         """Remove files past their age, silent uploads and partial files nobody is sending."""
         if now < self._next_sweep:
             return
-        self._next_sweep = now + SWEEP_EVERY
+        self._next_sweep = now + self.sweep_every
         old = [n for n, f in self.store.files.items() if f.created < now - self.max_age]
         for number in old:
             self.store.forget(number)
