@@ -353,3 +353,61 @@ def test_a_full_disk_on_the_broker_is_a_clear_error_and_chat_goes_on(procs: Proc
     assert not bob.matching("offers big.bin")
     assert joined("bob")  # the broker runs on
     assert broker.proc.poll() is None
+
+
+@pytest.mark.parametrize(
+    "offered_name, safe",
+    [
+        ("../../etc/passwd", "passwd"),
+        ("..\\..\\boot.ini", "boot.ini"),
+        ("/abs/path/x.pdf", "x.pdf"),
+        ("..", "file"),
+        ("", "file"),
+        ("CON", "_CON"),
+        ("con.txt", "_con.txt"),
+        ("LPT9.log", "_LPT9.log"),
+        ("COM10", "COM10"),
+        ("a<b>c:d|e?f*g\"h", "a_b_c_d_e_f_g_h"),
+        ("tab\there\x7f", "tab_here_"),
+        ("\u202eexe.pdf", "_exe.pdf"),
+        (".hidden", "hidden"),
+        ("trailing. . ", "trailing"),
+        ("é" * 200 + ".tar.gz", "é" * 126 + ".gz"),  # 252 + 3 bytes
+    ],
+)
+def test_offered_names_are_made_safe_to_show_and_to_save(offered_name: str, safe: str) -> None:
+    got = p.safe_file_name(offered_name)
+    assert got == safe
+    assert len(got.encode()) <= p.MAX_FILE_NAME_BYTES and "/" not in got and "\\" not in got
+
+
+@pytest.mark.parametrize(
+    "text, size", [("100", 100), ("100M", 100_000_000), ("2G", 2_000_000_000), ("512k", 512_000), ("1.5M", 1_500_000),
+                   ("4Ki", 4096), ("1MiB", 1_048_576), ("7KB", 7000)],
+)
+def test_sizes_take_k_m_g_suffixes(text: str, size: int) -> None:
+    from chat.broker.files import parse_size
+
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "M", "-1", "ten", "5X", "nan"])
+def test_a_size_that_is_not_one_is_refused(text: str) -> None:
+    from chat.broker.files import parse_size
+
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_a_finished_download_never_overwrites(tmp_path: Path) -> None:
+    from chat.client.files import save_as
+
+    (tmp_path / "a.pdf").write_bytes(b"mine")
+    (tmp_path / "a (1).pdf").write_bytes(b"mine too")
+    for content in (b"new", b"newer"):
+        temp = tmp_path / ".part"
+        temp.write_bytes(content)
+        save_as(temp, tmp_path, "a.pdf")
+    assert (tmp_path / "a.pdf").read_bytes() == b"mine" and (tmp_path / "a (1).pdf").read_bytes() == b"mine too"
+    assert (tmp_path / "a (2).pdf").read_bytes() == b"new" and (tmp_path / "a (3).pdf").read_bytes() == b"newer"
+    assert not (tmp_path / ".part").exists()
