@@ -93,6 +93,7 @@ class ClientCore:
         room: str = p.DEFAULT_ROOM,
         download_dir: Path | None = None,
         file_rate: int = 0,
+        local_files: bool = True,
     ) -> None:
         self.name = name or ""
         self.rooms: list[str] = [p.room_key(room)]  # our rooms, in the order joined
@@ -131,6 +132,9 @@ class ClientCore:
         self._last_heard = 0.0
         self._last_ping = 0.0
         self.files = Transfers(download_dir, file_rate, next_id=self._next_id)  # /send, /get, /files
+        # False where the core runs for someone elsewhere (a web or IRC gateway): /send and /get would
+        # read and write the gateway's own disk, not the user's.
+        self.local_files = local_files
 
     # ------------------------------------------------------------------ inputs
 
@@ -377,6 +381,8 @@ class ClientCore:
             if rest and not rest.isdigit() or rest == "0":
                 return [ev.Notice("usage: /history [N], N a number of lines", "error")]
             return self._older(self.current, int(rest or DEFAULT_OLDER))
+        if word in ("/send", "/get") and not self.local_files:
+            return [ev.Notice(f"{word} is not available here: files are sent and saved by client.py", "error")]
         if word == "/send":
             return self.files.send(rest, now)
         if word == "/get":
