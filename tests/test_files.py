@@ -410,3 +410,28 @@ def test_a_finished_download_never_overwrites(tmp_path: Path) -> None:
     assert (tmp_path / "a.pdf").read_bytes() == b"mine" and (tmp_path / "a (1).pdf").read_bytes() == b"mine too"
     assert (tmp_path / "a (2).pdf").read_bytes() == b"new" and (tmp_path / "a (3).pdf").read_bytes() == b"newer"
     assert not (tmp_path / ".part").exists()
+
+
+@pytest.mark.parametrize("index", ["not json", '{"next": "x"}', '{"files": [{"number": 1}]}', '[1, 2]'])
+def test_a_damaged_file_index_starts_a_broker_with_no_files_rather_than_none(tmp_path: Path, index: str) -> None:
+    from chat.broker.files import FileService
+
+    (tmp_path / "index.json").write_text(index)
+    service = FileService(tmp_path)
+    assert service.store.files == {} and service.store.next_number >= 1
+
+
+def test_an_upload_the_broker_lost_is_offered_again_once_not_per_chunk_in_flight(tmp_path: Path) -> None:
+    from chat.client import events as ev
+    from chat.client.files import Transfers
+
+    (tmp_path / "f.bin").write_bytes(os.urandom(300_000))
+    ids = iter(range(1, 100))
+    transfers = Transfers(tmp_path, next_id=lambda: str(next(ids)))
+    [offer] = [a.message for a in transfers.send(f"bob {tmp_path / 'f.bin'}", 0.0) if isinstance(a, ev.Send)]
+    assert isinstance(offer, p.Offer)
+    puts = [a for a in transfers.uploading(p.Uploading(offer.id, 1, 0), 0.0) if isinstance(a, ev.Send)]
+    assert len(puts) == 5  # 300 KB in chunks of 64 KiB, all within the window
+    lost = p.Error(p.NO_SUCH_FILE, "no upload 1 of yours is open", offer.id)
+    again = [a.message for answer in range(len(puts)) for a in transfers.error(lost, 1.0) if isinstance(a, ev.Send)]
+    assert again == [offer]

@@ -120,10 +120,14 @@ class FileStore:
         except (OSError, ValueError) as exc:
             log.warning("file index %s unreadable (%s): starting with no files", self.index_path, exc)
             return
-        self.next_number = int(raw.get("next", 1))
-        for entry in raw.get("files", []):
-            stored = StoredFile(**entry)
-            if self.object_path(stored.sha256).exists():
+        try:
+            self.next_number = int(raw.get("next", 1))
+            entries = [StoredFile(**entry) for entry in raw.get("files", [])]
+        except (AttributeError, TypeError, ValueError) as exc:
+            log.warning("file index %s not understood (%s): starting with no files", self.index_path, exc)
+            return
+        for stored in entries:
+            if p.SHA256_HEX.fullmatch(stored.sha256) and self.object_path(stored.sha256).exists():
                 self.files[stored.number] = stored
 
     def save(self) -> None:

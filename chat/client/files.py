@@ -383,7 +383,9 @@ class Transfers:
         upload = self.uploads.get(error.ref)
         if upload is not None:
             if error.code == p.NO_SUCH_FILE:  # the broker lost the upload (timed out): offer it again
-                upload.handle and upload.handle.close()
+                if upload.handle is None:
+                    return []  # offered again already: this answers a PUT that was in flight
+                upload.handle.close()
                 upload.handle = None
                 return [self._offer(upload)]
             self._close_upload(upload)
