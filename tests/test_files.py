@@ -435,3 +435,20 @@ def test_an_upload_the_broker_lost_is_offered_again_once_not_per_chunk_in_flight
     lost = p.Error(p.NO_SUCH_FILE, "no upload 1 of yours is open", offer.id)
     again = [a.message for answer in range(len(puts)) for a in transfers.error(lost, 1.0) if isinstance(a, ev.Send)]
     assert again == [offer]
+
+
+@pytest.mark.timeout(60)
+def test_end_of_input_waits_for_the_upload_as_scripts_expect(procs: Processes, tmp_path: Path) -> None:
+    broker = procs.broker()
+    data = make_file(tmp_path / "log.txt", 2 * MB)
+    bob = procs.join("bob", broker, "--download-dir", str(tmp_path / "bob"))
+    alice = procs.join("alice", broker)
+    alice.send(f"/send bob {tmp_path / 'log.txt'}")
+    alice.close_stdin()  # as `echo "/send bob log.txt" | client.py` does at once
+    alice.assert_exit(0, timeout=15)
+    assert alice.matching(r"^\*\*\* sent log\.txt to bob \(file \d+\)$", err=True)
+    number = bob.expect(offered("alice", "log.txt", data))[1]
+    bob.send(f"/get {number}")
+    bob.close_stdin()  # and a download, the same
+    bob.assert_exit(0, timeout=15)
+    assert (tmp_path / "bob" / "log.txt").read_bytes() == data
