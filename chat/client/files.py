@@ -21,6 +21,7 @@ from typing import BinaryIO, Callable
 
 from chat import protocol as p
 from chat.client import events as ev
+from chat.paths import downloads_dir, given
 
 UPLOAD_CHUNK = p.MAX_PUT_BYTES  # bytes in one PUT
 UPLOAD_WINDOW = 16 * UPLOAD_CHUNK  # bytes sent and not yet acknowledged, at most
@@ -151,7 +152,7 @@ class Transfers:
             return [ev.Notice("usage: /send NAME PATH or /send #room PATH", "error")]
         if to.startswith("#") and (problem := p.room_problem(to)):
             return [ev.Notice(problem, "error")]
-        path = Path(path_text).expanduser()
+        path = given(path_text)
         try:
             size = path.stat().st_size
             if not path.is_file():
@@ -177,7 +178,7 @@ class Transfers:
         number = int(number_text)
         if number in self.downloads:
             return [ev.Notice(f"file {number} is on its way already", "error")]
-        folder = Path(folder_text.strip()).expanduser() if folder_text.strip() else self._default_folder()
+        folder = given(folder_text.strip()) if folder_text.strip() else self._default_folder()
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -188,11 +189,7 @@ class Transfers:
         return [ev.Send(p.Get(download.id, number))]
 
     def _default_folder(self) -> Path:
-        if self.download_dir is not None:
-            return self.download_dir
-        from chat.paths import downloads_dir
-
-        return downloads_dir()
+        return self.download_dir if self.download_dir is not None else downloads_dir()
 
     def listing(self) -> list[ev.Action]:
         """``/files``: the offers seen in this session, newest last."""
