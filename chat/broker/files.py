@@ -388,7 +388,7 @@ class FileService:
         target = broker.names.get(stored.to)
         out: list[Outgoing] = [done]
         if target is not None:
-            out = broker.private_to(session, target, text, stored.number) + out
+            out = broker.private_to(session, target, text, file=stored.number) + out
         return out
 
     def _drop(self, upload: Upload) -> None:
