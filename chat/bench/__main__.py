@@ -32,9 +32,9 @@ QUICK = {  # a smoke run of every workload in a few seconds (CI)
     "latency_seconds": 0.5,
     "scale_clients": 40,
     "scale_idle_seconds": 0.5,
-    "file_mb": 5,
-    "file_chat_clients": 4,
-    "file_chat_seconds": 1.5,
+    "file_mb": 2,
+    "file_chat_clients": 2,
+    "file_chat_seconds": 1.0,
 }
 
 
