@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict, deque
+from datetime import datetime
+from pathlib import Path
 from typing import Union
 
 import msgspec
@@ -23,6 +25,8 @@ import msgspec
 from chat import protocol as p
 from chat.client import events as ev
 from chat.client.feed import Feed, Fetching, Range
+from chat.client.personal import IGNORED_KINDS, MAX_MENTIONS, MENTION_KINDS, PERSONAL_HELP, IgnoreList, MentionRule
+from chat.client.files import UP_ID, GET_ID, Transfers
 from chat.errors import RemoteProtocolError
 
 CONNECT_TIMEOUT = 5.0  # seconds to wait for the first WELCOME before giving up
@@ -41,7 +45,8 @@ DEFAULT_OLDER = 20  # lines shown by /history without a number
 QUIT_COMMANDS = ("/quit", "/exit")
 GAP_FETCH = "gap"  # the id of a FETCH that fills a gap is this and the room; of a /history one, OLDER_FETCH's
 OLDER_FETCH = "older"
-NEEDS_SESSION = ("/who", "/whosonline", "/history", "/join", "/leave", "/rooms", "/topic")  # held until joined
+PERSONAL_COMMANDS = ("/ignore", "/unignore", "/mentions")  # the client's own, never sent to the broker
+NEEDS_SESSION = ("/who", "/whosonline", "/history", "/join", "/leave", "/rooms", "/topic", "/send", "/get")  # held until joined
 
 HELP = """commands:
   /who, /whosonline      list everyone online; /who #room: the members of a room
@@ -52,6 +57,9 @@ HELP = """commands:
   /topic [#room] [text]  show or set a room's topic
   /pm NAME TEXT          private message to NAME (alias /msg); it never goes through the fan-out
   /me ACTION             say what you are doing: * alice waves
+  /send NAME PATH        offer a file to NAME (or /send #room PATH: to everyone in a room)
+  /get N [DIR]           download offered file N (to DIR, else the downloads folder)
+  /files                 the files offered to you
   /history [N]           show N older lines (default 20)
   /help                  this help
   /quit                  leave the chat (so does end of input)
@@ -82,9 +90,21 @@ class ClientCore:
     """One user's view of the chat. ``interactive`` means a person can be asked again for a name."""
 
     def __init__(
-        self, name: str | None, *, interactive: bool, history_lines: int = 0, room: str = p.DEFAULT_ROOM
+        self,
+        name: str | None,
+        *,
+        interactive: bool,
+        history_lines: int = 0,
+        room: str = p.DEFAULT_ROOM,
+        ignore: IgnoreList | None = None,
+        download_dir: Path | None = None,
+        file_rate: int = 0,
+        local_files: bool = True,
     ) -> None:
         self.name = name or ""
+        self.ignore = ignore if ignore is not None else IgnoreList()  # without a file: this session only
+        self.mentioned: deque[p.Event] = deque(maxlen=MAX_MENTIONS)  # for /mentions, oldest first
+        self._mentions = MentionRule()
         self.rooms: list[str] = [p.room_key(room)]  # our rooms, in the order joined
         self.current = self.rooms[0]  # the room we type into
         self.pub_port = 0
@@ -125,6 +145,10 @@ class ClientCore:
         self._deadline = 0.0  # meaning depends on the state: give up, retry, or quit
         self._last_heard = 0.0
         self._last_ping = 0.0
+        self.files = Transfers(download_dir, file_rate, next_id=self._next_id)  # /send, /get, /files
+        # False where the core runs for someone elsewhere (a web or IRC gateway): /send and /get would
+        # read and write the gateway's own disk, not the user's.
+        self.local_files = local_files
 
     # ------------------------------------------------------------------ inputs
 
@@ -232,6 +256,12 @@ class ClientCore:
         self._last_heard = now
         self._handshake_failures = 0
         self._handshake_problem = ""
+        if isinstance(message, p.Chunk):  # first: the many messages of a download
+            return self._files_done(self.files.chunk(message, p.data_of(frames), now), now)
+        if isinstance(message, p.PutAck):
+            return self._files_done(self.files.put_ack(message, now), now)
+        if isinstance(message, p.Uploading):
+            return self.files.uploading(message, now)
         if isinstance(message, p.Welcome):
             return self._welcome(message, now)
         if isinstance(message, p.Error):
@@ -286,6 +316,8 @@ class ClientCore:
 
     def tick(self, now: float) -> list[ev.Action]:
         """Timers: heartbeats, broker loss, retries. Call at least every ``next_wakeup`` seconds."""
+        if self.quit_requested and self.files.active():  # a transfer that moves may take its time
+            self._quit_deadline = max(self._quit_deadline, self.files.last_moved() + DRAIN_TIMEOUT)
         if self.quit_requested and self.state != "closing" and now >= self._quit_deadline:
             unsent = self._pending()
             return [ev.Exit(ev.EXIT_UNREACHABLE, f"leaving with {unsent} line(s) not delivered")]
@@ -315,6 +347,8 @@ class ClientCore:
         for room, feed in self.feeds.items():
             if feed.fetching is not None and now - feed.fetching.sent_at >= FETCH_RETRY:
                 out += self._fetch(room, (feed.fetching.first, feed.fetching.last), now)
+        if self.files.active():
+            out += self._files_done(self.files.tick(now), now)
         return out
 
     def next_wakeup(self, now: float) -> float:
@@ -324,6 +358,7 @@ class ClientCore:
             wakeup = self._deadline - now
         elif self.state == "joined":
             wakeup = min(self._last_ping + self.heartbeat, self._last_heard + self.timeout) - now
+            wakeup = min(wakeup, self.files.next_wakeup(now))
             if self._throttled and self.waiting and not self.unacked:
                 wakeup = min(wakeup, self._resume_at - now)
         if self.quit_requested:
@@ -367,8 +402,18 @@ class ClientCore:
             if rest and not rest.isdigit() or rest == "0":
                 return [ev.Notice("usage: /history [N], N a number of lines", "error")]
             return self._older(self.current, int(rest or DEFAULT_OLDER))
+        if word in PERSONAL_COMMANDS:
+            return self._personal_command(word, rest)
+        if word in ("/send", "/get") and not self.local_files:
+            return [ev.Notice(f"{word} is not available here: files are sent and saved by client.py", "error")]
+        if word == "/send":
+            return self.files.send(rest, now)
+        if word == "/get":
+            return self.files.get(rest, now)
+        if word == "/files":
+            return self.files.listing()
         if word == "/help":
-            return [ev.Notice(HELP)]
+            return [ev.Notice(HELP + "\n" + PERSONAL_HELP)]
         return [ev.Notice(f"unknown command {p.neutralise(word)}; type /help for the list", "error")]
 
     def _say(self, text: str, kind: str, now: float) -> list[ev.Action]:
@@ -488,8 +533,14 @@ class ClientCore:
         return out
 
     def _pending(self) -> int:
-        """What /quit waits for: lines not yet acknowledged, and typed lines not yet taken."""
-        return len(self.unacked) + len(self.waiting) + len(self.held) + (self.changing is not None)
+        """What /quit waits for: lines not yet acknowledged, typed lines not yet taken, and file transfers."""
+        return len(self.unacked) + len(self.waiting) + len(self.held) + (self.changing is not None) + self.files.active()
+
+    def _files_done(self, actions: list[ev.Action], now: float) -> list[ev.Action]:
+        """What a transfer did; when it was the last thing a /quit waited for, leave now."""
+        if self.quit_requested and not self._pending():
+            actions = actions + self._quit(now)
+        return actions
 
     def _requeue_refused(self, now: float) -> None:
         """Once every line in flight has been refused, queue them again, in order, ahead of newer ones."""
@@ -595,6 +646,8 @@ class ClientCore:
         self.unacked.clear()
         self._rate_refused.clear()
         out += self._pump(now)
+        if was_lost:
+            out += self.files.resume(now)
         out += self._resume_room_change(welcome)
         return out + self._release(now)
 
@@ -637,6 +690,8 @@ class ClientCore:
             if self.state == "joined":
                 return self._lost("the broker no longer knows this session", now)
             return []
+        if error.ref.startswith((UP_ID, GET_ID)):
+            return self._files_done(self.files.error(error, now), now)
         if error.code == p.RATE_LIMITED and error.ref in self.unacked:
             # Kept, and sent again before anything newer: a paste goes out at the broker's pace, in order.
             self._throttled = True
@@ -667,6 +722,10 @@ class ClientCore:
             if private.seq <= self.private_seq:
                 return []  # sent again on our JOIN, and shown already
             self.private_seq = private.seq
+        if private.name in self.ignore:
+            return []  # /ignore: delivered, and numbered as shown, but not shown (nor offered, if a file)
+        if private.file:
+            self.files.seen(private.file, private.name, private.text, "private")
         return [ev.PrivateIn(private)]
 
     def _bye(self, bye: p.Bye, now: float) -> list[ev.Action]:
@@ -708,7 +767,10 @@ class ClientCore:
 
     def _show(self, events: list[p.Event]) -> list[ev.Action]:
         several = len(self.rooms) > 1
-        return [ev.Public(e, several, self._is_history(e)) for e in events if not self._is_own(e)]
+        for event in events:
+            if event.kind == p.KIND_FILE:
+                self.files.seen(p.offer_number(event.text), event.name, event.text, event.room)
+        return [self._public(e, several) for e in events if not self._is_own(e) and not self._ignored(e)]
 
     def _is_history(self, event: p.Event) -> bool:
         """From before we joined its room: the lines shown on joining (--history)."""
@@ -743,7 +805,9 @@ class ClientCore:
         asked = (history.first, history.last)  # the range this answers, echoed by the broker
         if feed.browsing == asked:
             feed.browsing = None
-            return [ev.Older(tuple(events))] if events else [ev.NothingOlder(room, f"nothing older is kept in {room}")]
+            if not events:
+                return [ev.NothingOlder(room, f"nothing older is kept in {room}")]
+            return [self._older_shown(events)]
         shown, ask, lost = feed.answered(events, asked)
         out = self._lost_events(room, lost) + self._show(shown)
         return out + (self._fetch(room, ask, now) if ask else [])
@@ -780,3 +844,59 @@ class ClientCore:
     def _next_id(self) -> str:
         self._counter += 1
         return f"{self._id_prefix}-{self._counter}"
+
+    # ------------------------------------------------------------------ mentions and /ignore (chat.client.personal)
+
+    def _public(self, event: p.Event, several: bool) -> ev.Public:
+        """A public event to show, marked when it mentions us; a live mention is kept for /mentions."""
+        history = self._is_history(event)
+        mention = event.kind in MENTION_KINDS and self._mentions(self.name, event.text)
+        if mention and not history:
+            self.mentioned.append(event)
+        return ev.Public(event, several, history, mention)
+
+    def _older_shown(self, events: list[p.Event]) -> ev.Older:
+        """Older lines, without those of ignored users, marking those that mention us."""
+        kept = tuple(e for e in events if not self._ignored(e))
+        mentioning = frozenset(e.seq for e in kept if e.kind in MENTION_KINDS and self._mentions(self.name, e.text))
+        return ev.Older(kept, mentioning)
+
+    def _ignored(self, event: p.Event) -> bool:
+        return event.kind in IGNORED_KINDS and event.name in self.ignore
+
+    def _personal_command(self, word: str, rest: str) -> list[ev.Action]:
+        """/ignore [NAME], /unignore NAME, /mentions: answered by the client alone."""
+        if word == "/mentions":
+            return [self._mentions_listed()]
+        if not rest:
+            if word == "/unignore":
+                return [ev.Notice("usage: /unignore NAME", "error")]
+            ignored = self.ignore.names()
+            if not ignored:
+                return [ev.Notice("you ignore nobody; /ignore NAME hides someone's lines and private messages")]
+            return [ev.Notice(f"ignored ({len(ignored)}): {', '.join(p.neutralise(n) for n in ignored)}")]
+        name = rest.split()[0]
+        if problem := p.name_problem(name):
+            return [ev.Notice(f"usage: {word} NAME ({problem})", "error")]
+        if word == "/ignore" and p.name_key(name) == p.name_key(self.name):
+            return [ev.Notice("you cannot ignore yourself", "error")]
+        shown = p.neutralise(name)
+        try:
+            changed = self.ignore.add(name) if word == "/ignore" else self.ignore.remove(name)
+        except OSError as exc:
+            return [ev.Notice(f"could not save the ignore list ({exc}); {word} not done", "error")]
+        if word == "/ignore":
+            said = f"ignoring {shown}: their lines and private messages are hidden" if changed else f"{shown} is ignored already"
+        else:
+            said = f"no longer ignoring {shown}" if changed else f"{shown} was not ignored"
+        return [ev.Notice(said)]
+
+    def _mentions_listed(self) -> ev.Notice:
+        if not self.mentioned:
+            return ev.Notice("no line has mentioned you yet")
+        lines = [f"mentions ({len(self.mentioned)}), oldest first:"]
+        for event in self.mentioned:
+            who = f"* {event.name}" if event.kind == p.KIND_ACTION else f"{event.name}:"
+            when = datetime.fromtimestamp(event.ts / 1000).strftime("%Y-%m-%d %H:%M:%S")
+            lines.append(f"  {when} {event.room} {p.neutralise(who)} {p.neutralise(event.text)}")
+        return ev.Notice("\n".join(lines))

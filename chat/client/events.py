@@ -18,6 +18,7 @@ from chat import protocol as p
 @dataclass(frozen=True)
 class Send:
     message: p.Message
+    data: bytes = b""  # a PUT's file data: sent as a fourth frame
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Public:
     event: p.Event
     show_room: bool = False  # we are in several rooms: say which room it is from
     history: bool = False  # from before we joined the room (the --history lines shown on joining)
+    mention: bool = False  # a line or action that mentions our name (chat.client.personal)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class Older:
     """Older public events the user asked for with /history, oldest first (shown above the rest)."""
 
     events: tuple[p.Event, ...]
+    mentions: frozenset[int] = frozenset()  # the seqs of those that mention us (chat.client.personal)
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,17 @@ class Status:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """How far a file transfer is: ``direction`` "sending" or "receiving", ``done`` of ``total`` bytes."""
+
+    direction: str
+    number: int
+    name: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
 class Exit:
     code: int
     reason: str = ""
@@ -184,7 +198,7 @@ class Exit:
 
 Show = Union[
     Public, RoomsChanged, RoomsListed, Older, NothingOlder, PrivateIn, Sent, Acked, Failed, RosterShown, Notice,
-    AskName, Status,
+    AskName, Status, Progress,
 ]
 Action = Union[Send, Reconnect, Subscribe, Unsubscribe, Show, Exit]
 

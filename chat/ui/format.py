@@ -14,6 +14,7 @@
     [YYYY-MM-DD HH:MM:SS] alice has left #dev.
     [YYYY-MM-DD HH:MM:SS] alice set the topic of #dev: text
     [YYYY-MM-DD HH:MM:SS] rooms (2): #dev (1) - topic, #general (3)
+    [YYYY-MM-DD HH:MM:SS] alice offers report.pdf (2.4 MB, sha256 1a2b3c4d...) - /get 7   (a room's or a private file)
 
 Times are the broker's, shown in the viewer's local time zone. Everything from other people goes through
 ``neutralise`` so that it cannot move the cursor, recolour the screen or reorder text.
@@ -22,15 +23,21 @@ Times are the broker's, shown in the viewer's local time zone. Everything from o
 from __future__ import annotations
 
 import zlib
-from datetime import datetime
+from datetime import datetime, tzinfo
+
+from typing import TYPE_CHECKING
 
 from chat import protocol as p
+
+if TYPE_CHECKING:
+    from chat.client import events as ev
 
 _NAME_COLOURS = (31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96)
 
 
-def stamp(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+def stamp(ts_ms: int, tz: tzinfo | None = None) -> str:
+    """``YYYY-MM-DD HH:MM:SS`` in ``tz`` (None: the local time zone)."""
+    return datetime.fromtimestamp(ts_ms / 1000, tz).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def name_colour(name: str) -> int:
@@ -41,8 +48,9 @@ def name_colour(name: str) -> int:
 class LineFormatter:
     """Turns events into single lines, with colour only when asked."""
 
-    def __init__(self, colour: bool = False) -> None:
+    def __init__(self, colour: bool = False, tz: tzinfo | None = None) -> None:
         self.colour = colour
+        self.tz = tz  # None: the local time zone
 
     def name(self, name: str) -> str:
         safe = p.neutralise(name)
@@ -52,7 +60,7 @@ class LineFormatter:
         return f"\x1b[2m{text}\x1b[0m" if self.colour else text
 
     def event(self, event: p.Event, show_room: bool = False) -> str:
-        when = f"[{stamp(event.ts)}]"
+        when = f"[{stamp(event.ts, self.tz)}]"
         text = p.neutralise(event.text)
         room = p.neutralise(event.room)
         if event.kind == p.KIND_ENTER:
@@ -67,6 +75,8 @@ class LineFormatter:
             return f"{when} {self.name(event.name)}: {text}"
         if event.kind == p.KIND_ACTION:
             return f"{when} * {self.name(event.name)} {text}"
+        if event.kind == p.KIND_FILE:
+            return f"{when} {self.name(event.name)} {text}"
         if event.kind == p.KIND_JOIN:
             return self.dim(f"{when} {p.neutralise(event.name)} has joined the chat.")
         if event.kind == p.KIND_JOINS and event.text.isdecimal() and int(event.text) > 1:
@@ -80,7 +90,9 @@ class LineFormatter:
         return f"{when} {p.neutralise(event.name)} ({p.neutralise(event.kind)}): {text}"
 
     def private(self, private: p.Private) -> str:
-        return f"[{stamp(private.ts)}] {self.name(private.name)} (private): {p.neutralise(private.text)}"
+        if private.file:
+            return f"[{stamp(private.ts, self.tz)}] {self.name(private.name)} {p.neutralise(private.text)}"
+        return f"[{stamp(private.ts, self.tz)}] {self.name(private.name)} (private): {p.neutralise(private.text)}"
 
     def room_list(self, listing: p.RoomList) -> str:
         rooms = []
@@ -88,9 +100,24 @@ class LineFormatter:
             room, members, topic = entry.get("room"), entry.get("members"), entry.get("topic")
             about = f" - {p.neutralise(str(topic))}" if topic else ""
             rooms.append(f"{p.neutralise(str(room))} ({members}){about}")
-        return f"[{stamp(listing.ts)}] rooms ({len(rooms)}): {', '.join(rooms)}"
+        return f"[{stamp(listing.ts, self.tz)}] rooms ({len(rooms)}): {', '.join(rooms)}"
 
     def roster(self, roster: p.Roster) -> str:
         where = f" in {roster.room}" if roster.room else ""
         names = ", ".join(p.neutralise(n) for n in roster.names)
-        return f"[{stamp(roster.ts)}] online{where} ({len(roster.names)}): {names}"
+        return f"[{stamp(roster.ts, self.tz)}] online{where} ({len(roster.names)}): {names}"
+
+
+def progress_text(item: "ev.Progress") -> str:
+    """A transfer's progress as a line: ``receiving report.pdf: 40% (1.0 MB of 2.4 MB)``."""
+    percent = item.done * 100 // item.total if item.total else 100
+    done, total = p.file_size_text(item.done), p.file_size_text(item.total)
+    return f"{item.direction} {p.neutralise(item.name)}: {percent}% ({done} of {total})"
+
+
+def progress_bar(item: "ev.Progress", width: int = 20) -> str:
+    """The same as a bar, for the full-screen client: ``report.pdf [########------------] 40%``."""
+    filled = item.done * width // item.total if item.total else width
+    percent = item.done * 100 // item.total if item.total else 100
+    arrow = "↑" if item.direction == "sending" else "↓"
+    return f"{arrow} {p.neutralise(item.name)} [{'#' * filled}{'-' * (width - filled)}] {percent}%"
