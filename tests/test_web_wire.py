@@ -106,7 +106,7 @@ class FakeHost:
         return self.session
 
 
-async def _nothing(_: str) -> None:
+async def _nothing(_: bytes) -> None:
     pass
 
 
@@ -114,8 +114,13 @@ def tab_with(host: FakeHost) -> Tab:
     return Tab(host, "192.0.2.9", _nothing)  # type: ignore[arg-type]
 
 
+def sent(tab: Tab) -> list[dict[str, Any]]:
+    """What waits to go to the browser, as the page will read it."""
+    return [json.loads(m) for m in tab.outbox]
+
+
 def sent_types(tab: Tab) -> list[str]:
-    return [m["type"] for m in tab.outbox]
+    return [m["type"] for m in sent(tab)]
 
 
 @pytest.fixture
@@ -131,7 +136,7 @@ def test_a_tab_maps_its_requests_onto_its_session(loop: Any) -> None:
     host = FakeHost()
     tab = tab_with(host)
     tab.receive('{"type": "line", "text": "too early"}')
-    assert sent_types(tab) == ["error"] and tab.outbox[0]["code"] == wire.NOT_YET
+    assert sent_types(tab) == ["error"] and sent(tab)[0]["code"] == wire.NOT_YET
     tab.receive('{"type": "hello", "name": "alice", "room": "#dev"}')
     assert host.opened == [{"address": "192.0.2.9", "name": "alice", "room": "#dev", "resume": None, "on_exit": tab.ended}]
     session = host.session
@@ -145,7 +150,7 @@ def test_a_tab_maps_its_requests_onto_its_session(loop: Any) -> None:
     assert session.typed == ["in dev", "/pm bob psst", "/who", "elsewhere", "/history 30", "/who #dev"]
     assert session.focused == ["#DEV", "", "", "#notmine", "#general"] and session.left
     tab.receive('{"type": "hello", "name": "again"}')
-    assert tab.outbox[-1]["code"] == wire.BAD_TYPE and len(host.opened) == 1
+    assert sent(tab)[-1]["code"] == wire.BAD_TYPE and len(host.opened) == 1
 
 
 def test_a_tab_answers_bad_input_and_floods_with_errors_and_its_session_goes_on(loop: Any) -> None:
@@ -159,13 +164,13 @@ def test_a_tab_answers_bad_input_and_floods_with_errors_and_its_session_goes_on(
     for n in range(BURST + 5):
         tab.receive(json.dumps({"type": "line", "text": f"line {n}"}))
     assert len(host.session.typed) < BURST + 5
-    assert tab.outbox and all(m["code"] == wire.RATE_LIMITED for m in tab.outbox)
+    assert sent(tab) and all(m["code"] == wire.RATE_LIMITED for m in sent(tab))
 
 
 def test_a_full_gateway_says_so(loop: Any) -> None:
     tab = tab_with(FakeHost(full=True))
     tab.receive('{"type": "hello", "name": "alice"}')
-    assert tab.outbox == [wire.error(wire.FULL, "full up")] and tab.session is None
+    assert sent(tab) == [wire.error(wire.FULL, "full up")] and tab.session is None
 
 
 def test_the_page_is_told_the_session_to_keep_once_connected(loop: Any) -> None:
@@ -173,5 +178,5 @@ def test_the_page_is_told_the_session_to_keep_once_connected(loop: Any) -> None:
     tab = tab_with(host)
     tab.receive('{"type": "hello", "name": "alice"}')
     tab.show(ev.Status("connected", "alice"))
-    assert tab.outbox[-2:] == [{"type": "status", "state": "connected", "name": "alice"},
+    assert sent(tab)[-2:] == [{"type": "status", "state": "connected", "name": "alice"},
                                {"type": "session", "token": "tok", "history_id": "hist"}]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict, deque
-from typing import Union
+from typing import Callable, Union
 
 import msgspec
 
@@ -248,10 +248,13 @@ class ClientCore:
             return self._room_list(message)
         return []  # pragma: no cover - decode_broker returns only the types above
 
-    def on_published(self, frames: list[bytes], now: float) -> list[ev.Action]:
-        """Frames received on the SUB."""
+    def on_published(
+        self, frames: list[bytes], now: float, decode: Callable[[list[bytes]], list[p.Event]] = p.decode_events
+    ) -> list[ev.Action]:
+        """Frames received on the SUB. ``decode`` may be a shared one (a gateway decodes each published
+        message once for all its sessions: ``chat.client.aio.SharedDecoder``)."""
         try:
-            events = p.decode_events(frames)
+            events = decode(frames)
         except RemoteProtocolError as exc:
             return [ev.Notice(f"ignored a malformed event ({exc})", "error")]
         actions: list[ev.Action] = []

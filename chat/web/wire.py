@@ -170,6 +170,29 @@ def public(event: p.Event) -> dict[str, Any]:
             "name": event.name, "text": event.text}
 
 
+ENCODED_KEPT = 4096  # events whose JSON is kept for the other tabs that show them
+
+
+class PublicJSON:
+    """The JSON of a public event, encoded once for every tab that shows it: the sessions of one
+    gateway share their decoded events (``chat.client.aio.SharedDecoder``), so the same event object
+    comes to each of them. Known by identity; the event is kept with it, so that its id is not reused."""
+
+    def __init__(self, kept: int = ENCODED_KEPT) -> None:
+        self.kept = kept
+        self._encoded: dict[int, tuple[p.Event, bytes]] = {}
+
+    def __call__(self, event: p.Event) -> bytes:
+        known = self._encoded.get(id(event))
+        if known is not None and known[0] is event:
+            return known[1]
+        encoded = _ENCODER.encode(public(event))
+        self._encoded[id(event)] = (event, encoded)
+        if len(self._encoded) > self.kept:
+            del self._encoded[next(iter(self._encoded))]
+        return encoded
+
+
 def shown(item: ev.Show, current: str) -> dict[str, Any] | None:
     """What the page gets for one thing the core shows; ``current`` is the room a line went to."""
     if isinstance(item, ev.Public):
@@ -220,3 +243,13 @@ def error(code: str, reason: str) -> dict[str, Any]:
 
 def encode(messages: list[dict[str, Any]]) -> str:
     return _ENCODER.encode(messages).decode()
+
+
+def encode_one(message: dict[str, Any]) -> bytes:
+    """One message, to be sent in a batch (``joined``)."""
+    return _ENCODER.encode(message)
+
+
+def joined(encoded: list[bytes]) -> bytes:
+    """A batch of encoded messages as the one JSON array of a WebSocket message."""
+    return b"[" + b",".join(encoded) + b"]"
