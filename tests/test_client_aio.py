@@ -133,6 +133,34 @@ def test_a_new_driver_takes_the_session_back_without_a_gap_or_a_duplicate(broker
     run(test, broker)
 
 
+def test_a_session_taken_back_gets_the_private_messages_after_the_last_one_shown(broker: Broker) -> None:
+    """A private message sent while the gateway was away went to its dead DEALER: the page's
+    ``private_seq`` has the broker send it again on the new session, once; the one shown before is not."""
+
+    def private(text: str) -> Callable[[ev.Show], bool]:
+        return lambda item: isinstance(item, ev.PrivateIn) and item.private.text == text
+
+    async def test(host: SessionHost) -> None:
+        (alice, alice_seen), (bob, bob_seen) = await joined(host, "alice", "bob")
+        bob.submit("/pm alice one")
+        first = await alice_seen.until(private("one"))
+        assert isinstance(first, ev.PrivateIn) and first.private.seq >= 1
+        token, history_id = alice.core.token, alice.core.history_id
+        last = {room: feed.expected - 1 for room, feed in alice.core.feeds.items()}
+        alice.close()  # the gateway died: no goodbye
+        bob.submit("/pm alice two")
+        await bob_seen.until(lambda _: sum(isinstance(i, ev.Acked) for i in bob_seen.items) == 2)  # the broker has it
+        resume = Resume(token, history_id, last, p.DEFAULT_ROOM, private_seq=first.private.seq)
+        again_seen = Seen()
+        host.open("a", again_seen, name="alice", resume=resume)
+        await again_seen.until(private("two"))
+        bob.submit("/pm alice three")
+        await again_seen.until(private("three"))
+        assert [i.private.text for i in again_seen.items if isinstance(i, ev.PrivateIn)] == ["two", "three"]
+
+    run(test, broker)
+
+
 def test_the_host_refuses_sessions_beyond_its_limits_and_frees_them_when_they_end(broker: Broker) -> None:
     async def test(host: SessionHost) -> None:
         first_seen = Seen()

@@ -47,12 +47,23 @@ def test_a_resume_becomes_the_session_hosts_resume_with_lowercase_rooms() -> Non
         "type": "hello", "name": "alice",
         "resume": {"token": "t" * 32, "history_id": "h1", "rooms": {"#Dev": 7, "#general": 3}, "current": "#DEV",
                    "pending": [{"id": "x-1", "kind": "action", "text": "waves", "room": "#Dev"},
-                               {"id": "x-2", "kind": "pm", "text": "psst", "to": "bob"}]},
+                               {"id": "x-2", "kind": "pm", "text": "psst", "to": "bob"}],
+                   "private_seq": 4},
     }))
     assert isinstance(hello, wire.Hello) and hello.resume is not None
     resume = wire.resume_of(hello.resume)
     assert resume.rooms == {"#dev": 7, "#general": 3} and resume.current == "#dev"
     assert resume.pending == [p.Say("x-1", "waves", "#dev", p.KIND_ACTION), p.Pm("x-2", "bob", "psst")]
+    assert resume.private_seq == 4  # the private messages after the 4th come again
+    older_page = wire.parse('{"type": "hello", "resume": {"token": "t", "history_id": "h", "rooms": {"#a": 1}}}')
+    assert isinstance(older_page, wire.Hello) and older_page.resume is not None
+    assert wire.resume_of(older_page.resume).private_seq == -1  # not known: none comes again
+
+
+def test_a_private_message_tells_the_page_its_number_to_resume_from() -> None:
+    private = p.Private("bob", "alice", "psst", 1000, seq=3)
+    assert wire.shown(ev.PrivateIn(private), "#general") == {
+        "type": "private", "name": "bob", "to": "alice", "text": "psst", "ts": 1000, "seq": 3}
 
 
 def test_what_the_core_shows_becomes_json_the_page_reads() -> None:

@@ -50,6 +50,7 @@ class Resume:
     rooms: dict[str, int]  # room -> the last sequence number shown there
     current: str = ""
     pending: list[Outgoing] = field(default_factory=list)  # sent, never acknowledged
+    private_seq: int = -1  # the seq of the last private message shown; -1: not known (none is sent again)
 
 
 class Session:
@@ -125,7 +126,9 @@ class SessionHost:
             raise SessionLimit(f"{self.per_address} sessions from one address at most")
         core = ClientCore(name or None, interactive=True, history_lines=self.history_lines, room=room)
         if resume is not None:
-            core.carry_on(resume.token, resume.history_id, resume.rooms, resume.current, resume.pending)
+            core.carry_on(
+                resume.token, resume.history_id, resume.rooms, resume.current, resume.pending, resume.private_seq
+            )
         conn = AsyncConnection(
             core, self.broker.host, self.broker.port, show, ctx=self.ctx, curve=self.broker.curve, decode=self.decode
         )

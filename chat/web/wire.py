@@ -55,6 +55,7 @@ class ResumeState(msgspec.Struct, frozen=True):
     rooms: dict[str, int]
     current: str = ""
     pending: list[PendingLine] = []
+    private_seq: int = -1  # the seq of the last private message the page showed; -1: not known
 
 
 class Hello(msgspec.Struct, frozen=True, tag="hello", tag_field="type"):
@@ -159,7 +160,7 @@ def resume_of(state: ResumeState) -> Resume:
         for line in state.pending
     ]
     rooms = {p.room_key(room): last for room, last in state.rooms.items()}
-    return Resume(state.token, state.history_id, rooms, p.room_key(state.current), pending)
+    return Resume(state.token, state.history_id, rooms, p.room_key(state.current), pending, state.private_seq)
 
 
 # --------------------------------------------------------------------------- gateway -> browser
@@ -202,7 +203,7 @@ def shown(item: ev.Show, current: str) -> dict[str, Any] | None:
         return {"type": "older", "room": room, "events": [public(e) for e in item.events]}
     if isinstance(item, ev.PrivateIn):
         pm = item.private
-        return {"type": "private", "name": pm.name, "to": pm.to, "text": pm.text, "ts": pm.ts}
+        return {"type": "private", "name": pm.name, "to": pm.to, "text": pm.text, "ts": pm.ts, "seq": pm.seq}
     if isinstance(item, ev.Sent):
         room = "" if item.kind == "pm" else current
         return {"type": "sent", "id": item.id, "kind": item.kind, "text": item.text, "to": item.to, "room": room}

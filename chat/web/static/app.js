@@ -10,6 +10,7 @@ const NAME_COLOURS = [31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96];  // as ch
 
 const state = {
   ws: null, name: "", token: "", historyId: "", serverCurrent: "", active: "", connected: false,
+  privateSeq: 0,  // the seq of the last private message shown: a resumed session gets the later ones again
   quitting: false, retry: 0, typedWho: 0, recall: [], recallAt: 0, hello: null, outbox: [],
 };
 const convs = new Map();  // key ("#room", or "@" + a name's key) -> conversation
@@ -329,6 +330,7 @@ const HANDLERS = {
     prepend(conv, m.events.map((e) => ({ ts: e.ts, kind: e.kind, name: e.name, text: e.text, room: e.room, seq: e.seq })));
   },
   private(m) {
+    if (m.seq) { state.privateSeq = Math.max(state.privateSeq, m.seq); save(); }
     const conv = pmConv(m.name);
     append(conv, { ts: m.ts, kind: "pm", name: m.name, text: m.text });
     notify(`${m.name} (private)`, m.text);
@@ -405,7 +407,7 @@ function save() {
   const lines = [...pending.values()].map((p) => p.line);
   sessionStorage.setItem(SESSION_KEY, JSON.stringify({
     name: state.name, token: state.token, history_id: state.historyId, rooms, current: state.serverCurrent,
-    pending: lines,
+    pending: lines, private_seq: state.privateSeq,
   }));
 }
 
@@ -427,6 +429,7 @@ function connect() {
     const kept = resumeState();
     if (kept) {
       const { name, ...resume } = kept;
+      state.privateSeq = Math.max(state.privateSeq, kept.private_seq || 0);  // a reload starts at 0
       send({ type: "hello", name, resume });
     } else {
       send(state.hello);
