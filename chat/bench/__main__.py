@@ -22,6 +22,8 @@ from chat.bench.latency import run_latency
 from chat.bench.procs import REPO, BenchError
 from chat.bench.scale import BROKER_FDS_PER_CLIENT, FD_SLACK, run_scale
 from chat.bench.targets import TARGETS, Target
+from chat.bench.web import WebLoad, run_web
+from chat.bench.web import text as web_text
 
 QUICK = {  # a smoke run of every workload in a few seconds (CI)
     "lines": 1000,
@@ -31,6 +33,11 @@ QUICK = {  # a smoke run of every workload in a few seconds (CI)
     "latency_seconds": 0.5,
     "scale_clients": 40,
     "scale_idle_seconds": 0.5,
+    "web_clients": 4,
+    "web_direct_clients": 2,
+    "web_senders": 2,
+    "web_rate": 20.0,
+    "web_seconds": 1.0,
 }
 
 
@@ -93,6 +100,14 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--scale-join-timeout", type=pos_float, default=30.0, help="default %(default)g")
     sc.add_argument("--scale-no-sub", action="store_true", help="DEALERs only, no SUB per client")
     sc.add_argument("--skip-scale", action="store_true")
+    web = ap.add_argument_group("5. web gateway: WebSocket users against direct users in one run")
+    web.add_argument("--web-clients", type=pos_int, default=WebLoad.web_clients, help="default %(default)s")
+    web.add_argument("--web-direct-clients", type=pos_int, default=WebLoad.direct_clients, help="default %(default)s")
+    web.add_argument("--web-senders", type=pos_int, default=WebLoad.senders, help="default %(default)s")
+    web.add_argument("--web-rate", type=pos_float, default=WebLoad.rate,
+                     help="lines a second, all senders (default %(default)g)")
+    web.add_argument("--web-seconds", type=pos_float, default=WebLoad.seconds, help="default %(default)g")
+    web.add_argument("--skip-web", action="store_true")
     ap.add_argument("--quick", action="store_true", help="a small smoke run of every workload (a few seconds)")
     ap.add_argument("--run-timeout", type=pos_float, default=120.0,
                     help="seconds one timed run may take before it is cut short (default %(default)g)")
@@ -194,6 +209,14 @@ def main(argv: list[str] | None = None) -> int:
                     lambda: run_scale(opts, tmp, open_files),
                     {"workload": "scale", "target": "broker", "clients": opts.scale_clients},
                 )
+            if not opts.skip_web:
+                load = WebLoad(opts.web_clients, opts.web_direct_clients, opts.web_senders, opts.web_rate,
+                               opts.web_seconds)
+                results["web"] = attempt(
+                    f"web gateway, {load.web_clients} WebSocket and {load.direct_clients} direct clients",
+                    lambda: {"workload": "web", "target": "gateway", **run_web(load)},
+                    {"workload": "web", "target": "gateway"},
+                )
     except KeyboardInterrupt:
         say("bench: interrupted; every process started has been ended")
         results["interrupted"] = True
@@ -233,6 +256,9 @@ def render(results: dict[str, Any], opts: argparse.Namespace) -> str:
             f"\n3. SCALE: {opts.scale_clients} clients ({subs}) join at once and heartbeat; idle window "
             f"{opts.scale_idle_seconds:g} s\n" + report.scale_table(sc)
         )
+    if "web" in results:
+        row = results["web"]
+        parts.append("\n5. WEB GATEWAY: " + (f"FAILED: {row['failure']}" if "failure" in row else web_text(row)))
     parts.append("\nTARGETS (2-core machine, ratios from this run):\n" + report.targets_text(results["targets"]))
     loss = sum(r.get("loss", 0) for r in [*results.get("fanout", []), *results.get("latency", [])])
     parts.append(f"\nLOSS: {loss} in total" + (" (every run: 0)" if loss == 0 else " - SOME RUN LOST LINES"))
