@@ -7,21 +7,21 @@ import io
 import math
 import os
 import signal
-import sqlite3
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from chat import __version__
 from chat import protocol as p
-from chat.broker.core import BURST, MAX_SESSIONS, RATE, SESSION_TIMEOUT
+from chat.broker.core import MAX_SESSIONS, SESSION_TIMEOUT
 from chat.broker.history import History, MemoryHistory
+from chat.broker.limits import BURST, JOIN_BURST, JOIN_RATE, MAX_PER_ADDRESS, RATE
 from chat.client.core import ClientCore
 from chat.client.events import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
 from chat.client.net import ClientCurve
 from chat.defaults import DEFAULT_PORT, DEFAULT_PUB_PORT, PUB_HWM
 from chat.discovery import BEACON_PORT, LISTEN_TIME
-from chat.errors import StartupError
+from chat.errors import StartupError, StoreError
 from chat.keys import BROKER_KEY, CLIENT_KEY, KeyFileError, default_key_dir, ensure_keypair, parse_public_key
 from chat.paths import given, history_db
 
@@ -150,6 +150,23 @@ def broker_parser(prog: str = "broker.py") -> argparse.ArgumentParser:
     )
     limits.add_argument("--rate", type=_rate, default=RATE, help="lines a user may send per second (default %(default)g; 0: no limit)")
     limits.add_argument("--burst", type=_at_least_one, default=BURST, help="lines a user may send at once (default %(default)s)")
+    limits.add_argument(
+        "--max-per-address",
+        type=_count,
+        default=MAX_PER_ADDRESS,
+        metavar="N",
+        help="users at once from one source address (default %(default)s; 0: no limit)",
+    )
+    limits.add_argument(
+        "--join-rate",
+        type=_rate,
+        default=JOIN_RATE,
+        metavar="R",
+        help="joins and room changes a second from one source address (default %(default)g; 0: no limit)",
+    )
+    limits.add_argument(
+        "--join-burst", type=_at_least_one, default=JOIN_BURST, metavar="N", help="... and at once (default %(default)s)"
+    )
     security = parser.add_argument_group("encryption (CurveZMQ)")
     security.add_argument("--secure", action="store_true", help="encrypt both sockets; clients need the broker's public key")
     security.add_argument(
@@ -246,12 +263,18 @@ def broker_main(argv: list[str] | None = None, prog: str = "broker.py") -> int:
         print(f"broker: key pair {made} in {key_dir}; public key {public.decode()}", flush=True)
         curve = Curve(public, secret, args.allow)
 
+    def notice(text: str) -> None:  # the operator hears of a limit being hit (each says how often)
+        print(f"broker: {text}", file=sys.stderr, flush=True)
+
     warning = raise_file_limit()
     if warning:
         print(f"broker: warning: {warning}", file=sys.stderr, flush=True)
     # The ports first: a broker that cannot listen must not create or touch a history file.
     try:
-        server = BrokerServer(args.host, args.port, args.pub_port, pub_hwm=args.pub_hwm, curve=curve)
+        server = BrokerServer(
+            args.host, args.port, args.pub_port, pub_hwm=args.pub_hwm, curve=curve, notice=notice,
+            unlimited=LOOPBACK if args.web is not None or args.irc is not None else frozenset(),
+        )
     except StartupError as exc:
         return _cannot_start(exc)
     try:
@@ -272,6 +295,11 @@ def broker_main(argv: list[str] | None = None, prog: str = "broker.py") -> int:
         max_text=args.max_text,
         rate=args.rate,
         burst=args.burst,
+        max_per_address=args.max_per_address,
+        join_rate=args.join_rate,
+        join_burst=args.join_burst,
+        notice=notice,
+        warn=notice,
     )
     server.attach(broker)
     starters: list[Callable[[int], Callable[[], None]]] = []
@@ -294,6 +322,9 @@ def broker_main(argv: list[str] | None = None, prog: str = "broker.py") -> int:
         history.close()
 
 
+LOOPBACK = frozenset({"127.0.0.1", "::1"})  # where the broker's own gateways connect from
+
+
 def _cannot_start(problem: StartupError) -> int:
     print(f"broker: {problem}", file=sys.stderr)
     return 1
@@ -313,8 +344,8 @@ def open_history(db: str | None) -> History:
         raise StartupError(f"cannot make the data folder {path.parent}: {exc.strerror or exc}") from None
     try:
         history = SqliteHistory(str(path))
-    except sqlite3.Error as exc:
-        raise StartupError(f"cannot use {path} as the history database: {exc}") from None
+    except StoreError as exc:  # not a history database, damaged, or in use by another broker
+        raise StartupError(f"cannot use the history database: {exc}") from None
     print(f"broker: history in {path}", flush=True)
     return history
 

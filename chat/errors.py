@@ -36,3 +36,10 @@ class UsageError(ChatError):
 class StartupError(ChatError):
     """The program cannot start as asked (a port in use, a folder it cannot write): the message says
     what and where, in one line, and the program exits with 1 having written nothing."""
+
+
+class StoreError(ChatError):
+    """The history store failed (disk full, read-only, damaged, locked by another broker).
+
+    The broker answers the request it was serving with an error and goes on; at start it exits with the
+    message."""

@@ -19,10 +19,11 @@ Receivers ignore JSON fields they do not know; that is how the protocol grows wi
 import functools
 import re
 import unicodedata
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
+from chat import lookalikes
 from chat.errors import RemoteProtocolError
 
 VERSION = 2  # 2: events are published in batches (EVENTS); 1 published one EVENT per message
@@ -65,9 +66,13 @@ SERVER_FULL = "server_full"
 ROOM_INVALID = "room_invalid"
 NAME_OWNED = "name_owned"
 RATE_LIMITED = "rate_limited"
+ADDRESS_FULL = "address_full"  # too many sessions from one source address
+KEY_MISMATCH = "key_mismatch"  # (--secure) a request from another key than the session's
+STORE_FAILED = "store_failed"  # the broker could not store (disk full, read-only) or read its history
 ERROR_CODES = (
     BAD_FRAMES, BAD_VERSION, BAD_TYPE, BAD_JSON, BAD_FIELD, TOO_LARGE, NAME_INVALID, NAME_TAKEN, NOT_JOINED,
     ALREADY_JOINED, NO_SUCH_USER, NO_SUCH_ROOM, ROOM_INVALID, HISTORY_RANGE, SERVER_FULL, NAME_OWNED, RATE_LIMITED,
+    ADDRESS_FULL, KEY_MISMATCH, STORE_FAILED,
 )  # every code an ERROR can carry; docs/PROTOCOL.md lists the same (tests/test_error_table.py checks it)
 
 # Event kinds on the PUB socket.
@@ -196,8 +201,8 @@ class Welcome(Message, frozen=True):
     name: str
     pub_port: int
     rooms: dict[str, int]  # room -> sequence number of the last event published there
-    heartbeat_ms: int
-    timeout_ms: int
+    heartbeat_ms: Annotated[int, msgspec.Meta(ge=1)]  # 0 or less would have a client ping without pause
+    timeout_ms: Annotated[int, msgspec.Meta(ge=1)]
     history_id: str
     max_text: int = MAX_TEXT_CHARS  # the broker's --max-text: a client breaks longer lines to fit
 
@@ -536,8 +541,15 @@ def name_problem(name: str) -> str | None:
             return "a name cannot contain spaces"
         if not ch.isprintable() or ch in _BIDI_CONTROLS:
             return "a name can contain only printable characters"
+        if lookalikes.invisible(ch):
+            return f"a name cannot contain invisible characters (U+{ord(ch):04X})"
     if name[0] in "#/*":
         return "a name cannot start with '#', '/' or '*'"
+    if lookalikes.stacked_marks(name):
+        return f"a name can have at most {lookalikes.MAX_MARKS} accents on a letter"
+    scripts = lookalikes.mixed_scripts(name)
+    if scripts:
+        return f"a name cannot mix scripts ({', '.join(sorted(s.lower() for s in scripts))}): it would look like another"
     return None
 
 
@@ -545,6 +557,11 @@ def name_problem(name: str) -> str | None:
 def name_key(name: str) -> str:
     """The form under which names are compared: unique case-insensitively."""
     return unicodedata.normalize("NFKC", name).casefold()
+
+
+def name_look(name: str) -> str:
+    """What a name looks like: two names online may not look alike (``alice``, ``aIice``, ``a1ice``)."""
+    return lookalikes.skeleton(name)
 
 
 def room_problem(room: str) -> str | None:
@@ -637,6 +654,29 @@ def validate(message: Message) -> None:
     check = _VALIDATORS.get(type(message))
     if check is not None:
         check(message)
+
+
+def neutralised(value: Any) -> Any:
+    """``value`` (a decoded message, an event, or a part of one) with every string in it neutralised.
+
+    A client applies it to everything a broker sends, before deciding or showing anything: a fake broker
+    (the beacons are not authenticated) must not reach the terminal through an error or goodbye reason.
+    """
+    if isinstance(value, str):
+        return neutralise(value)
+    if isinstance(value, list):
+        return [neutralised(item) for item in value]
+    if isinstance(value, dict):
+        return {neutralised(key): neutralised(item) for key, item in value.items()}
+    if isinstance(value, msgspec.Struct):
+        changes = {}
+        for name in value.__struct_fields__:
+            old = getattr(value, name)
+            new = neutralised(old)
+            if new is not old and new != old:
+                changes[name] = new
+        return msgspec.structs.replace(value, **changes) if changes else value
+    return value
 
 
 def neutralise(text: str) -> str:

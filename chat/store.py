@@ -4,6 +4,11 @@ The broker appends events while it handles a batch of requests and calls ``flush
 anything: one transaction per batch, and nothing is acknowledged or published before it is on disk. WAL
 with ``synchronous=NORMAL`` keeps every committed transaction through a crash of the broker process
 (SIGKILL); only a power cut can lose the last ones.
+
+The file is locked for the broker's lifetime (SQLite's exclusive locking mode): a second broker on the
+same file refuses at start instead of numbering the same events. A failed write (disk full, read-only
+file system) raises ``StoreError`` and forgets the batch, so that the broker can refuse it and go on;
+the next batch tries again, which is how the store recovers when the disk does.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ import json
 import secrets
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from chat import protocol as p
 from chat.broker.history import RECENT_ACKS, PrivateRecord, SessionRecord
+from chat.errors import StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -53,6 +60,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     last_room TEXT NOT NULL
 ) WITHOUT ROWID;
 """
+LOCK_WAIT = 1.0  # seconds a starting broker waits for the file's lock (a broker that is still stopping)
 
 
 class SqliteHistory:
@@ -60,35 +68,70 @@ class SqliteHistory:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'history_id'").fetchone()
-        if row is None:
-            self.history_id = secrets.token_hex(8)
-            self.db.execute("INSERT INTO meta VALUES ('history_id', ?)", (self.history_id,))
-        else:
-            self.history_id = row[0]
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=LOCK_WAIT)
+            # Before the first access: the lock is then taken at once and kept, and WAL needs no -shm file.
+            self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("BEGIN EXCLUSIVE")  # take the write lock now, not at the first line
+            self.db.execute("COMMIT")
+            self._check_integrity()
+            self.db.executescript(SCHEMA)
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'history_id'").fetchone()
+            if row is None:
+                self.history_id = secrets.token_hex(8)
+                self.db.execute("INSERT INTO meta VALUES ('history_id', ?)", (self.history_id,))
+            else:
+                self.history_id = row[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise StoreError(f"{self.path} is in use by another broker (the file is locked)") from None
+            raise StoreError(f"{self.path}: {exc}") from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
         self._pending: list[tuple[p.Event, str]] = []
         self._pending_private: list[PrivateRecord] = []
         self._sessions: dict[str, SessionRecord | None] = {}  # name key -> to keep, or None: to drop
+        self._owners: dict[str, str] = {}  # name owners set in this batch, written with its events
         self._last: dict[str, int] = {}
         self._last_private: dict[str, int] = {}
 
+    def _check_integrity(self) -> None:
+        """A damaged file is refused at start rather than failing on some later read."""
+        try:
+            problems = [" ".join(row[0].split()) for row in self.db.execute("PRAGMA quick_check(3)")]
+        except sqlite3.DatabaseError as exc:
+            problems = [str(exc)]
+        if problems != ["ok"]:
+            raise StoreError(
+                f"{self.path} is damaged ({'; '.join(problems)}); restore it from a backup, "
+                "or move it away to start a new history"
+            )
+
     def last_seq(self, room: str) -> int:
         if room not in self._last:
-            row = self.db.execute("SELECT MAX(seq) FROM events WHERE room = ?", (room,)).fetchone()
+            row = self._read("SELECT MAX(seq) FROM events WHERE room = ?", (room,))[0]
             self._last[room] = row[0] or 0
         return self._last[room]
+
+    def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        """Rows of a query; a failed read (a damaged page) is a ``StoreError``, never a crash."""
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the history ({exc})") from None
 
     def append(self, event: p.Event, msg_id: str = "") -> None:
         self._pending.append((event, msg_id))
         self._last[event.room] = event.seq
 
     def flush(self) -> None:
-        """Write what was appended since the last flush, in one transaction."""
-        if not self._pending and not self._pending_private and not self._sessions:
+        """Write what was appended since the last flush, in one transaction.
+
+        When that fails, none of its events and private messages are kept (``StoreError``): the caller
+        refuses them. Who is online and who owns a name are written again with the next batch."""
+        if not self._pending and not self._pending_private and not self._sessions and not self._owners:
             return
         rows = [
             (e.room, e.seq, e.ts, e.kind, e.name, e.text, p.name_key(e.name) if msg_id else "", msg_id)
@@ -105,40 +148,55 @@ class SqliteHistory:
             if r is not None
         ]
         dropped = [(key,) for key, r in self._sessions.items() if r is None]
-        with self.db:  # BEGIN ... COMMIT
-            self.db.execute("BEGIN")
-            self.db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            self.db.executemany("INSERT INTO private VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", private_rows)
-            self.db.executemany("DELETE FROM sessions WHERE name_key = ?", dropped)
-            self.db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?)", kept)
-        self._pending.clear()
-        self._pending_private.clear()
+        try:
+            with self.db:  # BEGIN ... COMMIT, or ROLLBACK
+                self.db.execute("BEGIN")
+                self.db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                self.db.executemany("INSERT INTO private VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", private_rows)
+                self.db.executemany("DELETE FROM sessions WHERE name_key = ?", dropped)
+                self.db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?)", kept)
+                self.db.executemany("INSERT OR REPLACE INTO owners VALUES (?, ?)", self._owners.items())
+        except sqlite3.Error as exc:
+            for event, _ in self._pending:
+                self._last.pop(event.room, None)  # read again from what is stored
+            for record in self._pending_private:
+                self._last_private.pop(record.recipient_key, None)
+            raise StoreError(f"cannot write the history database {self.path} ({exc})") from None
+        finally:
+            self._pending.clear()
+            self._pending_private.clear()
         self._sessions.clear()
+        self._owners.clear()
+
+    def forget(self, room: str) -> None:
+        """Drop the cached last seq of a room (its events stay on disk); not while some wait to be written."""
+        if not any(event.room == room for event, _ in self._pending):
+            self._last.pop(room, None)
 
     def fetch(self, room: str, first: int, last: int) -> list[p.Event]:
-        rows = self.db.execute(
+        rows = self._read(
             "SELECT seq, ts, kind, name, text FROM events WHERE room = ? AND seq BETWEEN ? AND ? ORDER BY seq",
             (room, first, last),
-        ).fetchall()
+        )
         events = [p.Event(seq=s, ts=t, kind=k, name=n, text=x, room=room) for s, t, k, n, x in rows]
         events += [e for e, _ in self._pending if e.room == room and first <= e.seq <= last]
         return events
 
     def recent_acks(self, sender_key: str, limit: int = RECENT_ACKS) -> list[p.Ack]:
         """The last ``limit`` ACKs of one user (lines, topics and private messages), oldest first."""
-        rows = self.db.execute(
+        rows = self._read(
             "SELECT * FROM ("
-            " SELECT msg_id, seq, ts FROM events WHERE sender_key = ? ORDER BY ts DESC LIMIT ?)"
+            " SELECT msg_id, seq, ts FROM events WHERE sender_key = ? ORDER BY ts DESC, seq DESC LIMIT ?)"
             " UNION ALL SELECT * FROM ("
-            " SELECT msg_id, 0, ts FROM private WHERE sender_key = ? AND msg_id != '' ORDER BY ts DESC LIMIT ?)",
+            " SELECT msg_id, 0, ts FROM private WHERE sender_key = ? AND msg_id != '' ORDER BY ts DESC, seq DESC LIMIT ?)",
             (sender_key, limit, sender_key, limit),
-        ).fetchall()
+        )
         rows.sort(key=lambda row: row[2])
         return [p.Ack(msg_id, seq, ts) for msg_id, seq, ts in rows[-limit:]]
 
     def last_private_seq(self, recipient_key: str) -> int:
         if recipient_key not in self._last_private:
-            row = self.db.execute("SELECT MAX(seq) FROM private WHERE recipient_key = ?", (recipient_key,)).fetchone()
+            row = self._read("SELECT MAX(seq) FROM private WHERE recipient_key = ?", (recipient_key,))[0]
             self._last_private[recipient_key] = row[0] or 0
         return self._last_private[recipient_key]
 
@@ -147,11 +205,11 @@ class SqliteHistory:
         self._last_private[record.recipient_key] = record.message.seq
 
     def privates_after(self, recipient_key: str, after: int, hashed_token: str, limit: int) -> list[p.Private]:
-        rows = self.db.execute(
+        rows = self._read(
             "SELECT name, recipient, text, ts, seq FROM private"
             " WHERE recipient_key = ? AND seq > ? AND token_hash = ? ORDER BY seq LIMIT ?",
             (recipient_key, after, hashed_token, limit),
-        ).fetchall()
+        )
         found = [p.Private(name, to, text, ts, seq) for name, to, text, ts, seq in rows]
         found += [
             r.message
@@ -161,11 +219,13 @@ class SqliteHistory:
         return found[:limit]
 
     def name_owner(self, name_key: str) -> str:
-        row = self.db.execute("SELECT public_key FROM owners WHERE name_key = ?", (name_key,)).fetchone()
-        return row[0] if row else ""
+        if name_key in self._owners:
+            return self._owners[name_key]
+        rows = self._read("SELECT public_key FROM owners WHERE name_key = ?", (name_key,))
+        return rows[0][0] if rows else ""
 
     def set_name_owner(self, name_key: str, public_key: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (name_key, public_key))
+        self._owners[name_key] = public_key  # written with the batch (flush), like its events
 
     def keep_session(self, record: SessionRecord) -> None:
         self._sessions[record.name_key] = record
@@ -174,8 +234,8 @@ class SqliteHistory:
         self._sessions[name_key] = None
 
     def open_sessions(self) -> list[SessionRecord]:
-        rows = self.db.execute("SELECT name_key, name, token_hash, rooms, public_key, last_room FROM sessions")
-        return [SessionRecord(k, n, t, tuple(json.loads(r)), pk, lr) for k, n, t, r, pk, lr in rows.fetchall()]
+        rows = self._read("SELECT name_key, name, token_hash, rooms, public_key, last_room FROM sessions", ())
+        return [SessionRecord(k, n, t, tuple(json.loads(r)), pk, lr) for k, n, t, r, pk, lr in rows]
 
     def close(self) -> None:
         self.flush()

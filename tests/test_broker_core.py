@@ -37,7 +37,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def broker(clock: Clock) -> Broker:
-    return Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT)
+    return Broker(pub_port=5556, clock=clock, wall_clock=clock, session_timeout=TIMEOUT)
 
 
 def sendable(out: list[Outgoing]) -> list[Outgoing]:
@@ -102,7 +102,9 @@ def ms(seconds: float) -> int:
 
 def on_disk(db: Path, clock: Clock, **options: Any) -> Broker:
     """A broker whose history is the SQLite file ``db`` (--db FILE)."""
-    return Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=SqliteHistory(db), **options)
+    return Broker(
+        pub_port=5556, clock=clock, wall_clock=clock, session_timeout=TIMEOUT, history=SqliteHistory(db), **options
+    )
 
 
 def crash_and_restart(broker: Broker, db: Path, clock: Clock, **options: Any) -> Broker:
@@ -151,6 +153,19 @@ def test_names_are_unique_case_insensitively(broker: Broker, other: str) -> None
     assert only_error(send(broker, B, p.Ping()), B).code == p.NOT_JOINED  # B got no session
 
 
+@pytest.mark.parametrize("twin", ["aIice", "a1ice", "AL1CE", "ａIice"])
+def test_a_name_that_looks_like_one_online_is_taken(broker: Broker, clock: Clock, twin: str) -> None:
+    join(broker, A, "alice")
+    error = only_error(send(broker, B, p.Join(twin)), B)
+    assert (error.code, error.ref) == (p.NAME_TAKEN, "JOIN") and "looks like alice" in error.reason
+    assert only_error(send(broker, B, p.Join("al\u0456ce")), B).code == p.NAME_INVALID  # mixed scripts
+    send(broker, A, p.Leave())
+    assert join(broker, B, twin).name == twin  # nobody online looks like it now
+    clock.advance(TIMEOUT + 1)
+    broker.expire_idle()
+    assert join(broker, C, "alice").name == "alice"  # the look is freed with the session
+
+
 def test_a_name_is_free_again_after_its_owner_left(broker: Broker) -> None:
     join(broker, A, "alice")
     send(broker, A, p.Leave())
@@ -179,7 +194,7 @@ def test_join_as_another_name_on_a_joined_connection_is_already_joined(broker: B
 
 
 def test_server_full_at_max_sessions(clock: Clock) -> None:
-    broker = Broker(pub_port=5556, clock=clock, max_sessions=2)
+    broker = Broker(pub_port=5556, clock=clock, wall_clock=clock, max_sessions=2)
     join(broker, A, "alice", token="t-alice")
     join(broker, B, "bob")
     error = only_error(send(broker, C, p.Join("carol")), C)
@@ -497,7 +512,7 @@ def test_fetch_returns_the_events_in_range(broker: Broker, clock: Clock) -> None
 
 
 def test_fetch_answers_at_most_max_fetch_events() -> None:
-    broker = Broker(pub_port=5556, clock=lambda: 0.0, rate=0)  # short events: ts 0; no flood control
+    broker = Broker(pub_port=5556, clock=lambda: 0.0, wall_clock=lambda: 0.0, rate=0)  # short events: ts 0; no flood control
     join(broker, A, "a")
     for i in range(p.MAX_FETCH + 5):
         broker.handle(A, p.encode(p.Say(str(i), "x")))
@@ -805,6 +820,7 @@ def test_the_sqlite_history_keeps_who_is_online_across_a_reopening(clock: Clock,
     join(first, B, "bob", token="t-bob")
     send(first, B, p.Leave())
     first.history.flush()  # as the server loop does after every batch; then the process is killed
+    first.history.db.close()  # (which lets go of the file's lock)
     again = Broker(pub_port=5556, clock=clock, session_timeout=TIMEOUT, history=SqliteHistory(tmp_path / "h.db"))
     assert [s.name for s in again.sessions.values()] == ["alice"]  # bob had left
     out = send(again, C, p.Join("alice", token="t-alice"))

@@ -177,7 +177,7 @@ def pump(core: ClientCore, broker: Broker, actions: list[ev.Action], now: float)
 def test_a_name_the_broker_finds_invalid_is_refused_at_once(interactive: bool, outcome: type) -> None:
     """``client.py --name "bad name"`` must end like a taken name (exit 3, or ask again), not wait for
     CONNECT_TIMEOUT and then claim that the broker could not be reached (exit 1)."""
-    broker = Broker(pub_port=5556, clock=lambda: 0.0)
+    broker = Broker(pub_port=5556, clock=lambda: 0.0, wall_clock=lambda: 0.0)
     core = ClientCore("bad name", interactive=interactive)
     seen = pump(core, broker, core.start(0.0), 0.1)
     assert [type(a) for a in seen if isinstance(a, (ev.Exit, ev.AskName))] == [outcome]
@@ -233,11 +233,12 @@ def test_own_leave_while_leaving_is_not_shown() -> None:
     assert shown(publish(core, event(5, name="alice", kind=p.KIND_LEAVE, text=p.LEFT_QUIT), now=1.1)) == []
 
 
-def test_public_events_are_shown_as_they_came() -> None:
+def test_public_events_are_shown_as_they_came_but_neutralised() -> None:
     core = joined()
     publish(core, event(4, name="alice", kind=p.KIND_JOIN, text=""))
-    e = event(5, name="bob", text="hi \x1b[31m", kind=p.KIND_ACTION)
-    assert publish(core, e) == [ev.Public(e)]  # the front end formats and neutralises
+    e = event(5, name="bob\x07", text="hi \x1b[31m", kind=p.KIND_ACTION)
+    safe = event(5, name="bob^G", text="hi ^[[31m", kind=p.KIND_ACTION)
+    assert publish(core, e) == [ev.Public(safe)]  # every front end gets text it can show (and formats it)
 
 
 def test_a_gap_is_fetched_and_the_history_fills_it_in_order() -> None:

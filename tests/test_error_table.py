@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat import protocol as p
-from chat.broker import core
+from chat.broker import core, limits
 from chat.broker.core import Broker, Reply
 
 PROTOCOL_MD = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
@@ -52,6 +52,7 @@ class Scene:
     def __init__(self, **options: Any) -> None:
         self.broker = Broker(pub_port=5556, clock=lambda: 1_764_190_000.0, **options)
         self.peer_key = ""
+        self.address = ""  # the source address the request under test comes from
 
     def send(self, identity: bytes, message: p.Message, peer_key: str = "") -> list[Any]:
         return self.broker.handle(identity, p.encode(message), peer_key)
@@ -103,6 +104,41 @@ def rate_limited(message: p.Message) -> Callable[[Scene], list[bytes]]:
     return scenario
 
 
+def key_mismatch(scene: Scene) -> list[bytes]:
+    scene.join(A, "alice", peer_key="K" * 40)
+    scene.peer_key = "L" * 40  # another key on alice's routing id
+    return p.encode(p.Ping())
+
+
+def from_a_busy_address(**options: float) -> Callable[[Scene], list[bytes]]:
+    """A JOIN from the address bob joined from, past one of the per-address limits in ``options``."""
+
+    def scenario(scene: Scene) -> list[bytes]:
+        scene.address = "192.0.2.7"
+        scene.broker.handle(B, p.encode(p.Join("bob")), "", scene.address)
+        return p.encode(p.Join("alice"))
+
+    scenario.options = options  # type: ignore[attr-defined]
+    return scenario
+
+
+def fetch_past_its_budget(scene: Scene) -> list[bytes]:
+    scene.join()
+    for _ in range(limits.FETCH_BYTES_BURST // limits.FETCH_MIN_COST):
+        scene.send(A, p.Fetch("#general", 1, 1))
+    return p.encode(p.Fetch("#general", 1, 1))
+
+
+def room_change_past_the_rate(last: p.Message) -> Callable[[Scene], list[bytes]]:
+    def scenario(scene: Scene) -> list[bytes]:
+        scene.join()
+        scene.send(A, p.Enter("#dev"))  # the one room change of the burst
+        return p.encode(last)
+
+    scenario.options = {"rate": 0.001, "burst": 1}  # type: ignore[attr-defined]
+    return scenario
+
+
 def server_full_join(scene: Scene) -> list[bytes]:
     scene.join(B, "bob")
     return p.encode(p.Join("alice"))
@@ -116,6 +152,9 @@ def enter_33rd_room(scene: Scene) -> list[bytes]:
     for n in range(p.MAX_ROOMS_PER_SESSION - 1):
         scene.send(A, p.Enter(f"#r{n}"))
     return p.encode(p.Enter("#one-too-many"))
+
+
+enter_33rd_room.options = {"rate": 0}  # type: ignore[attr-defined]  # (32 rooms at once: past the room limits)
 
 
 def enter_past_max_rooms(scene: Scene) -> list[bytes]:
@@ -135,6 +174,12 @@ SCENARIOS: dict[tuple[str, str], Callable[[Scene], list[bytes]]] = {
     (ANY, p.BAD_TYPE): alone([p.PROTOCOL_TAG, b"FOO", b"{}"]),
     (ANY, p.BAD_JSON): alone([p.PROTOCOL_TAG, b"PING", b"[]"]),
     (ANY, p.TOO_LARGE): alone([p.PROTOCOL_TAG, b"PING", b" " * (p.MAX_FRAME_BYTES + 1)]),
+    (ANY, p.KEY_MISMATCH): key_mismatch,
+    ("JOIN", p.ADDRESS_FULL): from_a_busy_address(max_per_address=1),
+    ("JOIN", p.RATE_LIMITED): from_a_busy_address(join_rate=0.001, join_burst=1),
+    ("FETCH", p.RATE_LIMITED): fetch_past_its_budget,
+    ("ENTER", p.RATE_LIMITED): room_change_past_the_rate(p.Enter("#more")),
+    ("PART", p.RATE_LIMITED): room_change_past_the_rate(p.Part("#dev")),
     ("JOIN", p.BAD_FIELD): alone(raw(b"JOIN", {})),
     ("JOIN", p.NAME_INVALID): alone(p.Join("has space")),
     ("JOIN", p.ROOM_INVALID): alone(p.Join("alice", rooms=["dev"])),
@@ -198,7 +243,7 @@ def test_each_documented_code_is_what_the_broker_answers(kind: str, code: str) -
     scene = Scene(**getattr(scenario, "options", {}))
     frames = scenario(scene)
     assert kind == ANY or frames[1] == kind.encode()
-    out = scene.broker.handle(A, frames, scene.peer_key)
+    out = scene.broker.handle(A, frames, scene.peer_key, scene.address)
     errors = [r.message for r in out if isinstance(r, Reply) and isinstance(r.message, p.Error)]
     assert [e.code for e in errors] == [code], out
 

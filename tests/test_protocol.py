@@ -340,7 +340,8 @@ def test_fetch_of_one_event_decodes() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["a", "x" * p.MAX_NAME_CHARS, "Zoë", "李雷", "bob_2", "o'brien", "a#b", "a/b", "a*b", "🦊", "-dash"],
+    ["a", "x" * p.MAX_NAME_CHARS, "Zoë", "李雷", "bob_2", "o'brien", "a#b", "a/b", "a*b", "🦊", "-dash",
+     "Zoe\u0308", "Ελένη", "Дмитрий", "山田たろう", "김민준", "mika_山田", "1337"],
 )
 def test_valid_names_are_accepted(name: str) -> None:
     assert p.name_problem(name) is None
@@ -367,6 +368,24 @@ def test_valid_names_are_accepted(name: str) -> None:
         ("#general", "start"),
         ("/quit", "start"),
         ("*alice", "start"),
+        # Names that look like nothing, or like another name padded with nothing.
+        ("\u3164", "invisible"),  # Hangul filler
+        ("\u3164\u3164\u3164", "invisible"),
+        ("\u2800", "invisible"),  # blank Braille pattern
+        ("alice\u3164", "invisible"),
+        ("\u2800alice", "invisible"),
+        ("ali\u034fce", "invisible"),  # combining grapheme joiner
+        ("alice\ufe0f", "invisible"),  # variation selector
+        ("\u115f\u1160", "invisible"),  # Hangul choseong and jungseong fillers
+        ("alice\U000e0041", "printable"),  # tag character
+        ("a" + "\u0301" * 3, "accents"),  # stacked combining marks
+        ("\u0301\u0301", "accents"),  # marks on nothing
+        ("\u0301alice", "accents"),
+        ("z" + "\u0300\u0301\u0302\u0303" * 2, "accents"),
+        # Names that mix scripts look like names of one.
+        ("al\u0456ce", "mix scripts"),  # Ukrainian і in alice
+        ("\u0430lice", "mix scripts"),  # Cyrillic а
+        ("bo\u03bfb", "mix scripts"),  # Greek omicron
     ],
 )
 def test_invalid_names_are_refused_with_a_reason(name: str, why: str) -> None:
@@ -375,6 +394,28 @@ def test_invalid_names_are_refused_with_a_reason(name: str, why: str) -> None:
     with pytest.raises(RemoteProtocolError) as info:
         p.decode_client(p.encode(p.Join(name)))
     assert info.value.code == p.NAME_INVALID
+
+
+@pytest.mark.parametrize(
+    "name, twin",
+    [
+        ("alice", "aIice"),  # capital I for l
+        ("alice", "a1ice"),
+        ("alice", "ALICE"),
+        ("alice", "al\u0456ce"),  # refused anyway (mixed scripts), but it looks the same
+        ("bob", "b0b"),
+        ("bob", "B0B"),
+        ("paypal", "\u0440\u0430\u0443\u0440\u0430l"[:-1] + "\u04cf"),  # all Cyrillic: one script, same look
+        ("ａｌｉｃｅ", "alice"),  # full width
+    ],
+)
+def test_confusable_names_look_alike(name: str, twin: str) -> None:
+    assert p.name_look(name) == p.name_look(twin)
+
+
+@pytest.mark.parametrize("name, other", [("alice", "alicia"), ("dave", "dane"), ("bob", "rob"), ("eve", "evie"), ("carol", "karol")])
+def test_different_names_do_not_look_alike(name: str, other: str) -> None:
+    assert p.name_look(name) != p.name_look(other)
 
 
 def test_name_key_is_case_and_width_insensitive() -> None:

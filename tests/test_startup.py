@@ -81,7 +81,7 @@ def test_a_data_folder_that_cannot_be_made_is_named(
 def test_a_db_that_is_not_a_database_is_named_and_left_alone(procs: Processes, tmp_path: Path) -> None:
     db = tmp_path / "notes.txt"
     db.write_bytes(b"my notes, not a database\n" * 50)
-    one_line(procs, rf"broker: cannot use {re.escape(str(db))} as the history database: file is not a database",
+    one_line(procs, rf"broker: cannot use the history database: {re.escape(str(db))}: file is not a database",
              EXIT_FAILED, "--port", "0", "--pub-port", "0", "--db", str(db))
     assert db.read_bytes() == b"my notes, not a database\n" * 50
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no -wal or -shm beside it

@@ -50,8 +50,10 @@ class Running:
 
 
 def broker_args(target: Target, tmp: Path, run_id: str, max_sessions: int | None = None) -> list[str]:
-    """The broker under test: loopback, OS-chosen ports, no flood control, no PUB high-water mark."""
+    """The broker under test: loopback, OS-chosen ports, no flood control (per user or per address: every
+    load socket comes from 127.0.0.1), no PUB high-water mark."""
     args = ["broker.py", "--host", HOST, "--port", "0", "--pub-port", "0", "--rate", "0", "--pub-hwm", "0"]
+    args += ["--max-per-address", "0", "--join-rate", "0"]
     args += ["--db", str(tmp / f"history-{run_id}.db") if target.history else ":memory:"]
     if target.secure:
         args += ["--secure", "--key-dir", str(tmp / "keys")]

@@ -9,13 +9,18 @@ Session states, all of them, in one place::
                                                       --not back within restart_grace--> (gone; "restarted")
 
 An identity without a session costs no memory: the broker answers it and forgets it. A session is bound
-to one ROUTER identity; the name shown on everything it sends comes from the session, never from the
-message. A client that reconnects (new identity) can take its session back with the token it joined with.
+to one ROUTER identity and, with --secure, to one client key: a request from that identity with another
+key is refused and never touches the session. The name shown on everything it sends comes from the
+session, never from the message. A client that reconnects (new identity) can take its session back with
+the token it joined with.
 
 A private message is stored before it is acknowledged, numbered in its recipient's own sequence, and sent
 to the recipient's connection of the moment. That connection may be stale (the recipient is
 reconnecting), and the ROUTER then drops it silently: so every JOIN that names the last private seq its
 client has shown (``private_seq``) gets the later ones that went to that client again, after its WELCOME.
+
+Two clocks: ``clock`` (monotonic) for every time-out and limit, ``wall_clock`` for time stamps only, so
+that a wall clock that jumps neither expires live sessions nor keeps silent ones.
 """
 
 from __future__ import annotations
@@ -26,15 +31,17 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
+import msgspec
+
 from chat import protocol as p
+from chat.broker import limits
 from chat.broker.history import RECENT_ACKS, History, MemoryHistory, PrivateRecord, SessionRecord, token_hash
-from chat.errors import RemoteProtocolError
+from chat.broker.limits import BURST, RATE, Address, Bucket
+from chat.errors import RemoteProtocolError, StoreError
 
 # Seconds of silence after which a session is expired. Long enough for a laptop on Wi-Fi: roaming
 # between access points, a busy channel or a power-saving radio can hold packets back for 10 s and more.
 SESSION_TIMEOUT = 20.0
-RATE = 5.0  # lines a session may send per second, on average (SAY, PM and WHO count)
-BURST = 20  # lines a session may send at once before RATE applies
 HEARTBEATS_PER_TIMEOUT = 3  # clients are told to ping this many times per timeout
 MAX_SESSIONS = 10_000
 DEDUP_IDS_PER_NAME = RECENT_ACKS  # acknowledged ids remembered per user, to drop resent duplicates
@@ -43,6 +50,7 @@ MAX_ROOMS = 10_000  # rooms that can exist at once (with members or with a topic
 RESTART_GRACE_TIMEOUTS = 2  # session timeouts a client has, after a broker restart, to resume its session
 RESTORED = b"\x00restored\x00"  # identity prefix of a restored session until its client is back: never
 # a ROUTER's (5 bytes), and never looked up for a request even if a peer chose it as its routing id
+FETCH_CHUNK = 100  # events read from the history at a time while filling a HISTORY page
 
 
 @dataclass(frozen=True)
@@ -62,11 +70,14 @@ class Session:
     identity: bytes
     name: str
     token: str
-    last_seen: float
+    last_seen: float  # on the monotonic clock
+    lines: Bucket  # flood control: SAY, PM, WHO, ENTER, PART
+    fetches: Bucket  # bytes of HISTORY
+    rooms_made: Bucket  # rooms created
     name_key: str = ""  # the name as compared: set once, used on every line
+    look: str = ""  # what the name looks like (p.name_look): no two sessions look alike
     key: str = ""  # the client's CURVE public key (Z85) when the broker runs --secure
-    allowance: float = BURST  # the flood-control token bucket
-    allowance_at: float = 0.0
+    address: str = ""  # the source address of its connection ("": unknown, no per-address limits)
     rooms: set[str] = field(default_factory=lambda: {p.DEFAULT_ROOM})
     private_seq: int = 0  # the seq of the last private message sent to this session's client
     restored: bool = False  # online when the broker last stopped; its client has not come back yet
@@ -81,38 +92,68 @@ class Broker:
         *,
         pub_port: int,
         history: History | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         session_timeout: float = SESSION_TIMEOUT,
         max_sessions: int = MAX_SESSIONS,
         max_text: int = p.MAX_TEXT_CHARS,
         rate: float = RATE,
         burst: int = BURST,
         restart_grace: float | None = None,
+        max_per_address: int = limits.MAX_PER_ADDRESS,
+        join_rate: float = limits.JOIN_RATE,
+        join_burst: int = limits.JOIN_BURST,
+        room_idle: float = limits.ROOM_IDLE,
+        notice: Callable[[str], None] = lambda text: None,
+        warn: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.pub_port = pub_port
+        self.warn = warn  # tells the operator (stderr) when storing fails, and when it works again
         self.max_text = max_text
         self.rate = rate
         self.burst = burst
+        self.max_per_address = max_per_address
+        self.join_rate = join_rate
+        self.join_burst = join_burst
+        self.room_idle = room_idle
+        self.notice = notice  # tells the operator (stderr) about a limit being hit, now and then
+        self._noticed: dict[str, float] = {}
+        self._unread = 0  # of the connection whose message is being handled
         self.history = history if history is not None else MemoryHistory()
         self.clock = clock
+        self.wall_clock = wall_clock
         self.session_timeout = session_timeout
         self.max_sessions = max_sessions
         self.sessions: dict[bytes, Session] = {}  # by ROUTER identity
         self.names: dict[str, Session] = {}  # by name_key
+        self.looks: dict[str, Session] = {}  # by look
         self._seq: dict[str, int] = {}
         self.topics: dict[str, str] = {}  # room -> topic (kept in memory only)
         self.members: dict[str, int] = {}  # room -> sessions in it; a room with none is not listed
+        self._empty_since: OrderedDict[str, float] = OrderedDict()  # rooms without members, oldest first
+        self.addresses: dict[str, Address] = {}  # source addresses with sessions, or with a spent bucket
         self._acks: OrderedDict[str, OrderedDict[str, p.Ack]] = OrderedDict()  # per user, loaded on joining
+        # What this batch changed that a failed write must undo: (identity, name key, line id), (room, old
+        # topic), (recipient session, its private seq before) of each private message.
+        self._batch_acks: list[tuple[bytes, str, str]] = []
+        self._batch_topics: list[tuple[str, str | None]] = []
+        self._batch_privates: list[tuple[Session, int, p.Private]] = []
+        self.store_failing = False
         self.restart_grace = RESTART_GRACE_TIMEOUTS * session_timeout if restart_grace is None else restart_grace
         self._restore(self.history.open_sessions())
 
     # ------------------------------------------------------------------ entry points
 
-    def handle(self, identity: bytes, frames: list[bytes], peer_key: str = "") -> list[Outgoing]:
+    def handle(
+        self, identity: bytes, frames: list[bytes], peer_key: str = "", address: str = "", unread: int = 0
+    ) -> list[Outgoing]:
         """Everything that follows from one message received on the ROUTER.
 
-        ``peer_key`` is the sender's CURVE public key as authenticated by ZAP, or "" without encryption.
+        ``peer_key`` is the sender's CURVE public key as authenticated by ZAP, or "" without encryption;
+        ``address`` the source address of its connection (ZeroMQ's ``Peer-Address``), or "" if unknown;
+        ``unread`` how many bytes written to that connection its peer has not taken yet (0 if unknown).
         """
+        self._unread = unread
         try:
             message = p.decode_client(frames)
         except RemoteProtocolError as exc:
@@ -123,14 +164,45 @@ class Broker:
         if session is not None and session.restored:  # a peer that chose a restored session's identity
             session = None
         try:
+            if session is not None and session.key != peer_key:
+                # Another key on a routing id it chose to be a session's (ZMQ_ROUTING_ID): not that session.
+                raise RemoteProtocolError(p.KEY_MISMATCH, "this connection's key is not the one of its session")
             if isinstance(message, p.Join):
-                return self._join(identity, session, message, now, peer_key)
+                return self._join(identity, session, message, now, peer_key, address)
             if session is None:
                 raise RemoteProtocolError(p.NOT_JOINED, "join first (send JOIN with a name)")
             session.last_seen = now
             return self._dispatch(session, message, now)
         except RemoteProtocolError as exc:
             return [Reply(identity, p.Error(exc.code, exc.reason, p.reference(message)))]
+        except StoreError as exc:  # a failed read (a damaged page): this request fails, the broker goes on
+            return [Reply(identity, p.Error(p.STORE_FAILED, str(exc), p.reference(message)))]
+
+    def commit(self, outgoing: list[Outgoing]) -> list[Outgoing]:
+        """Store the batch's events in one write; what to send once that is done (or has failed).
+
+        When the write fails, no event of the batch is published (each would need its number and its
+        place in the history) and none of its private messages is delivered: lines and private messages
+        are refused to their senders with ``store_failed``, and sessions that came and went meanwhile are
+        not announced. Everything else the batch answered still goes out.
+        """
+        batch_acks, self._batch_acks = self._batch_acks, []
+        batch_topics, self._batch_topics = self._batch_topics, []
+        batch_privates, self._batch_privates = self._batch_privates, []
+        try:
+            self.history.flush()
+        except StoreError as exc:
+            if not self.store_failing:
+                self.store_failing = True
+                self.warn(f"{exc}: lines are refused until it can be written again; the rest goes on")
+            for target, before, _ in reversed(batch_privates):  # not stored: their numbers are given again
+                target.private_seq = before
+            unstored = {id(private) for _, _, private in batch_privates}
+            return self._unstored([o for o in outgoing if id(getattr(o, "message", None)) not in unstored], batch_acks, batch_topics)
+        if self.store_failing and (batch_privates or any(isinstance(item, p.Event) for item in outgoing)):
+            self.store_failing = False
+            self.warn("the history can be written again: lines are accepted again")
+        return outgoing
 
     def expire_idle(self) -> list[Outgoing]:
         """End the sessions that have been silent for longer than the session timeout, and the restored
@@ -143,6 +215,9 @@ class Broker:
                 out += self._end(session, p.LEFT_TIMEOUT)
             elif session.last_seen < restored_deadline:
                 out += self._end(session, p.LEFT_RESTARTED)
+        self._forget_rooms(now)
+        for address in [a for a, state in self.addresses.items() if not state.sessions and state.moves.is_full(now)]:
+            del self.addresses[address]
         return out
 
     def shutdown(self, reason: str = "the broker is shutting down") -> list[Outgoing]:
@@ -151,7 +226,39 @@ class Broker:
         out: list[Outgoing] = [Reply(s.identity, p.Bye(reason)) for s in self.sessions.values() if not s.restored]
         self.sessions.clear()
         self.names.clear()
+        self.looks.clear()
         self.members.clear()
+        self.addresses.clear()
+        return out
+
+    def _unstored(
+        self, outgoing: list[Outgoing], acks: list[tuple[bytes, str, str]], topics: list[tuple[str, str | None]]
+    ) -> list[Outgoing]:
+        """Undo a batch whose events and private messages could not be stored: numbers, acknowledgements,
+        topics; its private messages are not delivered (their senders are told, and may send them again)."""
+        kept: dict[str, int] = {}  # room -> its last stored number
+        for item in outgoing:
+            if isinstance(item, p.Event):
+                kept[item.room] = min(kept.get(item.room, item.seq), item.seq - 1)
+        self._seq.update(kept)
+        for _, name_key, msg_id in acks:  # not stored, so not done: a resend must be handled afresh
+            ids = self._acks.get(name_key)
+            if ids is not None:
+                ids.pop(msg_id, None)
+        refused = {(identity, msg_id) for identity, _, msg_id in acks}
+        for room, topic in reversed(topics):
+            if topic is None:
+                self.topics.pop(room, None)
+            else:
+                self.topics[room] = topic
+        reason = "the broker cannot store messages at the moment (its disk is full or read-only); not sent"
+        out: list[Outgoing] = []
+        for item in outgoing:
+            if isinstance(item, Reply):
+                message = _stored_only(item.message, kept)
+                if isinstance(message, p.Ack) and (item.identity, message.id) in refused:  # a line of this batch
+                    message = p.Error(p.STORE_FAILED, reason, message.id)
+                out.append(Reply(item.identity, message, item.tag))
         return out
 
     # ------------------------------------------------------------------ messages
@@ -166,7 +273,7 @@ class Broker:
         if isinstance(message, p.Who):
             return self._who(session, message, now)
         if isinstance(message, p.Fetch):
-            return self._fetch(session, message)
+            return self._fetch(session, message, now)
         if isinstance(message, p.Enter):
             return self._enter(session, message, now)
         if isinstance(message, p.Part):
@@ -180,7 +287,7 @@ class Broker:
         raise RemoteProtocolError(p.BAD_TYPE, f"{message.TYPE.decode()} is not a request")
 
     def _join(
-        self, identity: bytes, session: Session | None, join: p.Join, now: float, peer_key: str
+        self, identity: bytes, session: Session | None, join: p.Join, now: float, peer_key: str, address: str
     ) -> list[Outgoing]:
         key = p.name_key(join.name)
         owner = self.history.name_owner(key) if peer_key else ""
@@ -200,17 +307,27 @@ class Broker:
                 del self.sessions[holder.identity]
                 holder.identity, holder.last_seen, holder.restored = identity, now, False
                 self.sessions[identity] = holder
+                self._move_address(holder, address, now)
                 self._load_acks(key)  # a session restored after a restart has none in memory yet
                 return [Reply(identity, self._welcome(holder)), *self._privates_again(holder, join)]
             raise RemoteProtocolError(p.NAME_TAKEN, f"the name {holder.name} is taken; choose another")
+        look = p.name_look(join.name)
+        twin = self.looks.get(look)
+        if twin is not None:
+            raise RemoteProtocolError(p.NAME_TAKEN, f"the name {join.name} looks like {twin.name}, who is online; choose another")
         if len(self.sessions) >= self.max_sessions:
             raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more users")
         rooms = {p.room_key(room) for room in join.rooms} or {p.DEFAULT_ROOM}
         if len(self.members) + len(rooms - self.members.keys()) > MAX_ROOMS:
             raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more rooms")
+        self._admit(address, now)
+        for room in rooms:
+            self._last_seq(room)  # reads the store (which may fail) before anything changes
         session = Session(
-            identity, join.name, token_hash(join.token), now, name_key=key, key=peer_key, allowance_at=now, rooms=set()
+            identity, join.name, token_hash(join.token), now, **self._buckets(now),
+            name_key=key, look=look, key=peer_key, address=address, rooms=set(),
         )
+        self._count_address(address, 1, now)
         for room in rooms:
             self._add_member(session, room)
         self._keep(session)
@@ -218,6 +335,7 @@ class Broker:
             self.history.set_name_owner(key, peer_key)  # first use: the name is this key's from now on
         self.sessions[identity] = session
         self.names[key] = session
+        self.looks[look] = session
         self._load_acks(key)
         # WELCOME before the join event: its sequence numbers are the ones the client must follow on from.
         out: list[Outgoing] = [Reply(identity, self._welcome(session))]
@@ -260,6 +378,7 @@ class Broker:
         event = self._publish(room, kind, session.name, p.neutralise(text), now, msg_id)
         ack = p.Ack(msg_id, event.seq, event.ts)
         self._remember(session.name_key, ack)
+        self._batch_acks.append((session.identity, session.name_key, msg_id))
         return [event, Reply(session.identity, ack)]
 
     def _pm(self, session: Session, pm: p.Pm, now: float) -> list[Outgoing]:
@@ -271,16 +390,18 @@ class Broker:
             raise RemoteProtocolError(p.NO_SUCH_USER, f"nobody called {p.neutralise(pm.to)} is online")
         self._check_text(pm.text)
         self._spend(session, now)
-        ts = int(now * 1000)
+        ts = self._ts()
         seq = self.history.last_private_seq(target.name_key) + 1
         private = p.Private(session.name, target.name, p.neutralise(pm.text), ts, seq)
         # Stored (with the sender's id) before anything is sent: the batch's flush comes first.
         self.history.append_private(
             PrivateRecord(private, target.name_key, session.name_key, pm.id, target.token)
         )
+        self._batch_privates.append((target, target.private_seq, private))
         target.private_seq = seq
         ack = p.Ack(pm.id, 0, ts)
         self._remember(session.name_key, ack)
+        self._batch_acks.append((session.identity, session.name_key, pm.id))
         return [Reply(target.identity, private), Reply(session.identity, ack)]
 
     def _who(self, session: Session, who: p.Who, now: float) -> list[Outgoing]:
@@ -289,10 +410,18 @@ class Broker:
         if room and room not in self.members:
             raise RemoteProtocolError(p.NO_SUCH_ROOM, f"there is no room {room}")
         members = [s.name for s in self.sessions.values() if not room or room in s.rooms]
-        roster = p.Roster(room, sorted(members, key=p.name_key), int(now * 1000))
+        roster = p.Roster(room, sorted(members, key=p.name_key), self._ts())
         return [Reply(session.identity, roster)]
 
-    def _fetch(self, session: Session, fetch: p.Fetch) -> list[Outgoing]:
+    def _fetch(self, session: Session, fetch: p.Fetch, now: float) -> list[Outgoing]:
+        if self._unread > limits.FETCH_UNREAD:  # a reader that does not read is sent no more
+            self._tell(f"{session.name} ({session.address or '?'}) asks for history and does not read it")
+            raise RemoteProtocolError(p.RATE_LIMITED, "slow down: read the history sent before; ask again later")
+        if not session.fetches.ready(now, limits.FETCH_MIN_COST):
+            self._tell(f"{session.name} ({session.address or '?'}) asks for history faster than allowed")
+            raise RemoteProtocolError(
+                p.RATE_LIMITED, f"slow down: history at most {limits.FETCH_BYTES_RATE // 1024} KiB a second"
+            )
         room = p.room_key(fetch.room)
         if room not in session.rooms and room not in self._seq:
             raise RemoteProtocolError(p.NO_SUCH_ROOM, f"there is no room {room}")
@@ -305,25 +434,43 @@ class Broker:
             )
         last = min(fetch.last, fetch.first + p.MAX_FETCH - 1)
         # Cut the answer short where it would not fit in one frame; the client asks for the rest.
+        # Read in chunks: a page of long lines holds a few dozen, and reading a thousand would be waste.
         bodies: list[dict[str, object]] = []
         space_left = p.MAX_FRAME_BYTES - p.FRAME_OVERHEAD
-        for event in self.history.fetch(room, fetch.first, last):
-            body = p.event_body(event)
-            space_left -= p.encoded_size(body) + 1
-            if space_left < 0 and bodies:
-                break
-            bodies.append(body)
+        first, full = fetch.first, False
+        while first <= last and not full:
+            chunk_last = min(last, first + FETCH_CHUNK - 1)
+            for event in self.history.fetch(room, first, chunk_last):
+                body = p.event_body(event)
+                size = p.encoded_size(body) + 1
+                if size > space_left and bodies:
+                    full = True
+                    break
+                space_left -= size
+                bodies.append(body)
+            first = chunk_last + 1
+        # The budget is in bytes sent: a reader that does not read is not sent more than it allows.
+        session.fetches.spend(max(limits.FETCH_MIN_COST, p.MAX_FRAME_BYTES - space_left))
         return [Reply(session.identity, p.History(room, bodies, fetch.first, fetch.last, fetch.id))]
 
     def _enter(self, session: Session, enter: p.Enter, now: float) -> list[Outgoing]:
         room = p.room_key(enter.room)
-        entered = p.Entered(room, self._last_seq(room), self.topics.get(room, ""))
         if room in session.rooms:  # already there: the client switches to it
-            return [Reply(session.identity, entered)]
+            return [Reply(session.identity, p.Entered(room, self._last_seq(room), self.topics.get(room, "")))]
         if len(session.rooms) >= p.MAX_ROOMS_PER_SESSION:
             raise RemoteProtocolError(p.BAD_FIELD, f"one can be in at most {p.MAX_ROOMS_PER_SESSION} rooms")
-        if room not in self.members and len(self.members) >= MAX_ROOMS:
+        new_room = room not in self.members
+        if new_room and len(self.members) >= MAX_ROOMS:
             raise RemoteProtocolError(p.SERVER_FULL, "the broker has no room for more rooms")
+        if new_room and not session.rooms_made.ready(now):
+            self._tell(f"{session.name} ({session.address or '?'}) makes rooms too fast")
+            raise RemoteProtocolError(
+                p.RATE_LIMITED, f"slow down: at most {limits.ROOMS_PER_MINUTE} new rooms a minute"
+            )
+        self._spend_move(session, now)
+        if new_room:
+            session.rooms_made.spend()
+        entered = p.Entered(room, self._last_seq(room), self.topics.get(room, ""))  # checked first: no cache
         self._add_member(session, room)
         self._keep(session)
         return [Reply(session.identity, entered), self._publish(room, p.KIND_ENTER, session.name, "", now)]
@@ -332,6 +479,7 @@ class Broker:
         room = p.room_key(part.room)
         if room not in session.rooms:
             raise RemoteProtocolError(p.NO_SUCH_ROOM, f"you are not in {room}")
+        self._spend_move(session, now)
         self._remove_member(session, room)
         session.last_room = room
         self._keep(session)
@@ -340,7 +488,7 @@ class Broker:
 
     def _rooms(self, session: Session, now: float) -> list[Outgoing]:
         rooms = [{"room": r, "members": n, "topic": self.topics.get(r, "")} for r, n in sorted(self.members.items())]
-        return [Reply(session.identity, p.RoomList(rooms, int(now * 1000)))]
+        return [Reply(session.identity, p.RoomList(rooms, self._ts()))]
 
     def _topic(self, session: Session, topic: p.Topic, now: float) -> list[Outgoing]:
         room = p.room_key(topic.room)
@@ -348,19 +496,85 @@ class Broker:
             raise RemoteProtocolError(p.NO_SUCH_ROOM, f"you are not in {room}")
         out = self._publish_line(session, room, p.KIND_TOPIC, topic.text, topic.id, now)
         if isinstance(out[0], p.Event):  # published now, not a resend
+            self._batch_topics.append((room, self.topics.get(room)))
             self.topics[room] = out[0].text
         return out
 
     def _add_member(self, session: Session, room: str) -> None:
         session.rooms.add(room)
         self.members[room] = self.members.get(room, 0) + 1
+        self._empty_since.pop(room, None)
 
     def _remove_member(self, session: Session, room: str) -> None:
         session.rooms.discard(room)
         self.members[room] -= 1
-        if not self.members[room]:  # an empty room is forgotten; its history is not
+        if not self.members[room]:  # an empty room is not listed, and loses its topic; its history stays
             del self.members[room]
             self.topics.pop(room, None)
+            self._empty_since[room] = self.clock()
+
+    def _forget_rooms(self, now: float) -> None:
+        """Drop what is kept of rooms empty for ``room_idle`` (and of the oldest beyond MAX_ROOMS of them):
+        without it, ENTER and PART of ever new rooms would hold memory for each one forever."""
+        while self._empty_since:
+            room, since = next(iter(self._empty_since.items()))
+            if since > now - self.room_idle and len(self._empty_since) <= MAX_ROOMS:
+                break
+            del self._empty_since[room]
+            self._seq.pop(room, None)
+            self.history.forget(room)
+
+    # ------------------------------------------------------------------ per source address
+
+    def _admit(self, address: str, now: float) -> None:
+        """A new session from ``address``: within its share of the seats, and of the JOIN rate."""
+        if not address:
+            return
+        state = self.addresses.get(address)
+        if state is None:
+            state = self.addresses[address] = Address(0, Bucket.full(self.join_rate, self.join_burst, now))
+        if self.max_per_address and state.sessions >= self.max_per_address:
+            self._tell(f"{address} has {state.sessions} sessions, the most one address may have (--max-per-address)")
+            raise RemoteProtocolError(
+                p.ADDRESS_FULL, f"too many users from {address} at once (at most {self.max_per_address})"
+            )
+        if not state.moves.take(now):
+            self._tell(f"{address} joins too fast; slowed down to {self.join_rate:g} a second (--join-rate)")
+            raise RemoteProtocolError(p.RATE_LIMITED, f"slow down: too many joins from {address}; try again")
+
+    def _spend_move(self, session: Session, now: float) -> None:
+        """ENTER and PART: they count as lines for the session, and as joins for its address."""
+        state = self.addresses.get(session.address)
+        if state is not None and not state.moves.ready(now):
+            self._tell(f"{session.address} enters and leaves rooms too fast (--join-rate)")
+            raise RemoteProtocolError(p.RATE_LIMITED, "slow down: too many room changes from your address")
+        self._spend(session, now)
+        if state is not None:
+            state.moves.spend()
+
+    def _count_address(self, address: str, change: int, now: float) -> None:
+        if not address:
+            return
+        state = self.addresses.get(address)
+        if state is None:
+            state = self.addresses[address] = Address(0, Bucket.full(self.join_rate, self.join_burst, now))
+        state.sessions += change
+
+    def _move_address(self, session: Session, address: str, now: float) -> None:
+        if address != session.address:
+            self._count_address(session.address, -1, now)
+            self._count_address(address, 1, now)
+            session.address = address
+
+    def _tell(self, text: str) -> None:
+        """Tell the operator, at most once a minute for the same text."""
+        now = self.clock()
+        if now - self._noticed.get(text, float("-inf")) < 60:
+            return
+        if len(self._noticed) > 1000:
+            self._noticed.clear()
+        self._noticed[text] = now
+        self.notice(text)
 
     # ------------------------------------------------------------------ helpers
 
@@ -370,16 +584,23 @@ class Broker:
 
     def _spend(self, session: Session, now: float) -> None:
         """Flood control: a token bucket of ``burst`` lines, refilled at ``rate`` lines a second (0: off)."""
-        if self.rate <= 0:
-            return
-        elapsed = max(0.0, now - session.allowance_at)
-        session.allowance = min(float(self.burst), session.allowance + elapsed * self.rate)
-        session.allowance_at = now
-        if session.allowance < 1.0:
+        if not session.lines.take(now):
             raise RemoteProtocolError(
                 p.RATE_LIMITED, f"slow down: at most {self.rate:g} lines a second (bursts of {self.burst})"
             )
-        session.allowance -= 1.0
+
+    def _ts(self) -> int:
+        """A time stamp: the wall clock, in ms since the epoch (the only use of the wall clock)."""
+        return int(self.wall_clock() * 1000)
+
+    def _buckets(self, now: float) -> dict[str, Bucket]:
+        """A new session's limits, full."""
+        on = self.rate > 0  # --rate 0 switches every per-session limit off
+        return {
+            "lines": Bucket.full(self.rate, self.burst, now),
+            "fetches": Bucket.full(limits.FETCH_BYTES_RATE if on else 0, limits.FETCH_BYTES_BURST, now),
+            "rooms_made": Bucket.full(limits.ROOMS_PER_MINUTE / 60 if on else 0, limits.ROOMS_PER_MINUTE, now),
+        }
 
     def _welcome(self, session: Session) -> p.Welcome:
         timeout_ms = int(self.session_timeout * 1000)
@@ -405,7 +626,7 @@ class Broker:
     def _publish(self, room: str, kind: str, name: str, text: str, now: float, msg_id: str = "") -> p.Event:
         seq = self._last_seq(room) + 1
         self._seq[room] = seq
-        event = p.Event(seq=seq, ts=int(now * 1000), kind=kind, name=name, text=text, room=room)
+        event = p.Event(seq=seq, ts=self._ts(), kind=kind, name=name, text=text, room=room)
         self.history.append(event, msg_id)
         return event
 
@@ -415,7 +636,10 @@ class Broker:
         del self.sessions[session.identity]
         del self.names[session.name_key]
         self.history.drop_session(session.name_key)
+        if self.looks.get(session.look) is session:
+            del self.looks[session.look]
         now = self.clock()
+        self._count_address(session.address, -1, now)
         rooms = sorted(session.rooms)
         for room in rooms:
             self._remove_member(session, room)
@@ -436,8 +660,10 @@ class Broker:
         for record in records:
             session = Session(
                 RESTORED + record.name_key.encode(), record.name, record.token_hash, now, name_key=record.name_key,
-                key=record.key, allowance_at=now, rooms=set(), restored=True, last_room=record.last_room,
+                look=p.name_look(record.name), key=record.key, rooms=set(), restored=True,
+                last_room=record.last_room, **self._buckets(now),
             )
+            self.looks.setdefault(session.look, session)  # (a file from before look-alikes were refused)
             for room in record.rooms:
                 self._add_member(session, room)
             self.sessions[session.identity] = session
@@ -462,3 +688,18 @@ class Broker:
         ids[ack.id] = ack
         if len(ids) > DEDUP_IDS_PER_NAME:
             ids.popitem(last=False)
+
+
+def _stored_only(message: p.Message, kept: dict[str, int]) -> p.Message:
+    """``message`` as if the batch's events (numbered after ``kept[room]``) had never been."""
+    if not kept:
+        return message
+    if isinstance(message, (p.Welcome, p.Pong)):
+        rooms = {room: min(seq, kept.get(room, seq)) for room, seq in message.rooms.items()}
+        return msgspec.structs.replace(message, rooms=rooms)
+    if isinstance(message, p.Entered) and message.room in kept:
+        return msgspec.structs.replace(message, last_seq=min(message.last_seq, kept[message.room]))
+    if isinstance(message, p.History) and message.room in kept:
+        events = [e for e in message.events if e["seq"] <= kept[message.room]]
+        return msgspec.structs.replace(message, events=events)
+    return message

@@ -95,6 +95,9 @@ class History(Protocol):
     def open_sessions(self) -> list[SessionRecord]:
         """The sessions online when the broker last stopped (or was killed)."""
 
+    def forget(self, room: str) -> None:
+        """Drop what is held in memory for a room nobody is in (the broker calls it after a while)."""
+
 
 class MemoryHistory:
     """The last ``keep`` events of each room, in memory; gone when the broker stops."""
@@ -151,6 +154,9 @@ class MemoryHistory:
         kept = self._privates.get(recipient_key, ())
         found = [r.message for r in kept if r.message.seq > after and r.token_hash == hashed_token]
         return found[:limit]
+
+    def forget(self, room: str) -> None:
+        self._rooms.pop(room, None)  # in memory, that is the room's history: its numbers start again
 
     def name_owner(self, name_key: str) -> str:
         return self._owners.get(name_key, "")

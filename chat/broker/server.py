@@ -17,6 +17,7 @@ from zmq.auth import CURVE_ALLOW_ANY
 from zmq.auth.thread import ThreadAuthenticator
 
 from chat import protocol as p
+from chat.broker import guard
 from chat.broker.core import Broker, Outgoing, Reply
 from chat.defaults import PUB_HWM
 from chat.discovery import Announcer, beacon
@@ -28,8 +29,9 @@ except ImportError:  # pragma: no cover - exercised by tests/test_platforms.py i
     resource = None  # type: ignore[assignment]
 
 DRAIN_BATCH = 1000  # messages read from the ROUTER before the loop looks at timers again
-EXPIRE_EVERY = 0.25  # seconds between checks for silent sessions
+EXPIRE_EVERY = 0.25  # seconds between checks for silent sessions (and of every connection's unfinished bytes)
 ALLOW_CHECK_EVERY = 1.0  # seconds between looks at the --allow folder, re-read when its keys change
+WATCH_EVERY = 0.02  # seconds between looks at the broker's own size (see chat.broker.guard)
 POLL_MS = 200  # longest wait in poll, which bounds how late a stop request is seen
 SHUTDOWN_LINGER_MS = 1000  # time given to the goodbye messages to leave
 BACKLOG = 4096  # pending TCP connections per socket (libzmq's default, 100, refuses a crowd joining at once)
@@ -81,8 +83,13 @@ class BrokerServer:
         pub_hwm: int = PUB_HWM,
         curve: Curve | None = None,
         ctx: zmq.Context | None = None,
+        notice: Callable[[str], None] = lambda text: None,
+        unlimited: frozenset[str] = frozenset(),
     ) -> None:
         self.ctx = ctx or zmq.Context.instance()
+        # Source addresses whose sessions the per-address limits do not count: the broker's own gateways
+        # (--web, --irc) bring every one of their users from this machine, and bound them per browser/IRC host.
+        self.unlimited = unlimited
         self.curve = curve
         self.auth: ThreadAuthenticator | None = None
         self.announce_reloads = False
@@ -99,6 +106,10 @@ class BrokerServer:
         self.router.setsockopt(zmq.MAXMSGSIZE, p.MAX_RECEIVED_FRAME_BYTES)
         self.pub = self._socket(zmq.PUB, host)
         self.pub.setsockopt(zmq.SNDHWM, pub_hwm)
+        # Before the binds, so that the guard hears of every connection.
+        self.guard: guard.PendingGuard | None = None
+        if guard.SUPPORTED:
+            self.guard = guard.PendingGuard([self.router, self.pub], secure=curve is not None, notice=notice)
         try:
             self._bind(self.router, host, port, "ROUTER", "--port")
             self._bind(self.pub, host, pub_port, "PUB", "--pub-port")
@@ -165,6 +176,7 @@ class BrokerServer:
         # Frame by frame: send_multipart type-checks every frame and builds flags each time, which the
         # profile showed as a quarter of the broker's CPU.
         router_send, pub_send = self.router.send, self.pub.send
+
         for topic, tag, kind, body in p.encode_events([item for item in outgoing if not isinstance(item, Reply)]):
             pub_send(topic, _SNDMORE)
             pub_send(tag, _SNDMORE)
@@ -184,10 +196,16 @@ class BrokerServer:
         poller.register(self.router, zmq.POLLIN)
         next_expiry = clock() + EXPIRE_EVERY
         next_allow_check = clock() + ALLOW_CHECK_EVERY
+        next_watch = clock() + WATCH_EVERY if self.guard is not None else float("inf")
         while not self.stopping:
-            timeout = max(0, min(POLL_MS, int((next_expiry - clock()) * 1000)))
+            timeout = max(0, min(POLL_MS, int((min(next_expiry, next_watch) - clock()) * 1000)))
             outgoing = self._drain() if poller.poll(timeout) else []
+            if self.guard is not None and clock() >= next_watch:
+                self.guard.watch()
+                next_watch = clock() + WATCH_EVERY
             if clock() >= next_expiry:
+                if self.guard is not None:
+                    self.guard.check()
                 outgoing += self.broker.expire_idle()
                 next_expiry = clock() + EXPIRE_EVERY
             if clock() >= next_allow_check:
@@ -204,6 +222,9 @@ class BrokerServer:
         outgoing: list[Outgoing] = []
         secure = self.curve is not None
         recv = self.router.recv
+        watch = self.guard
+        if watch is not None:
+            watch.follow_connections()
         for _ in range(DRAIN_BATCH):
             # Frame objects: their .more is cheaper than getsockopt(RCVMORE), which pyzmq turns into an
             # enum on every call (measured 5.3 vs 12.1 us per 3-frame message), and the ZAP User-Id
@@ -217,14 +238,22 @@ class BrokerServer:
             while frame.more:
                 frame = recv(copy=False)
                 frames.append(frame.bytes)
+            unread = 0
+            if watch is not None:
+                fd = frame.get(zmq.SRCFD)
+                watch.delivered(fd, frames)
+                if len(frames) > 1 and frames[1] == b"FETCH":  # what it has not taken yet of earlier answers
+                    unread = guard.unread(fd)
             key = (frame.get("User-Id") or "") if secure else ""
-            outgoing += self.broker.handle(identity, frames, key)
+            address = frame.get("Peer-Address") or ""
+            if address in self.unlimited:
+                address = ""
+            outgoing += self.broker.handle(identity, frames, key, address, unread)
         return outgoing
 
     def _commit(self, outgoing: list[Outgoing]) -> None:
         """Store the batch's events in one write, then send: nothing is acknowledged before it is stored."""
-        self.broker.history.flush()
-        self.send(outgoing)
+        self.send(self.broker.commit(outgoing))
 
     def stop(self, *_: object) -> None:
         self.stopping = True
@@ -233,6 +262,8 @@ class BrokerServer:
         self.reload_requested = True
 
     def close(self) -> None:
+        if self.guard is not None:
+            self.guard.close()
         self.router.close(linger=SHUTDOWN_LINGER_MS)
         self.pub.close(linger=0)
         if self.auth is not None:
@@ -317,6 +348,13 @@ def serve(
         admitted = f"client keys in {curve.allow} only ({RELOAD_HINT})" if curve.allow else "any client key"
         print(f"broker: encrypted (CURVE), admitting {admitted}", file=out, flush=True)
     print(f"broker: clients join with: {client_command(host, server.port, curve, launcher)}", file=out, flush=True)
+    if server.guard is None:
+        print(
+            "broker: warning: this system gives no per-connection byte counts (TCP_INFO): a peer that never "
+            "finishes a message is not cut off",
+            file=sys.stderr,
+            flush=True,
+        )
     announcer = None
     if announce is not None:
         key = curve.public.decode() if curve is not None else ""

@@ -23,7 +23,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from chat import protocol as p
 from chat.client import events as ev
-from chat.client.core import ClientCore
+from chat.client.core import ClientCore, published_events
 from chat.client.driver import ClientCurve, CoreDriver
 
 TIMER_SLACK = 0.0005  # seconds: a wake-up this close to the one already set is not set again
@@ -33,11 +33,11 @@ DECODED_KEPT = 4096  # published messages a SharedDecoder remembers: sessions th
 
 
 class SharedDecoder:
-    """``chat.protocol.decode_events`` once per published message for every session of a process.
+    """``chat.client.core.published_events`` once per published message for every session of a process.
 
     The sessions of a gateway subscribe to the same rooms, so each of their SUBs receives the same
     frames: the first one decodes them, the others get the same (immutable) events. A malformed
-    message is not remembered: it raises for every session, as ``decode_events`` does."""
+    message is not remembered: it raises for every session, as ``published_events`` does."""
 
     def __init__(self, kept: int = DECODED_KEPT) -> None:
         self.kept = kept
@@ -47,7 +47,7 @@ class SharedDecoder:
         key = tuple(frames)
         events = self._decoded.get(key)
         if events is None:
-            events = self._decoded[key] = p.decode_events(frames)
+            events = self._decoded[key] = published_events(frames)
             if len(self._decoded) > self.kept:
                 del self._decoded[next(iter(self._decoded))]  # the oldest: dicts keep their order
         return events
@@ -66,7 +66,7 @@ class AsyncConnection(CoreDriver):
         ctx: zmq.asyncio.Context,
         curve: ClientCurve | None = None,
         clock: Callable[[], float] = time.monotonic,
-        decode: Callable[[list[bytes]], list[p.Event]] = p.decode_events,
+        decode: Callable[[list[bytes]], list[p.Event]] = published_events,
     ) -> None:
         super().__init__(core, host, port, show, curve=curve, ctx=ctx, clock=clock)
         self.decode = decode

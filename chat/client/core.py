@@ -33,7 +33,9 @@ DRAIN_TIMEOUT = 15.0  # seconds /quit waits for what was typed to be acknowledge
 FETCH_RETRY = 2.0  # seconds before an unanswered FETCH is asked again
 HANDSHAKE_FAILURES = 3  # unexplained failed handshakes in a row that mean "refused"
 MAX_IN_FLIGHT = 500  # unacknowledged lines at once; below the broker's DEDUP_IDS_PER_NAME
+RATE_RETRY = 0.25  # seconds before a line refused by flood control is sent again
 DEFAULT_HEARTBEAT = 1.0
+MIN_HEARTBEAT = 0.1  # seconds: a broker asking for more pings than this is not obeyed
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_OLDER = 20  # lines shown by /history without a number
 QUIT_COMMANDS = ("/quit", "/exit")
@@ -76,6 +78,12 @@ def split_text(text: str, limit: int = p.MAX_TEXT_CHARS) -> list[str]:
     return [piece for piece in pieces if piece]
 
 
+def published_events(frames: list[bytes]) -> list[p.Event]:
+    """The events of a published message as a client takes them: decoded, every text neutralised. One
+    function of the frames alone, so that a gateway's sessions can share its result."""
+    return [p.neutralised(event) for event in p.decode_events(frames)]
+
+
 class ClientCore:
     """One user's view of the chat. ``interactive`` means a person can be asked again for a name."""
 
@@ -110,6 +118,11 @@ class ClientCore:
         self.quit_requested = False
         self._quit_deadline = 0.0
         self._slowed_at = -RESEND_AFTER  # when we last told the user to slow down
+        # Flood control: once the broker refuses a line, lines go one at a time, the refused ones first,
+        # until everything typed is delivered, so that nothing newer overtakes them.
+        self._throttled = False
+        self._rate_refused: set[str] = set()  # ids in flight refused with rate_limited
+        self._resume_at = 0.0  # when refused lines may be sent again
         self._handshake_failures = 0
         self._handshake_problem = ""  # the last failed handshake's reason, until the broker answers
         self._own_key = ""
@@ -216,11 +229,12 @@ class ClientCore:
     def on_direct(self, frames: list[bytes], now: float) -> list[ev.Action]:
         """Frames received on the DEALER."""
         try:
-            message = p.decode_broker(frames)
+            message = p.neutralised(p.decode_broker(frames))  # nothing from the broker reaches a screen raw
         except RemoteProtocolError as exc:
             if exc.code == p.BAD_VERSION and self.state in ("joining", "lost"):
-                return [ev.Exit(ev.EXIT_REFUSED, f"the broker speaks another protocol version: {exc.reason}")]
-            return [ev.Notice(f"ignored a malformed message from the broker ({exc})", "error")]
+                reason = p.neutralise(exc.reason)
+                return [ev.Exit(ev.EXIT_REFUSED, f"the broker speaks another protocol version: {reason}")]
+            return [ev.Notice(f"ignored a malformed message from the broker ({p.neutralise(str(exc))})", "error")]
         self._last_heard = now
         self._handshake_failures = 0
         self._handshake_problem = ""
@@ -249,14 +263,14 @@ class ClientCore:
         return []  # pragma: no cover - decode_broker returns only the types above
 
     def on_published(
-        self, frames: list[bytes], now: float, decode: Callable[[list[bytes]], list[p.Event]] = p.decode_events
+        self, frames: list[bytes], now: float, decode: Callable[[list[bytes]], list[p.Event]] | None = None
     ) -> list[ev.Action]:
         """Frames received on the SUB. ``decode`` may be a shared one (a gateway decodes each published
         message once for all its sessions: ``chat.client.aio.SharedDecoder``)."""
         try:
-            events = decode(frames)
+            events = (decode or published_events)(frames)
         except RemoteProtocolError as exc:
-            return [ev.Notice(f"ignored a malformed event ({exc})", "error")]
+            return [ev.Notice(f"ignored a malformed event ({p.neutralise(str(exc))})", "error")]
         actions: list[ev.Action] = []
         for event in events:
             actions += self._receive(event, now)
@@ -299,8 +313,10 @@ class ClientCore:
         if now - self._last_ping >= self.heartbeat:
             self._last_ping = now
             out.append(ev.Send(p.Ping()))
+        if self._throttled and not self.unacked:
+            out += self._pump(now)
         for msg_id, (message, sent_at) in list(self.unacked.items()):
-            if now - sent_at >= RESEND_AFTER:
+            if msg_id not in self._rate_refused and now - sent_at >= RESEND_AFTER:
                 self.unacked[msg_id] = (message, now)
                 out.append(ev.Send(message))
         for room, feed in self.feeds.items():
@@ -315,6 +331,8 @@ class ClientCore:
             wakeup = self._deadline - now
         elif self.state == "joined":
             wakeup = min(self._last_ping + self.heartbeat, self._last_heard + self.timeout) - now
+            if self._throttled and self.waiting and not self.unacked:
+                wakeup = min(wakeup, self._resume_at - now)
         if self.quit_requested:
             wakeup = min(wakeup, self._quit_deadline - now)
         return max(0.0, wakeup)
@@ -460,12 +478,17 @@ class ClientCore:
     def _pump(self, now: float) -> list[ev.Action]:
         """Send waiting lines, in the order typed, while fewer than MAX_IN_FLIGHT are unacknowledged.
 
-        The window keeps every resend within the ids the broker remembers, so none is shown twice.
+        The window keeps every resend within the ids the broker remembers, so none is shown twice. Under
+        flood control the window is one line: the broker handles a connection's requests in order, so a
+        line sent only once the one before it is acknowledged can never overtake it.
         """
-        if self.state != "joined":
+        if self.state != "joined" or self._throttled and now < self._resume_at:
             return []
+        if self._throttled and not self._pending():
+            self._throttled = False  # everything typed is delivered: full speed again
+        window = 1 if self._throttled else MAX_IN_FLIGHT
         out: list[ev.Action] = []
-        while self.waiting and len(self.unacked) < MAX_IN_FLIGHT:
+        while self.waiting and len(self.unacked) < window:
             message = self.waiting.popleft()
             self.unacked[message.id] = (message, now)
             out.append(ev.Send(message))
@@ -474,6 +497,15 @@ class ClientCore:
     def _pending(self) -> int:
         """What /quit waits for: lines not yet acknowledged, and typed lines not yet taken."""
         return len(self.unacked) + len(self.waiting) + len(self.held) + (self.changing is not None)
+
+    def _requeue_refused(self, now: float) -> None:
+        """Once every line in flight has been refused, queue them again, in order, ahead of newer ones."""
+        if not self.unacked or not self._rate_refused.issuperset(self.unacked):
+            return  # answers still to come: a line sent before a refused one may yet be accepted
+        self.waiting.extendleft(reversed([message for message, _ in self.unacked.values()]))
+        self.unacked.clear()
+        self._rate_refused.clear()
+        self._resume_at = now + RATE_RETRY
 
     def _older(self, room: str, lines: int) -> list[ev.Action]:
         room = p.room_key(room)
@@ -544,7 +576,7 @@ class ClientCore:
         self.state = "joined"
         self.name = welcome.name
         self._own_key = p.name_key(welcome.name)  # compared with every event's sender: computed once
-        self.heartbeat = welcome.heartbeat_ms / 1000
+        self.heartbeat = max(welcome.heartbeat_ms / 1000, MIN_HEARTBEAT)
         self.timeout = welcome.timeout_ms / 1000
         self.max_text = min(max(1, welcome.max_text), p.MAX_TEXT_CHARS)
         self._last_ping = now
@@ -568,6 +600,7 @@ class ClientCore:
         # What was never acknowledged goes again first, then what was typed while away, in order.
         self.waiting.extendleft(reversed([m for m, _ in self.unacked.values()]))
         self.unacked.clear()
+        self._rate_refused.clear()
         out += self._pump(now)
         out += self._resume_room_change(welcome)
         return out + self._release(now)
@@ -600,6 +633,8 @@ class ClientCore:
 
     def _error(self, error: p.Error, now: float) -> list[ev.Action]:
         if error.ref == p.Join.TYPE.decode() and self.state in ("joining", "lost"):
+            if self.state == "lost" and error.code in (p.RATE_LIMITED, p.ADDRESS_FULL, p.SERVER_FULL):
+                return []  # a crowd getting back in at once: the next retry may be let in
             if error.code in (p.NAME_TAKEN, p.NAME_INVALID, p.NAME_OWNED):
                 return self._refused(error.reason)
             return [ev.Exit(ev.EXIT_REFUSED, error.reason)]
@@ -610,18 +645,25 @@ class ClientCore:
                 return self._lost("the broker no longer knows this session", now)
             return []
         if error.code == p.RATE_LIMITED and error.ref in self.unacked:
-            # Kept, and sent again after RESEND_AFTER: a paste goes out at the broker's pace.
+            # Kept, and sent again before anything newer: a paste goes out at the broker's pace, in order.
+            self._throttled = True
+            self._rate_refused.add(error.ref)
+            self._requeue_refused(now)
             if now - self._slowed_at < RESEND_AFTER:
                 return []
             self._slowed_at = now
             return [ev.Notice(f"{error.reason}; your lines will follow", "error")]
         if error.ref in self.unacked:
             del self.unacked[error.ref]  # refused for good: resending would not help
+            self._requeue_refused(now)
             return [ev.Failed(error.ref, error.reason), ev.Notice(error.reason, "error"), *self._pump(now)]
+        if error.code == p.RATE_LIMITED and (error.ref.startswith(GAP_FETCH + "#") or error.ref == p.Fetch.TYPE.decode()):
+            return []  # the history is there, only not so fast: the gap's FETCH is sent again after FETCH_RETRY
+        unreadable = [ev.Notice(error.reason, "error")] if error.code == p.STORE_FAILED else []
         if error.ref.startswith(GAP_FETCH + "#"):  # only that room's gap cannot be filled
-            return self._skip_unrecoverable(error.ref[len(GAP_FETCH) :])
+            return unreadable + self._skip_unrecoverable(error.ref[len(GAP_FETCH) :])
         if error.ref == p.Fetch.TYPE.decode():  # a broker that does not echo ids: which room is unknown
-            return self._skip_unrecoverable()
+            return unreadable + self._skip_unrecoverable()
         if self.changing is not None and error.ref == self.changing.TYPE.decode():
             self.changing = None  # refused: what was typed after it goes on as if it had not been typed
             return [ev.Notice(error.reason, "error"), *self._release(now)]
@@ -656,6 +698,7 @@ class ClientCore:
     def _ack(self, ack: p.Ack, now: float) -> list[ev.Action]:
         if self.unacked.pop(ack.id, None) is None:
             return []  # an ack for a resend we already had
+        self._requeue_refused(now)
         out: list[ev.Action] = [ev.Acked(ack.id, ack.seq, ack.ts), *self._pump(now)]
         if self.quit_requested and not self._pending():
             out += self._quit(now)
@@ -699,7 +742,7 @@ class ClientCore:
         try:
             events = p.history_events(history)
         except RemoteProtocolError as exc:
-            return [ev.Notice(f"ignored a malformed history reply ({exc})", "error")]
+            return [ev.Notice(f"ignored a malformed history reply ({p.neutralise(str(exc))})", "error")]
         room = history.room
         feed = self.feeds.get(room)
         if feed is None:

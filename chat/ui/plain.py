@@ -12,6 +12,7 @@ import sys
 import threading
 from typing import TextIO
 
+from chat import protocol as p
 from chat.client import events as ev
 from chat.client.net import Connection
 from chat.ui.format import LineFormatter
@@ -60,7 +61,7 @@ class LineFrontEnd:
         # Sent and Acked: our own lines are not echoed in line mode.
 
     def _notice(self, text: str) -> None:
-        lines = [f"*** {line}" for line in text.splitlines()]
+        lines = [f"*** {p.neutralise(line)}" for line in text.splitlines()]
         if self.interactive:
             for line in lines:
                 self._line(self.fmt.dim(line))
@@ -81,7 +82,7 @@ class LineFrontEnd:
     def fail(self, text: str) -> None:
         """The client's last words, always on stderr."""
         with self._lock:
-            self.err.write(f"client: {text}\n")
+            self.err.write(f"client: {p.neutralise(text)}\n")
             self.err.flush()
 
     def _line(self, line: str) -> None:

@@ -654,6 +654,6 @@ def run_tui(connect: Connect, *, address: str, encrypted: bool = False) -> int:
     if app.failure is not None:
         raise app.failure
     if app.exit_reason:
-        print(f"client: {app.exit_reason}", file=sys.stderr)
+        print(f"client: {safe(app.exit_reason)}", file=sys.stderr)
     code = app.return_code
     return ev.EXIT_OK if code is None else code
