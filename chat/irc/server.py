@@ -161,8 +161,9 @@ class Connection:
         data, self._out = b"".join(self._out), []
         if self.closing or self.writer.is_closing():
             return
+        behind = self.writer.transport.get_write_buffer_size()
         self.writer.write(data)
-        self._watch_backlog()
+        self._watch_backlog(behind)
 
     @property
     def client(self) -> str:
@@ -183,12 +184,13 @@ class Connection:
         for line in said(source, command, target, text, tags):
             self.send(line)
 
-    def _watch_backlog(self) -> None:
+    def _watch_backlog(self, behind: int) -> None:
         """A slow reader: stop taking from its SUB above ``send_queue`` (libzmq queues, and drops past
         its high-water mark; the core fetches what it missed once reading goes on); drop a client that
-        reads nothing at all."""
+        reads nothing at all: one that was ``behind`` by the limit already before this turn's lines (a
+        turn brings at most a batch of the SUB or one history answer, so what waits stays bounded)."""
         waiting = self.writer.transport.get_write_buffer_size()
-        if waiting > self.limits.send_queue * WRITE_LIMIT_FACTOR:
+        if behind > self.limits.send_queue * WRITE_LIMIT_FACTOR:
             self.drop("SendQ exceeded")
         elif waiting > self.limits.send_queue and self.slow_since is None:
             self.slow_since = time.monotonic()
