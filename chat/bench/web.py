@@ -270,7 +270,8 @@ def run_web(opts: WebLoad) -> dict[str, Any]:
     try:
         broker, listening = start(
             ["broker.py", "--host", HOST, "--port", "0", "--pub-port", "0", "--db", ":memory:", "--rate", "0",
-             "--pub-hwm", "0", "--timeout", "60", "--max-sessions", "100000"],
+             "--pub-hwm", "0", "--timeout", "60", "--max-sessions", "100000", "--max-per-address", "0",
+             "--join-rate", "0"],
             r"listening on tcp://[^:]+:(\d+)",
         )
         procs.append(broker)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -748,8 +749,10 @@ async def run_gateway(
     limits: Limits = Limits(),
     max_sessions: int = MAX_SESSIONS,
     per_address: int = MAX_SESSIONS_PER_ADDRESS,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
-    """Serve IRC clients until ``stop`` is set; ``ready`` gets the address and port once it listens."""
+    """Serve IRC clients until ``stop`` is set (over TLS with ``ssl_context``); ``ready`` gets the
+    address and port once it listens."""
     host = SessionHost(broker, history_lines=history_lines, max_sessions=max_sessions, per_address=per_address)
     connections: set[asyncio.Task[None]] = set()
     room_lines = RoomLines()
@@ -767,7 +770,7 @@ async def run_gateway(
         finally:
             connections.discard(task)
 
-    server = await asyncio.start_server(accept, listen_host, listen_port, limit=READ_CHUNK)
+    server = await asyncio.start_server(accept, listen_host, listen_port, limit=READ_CHUNK, ssl=ssl_context)
     try:
         port = server.sockets[0].getsockname()[1]
         ready(listen_host, port)
