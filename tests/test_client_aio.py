@@ -102,6 +102,21 @@ def test_two_sessions_on_one_loop_chat_in_public_and_in_private(broker: Broker) 
     run(test, broker)
 
 
+def test_the_sessions_of_a_host_share_each_published_event_decoded_once(broker: Broker) -> None:
+    """Each session has its own SUB, but what a SUB receives is decoded once for all: the cores get the
+    same event object (which a front end may then encode once for all of them)."""
+
+    async def test(host: SessionHost) -> None:
+        (alice, alice_seen), (bob, bob_seen), (carol, _) = await joined(host, "alice", "bob", "carol")
+        carol.submit("<b>to all</b> \x1b[31m")
+        seen_by_alice = await alice_seen.until(said("<b>to all</b> ^[[31m"))  # neutralised, once
+        seen_by_bob = await bob_seen.until(said("<b>to all</b> ^[[31m"))
+        assert isinstance(seen_by_alice, ev.Public) and isinstance(seen_by_bob, ev.Public)
+        assert seen_by_alice.event is seen_by_bob.event
+
+    run(test, broker)
+
+
 def test_a_new_driver_takes_the_session_back_without_a_gap_or_a_duplicate(broker: Broker) -> None:
     """What a gateway restart does: the page hands back token, history id, last seqs and pending lines."""
 

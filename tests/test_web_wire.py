@@ -66,6 +66,21 @@ def test_a_private_message_tells_the_page_its_number_to_resume_from() -> None:
         "type": "private", "name": "bob", "to": "alice", "text": "psst", "ts": 1000, "seq": 3}
 
 
+def test_an_events_json_is_encoded_once_for_every_tab_and_a_batch_is_one_array() -> None:
+    encoded = wire.PublicJSON(kept=2)
+    event = p.Event(4, 1000, p.KIND_MSG, "bob", "<b>hi</b>", "#dev")
+    first = encoded(event)
+    assert encoded(event) is first  # the same event object: the same bytes, not encoded again
+    assert json.loads(first) == wire.public(event)
+    twin = p.Event(4, 1000, p.KIND_MSG, "bob", "<b>hi</b>", "#dev")
+    assert encoded(twin) == first and encoded(twin) is not first  # known by identity, not by value
+    for n in range(5):
+        encoded(p.Event(n, 1000, p.KIND_MSG, "bob", str(n), "#dev"))
+    assert len(encoded._encoded) == 2  # bounded
+    batch = wire.joined([first, wire.encode_one(wire.error("bad_json", "x"))])
+    assert json.loads(batch) == [wire.public(event), wire.error("bad_json", "x")]
+
+
 def test_what_the_core_shows_becomes_json_the_page_reads() -> None:
     event = p.Event(4, 1000, p.KIND_MSG, "bob", "<b>hi</b>", "#dev")
     assert wire.shown(ev.Public(event), "#general") == {
