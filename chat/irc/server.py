@@ -136,6 +136,7 @@ class Connection:
         self.batches = 0
         self._history: dict[str, list[tuple[str, str, int]]] = {}
         self._out: list[bytes] = []  # lines written in this turn of the loop, sent together at its end
+        self._out_bytes = 0
         self._naming: set[str] = set()  # rooms just joined whose NAMES have not come: playback waits  # room -> playback waiting for the end of its reply
 
     # ------------------------------------------------------------------ writing
@@ -151,15 +152,19 @@ class Connection:
 
     def _write(self, data: bytes) -> None:
         """Queue ``data`` for the end of this turn of the loop: one write (one send to the kernel) per
-        connection and turn, however many lines the turn brought."""
+        connection and turn, however many lines the turn brought; at once past ``send_queue``, so that a
+        slow reader's SUB is held before the turn has queued more for it."""
         if not self._out:
             asyncio.get_running_loop().call_soon(self._flush)
         self._out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes > self.limits.send_queue:
+            self._flush()
 
     def _flush(self) -> None:
         if not self._out:
             return
-        data, self._out = b"".join(self._out), []
+        data, self._out, self._out_bytes = b"".join(self._out), [], 0
         if self.closing or self.writer.is_closing():
             return
         behind = self.writer.transport.get_write_buffer_size()
