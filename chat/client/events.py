@@ -20,6 +20,7 @@ from chat import protocol as p
 @dataclass(frozen=True)
 class Send:
     message: p.Message
+    data: bytes = b""  # a PUT's file data: sent as a fourth frame
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,17 @@ class Status:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """How far a file transfer is: ``direction`` "sending" or "receiving", ``done`` of ``total`` bytes."""
+
+    direction: str
+    number: int
+    name: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
 class Exit:
     code: int
     reason: str = ""
@@ -186,7 +198,7 @@ class Exit:
 
 Show = Union[
     Public, RoomsChanged, RoomsListed, Older, NothingOlder, PrivateIn, Sent, Acked, Failed, RosterShown, Notice,
-    AskName, Status,
+    AskName, Status, Progress,
 ]
 Action = Union[Send, Reconnect, Subscribe, Unsubscribe, Show, Exit]
 

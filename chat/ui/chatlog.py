@@ -60,6 +60,7 @@ LEAVE = "leave"  # left the chat, or timed out
 ENTER = "enter"  # joined one room
 PART = "part"  # left one room
 TOPIC = "topic"
+FILE = "file"  # a file offered to a room (text: "offers NAME (SIZE, sha256 ...) - /get N")
 EVENT = "event"  # a public event of a kind this client does not know
 PRIVATE = "private"  # a private message to us
 OWN = "own"  # our own line: detail is msg, action or pm
@@ -95,7 +96,7 @@ class Entry:
 
     @classmethod
     def from_event(cls, event: p.Event, show_room: bool = False, history: bool = False) -> Entry:
-        known = event.kind in (MSG, ACTION, JOIN, LEAVE, ENTER, PART, TOPIC)
+        known = event.kind in (MSG, ACTION, JOIN, LEAVE, ENTER, PART, TOPIC, FILE)
         kind = event.kind if known else EVENT
         detail = "" if known else event.kind
         return cls(
@@ -154,6 +155,8 @@ def render_text(entry: Entry, tz: tzinfo | None, colour: bool) -> tuple[Text, Te
         body = Text.assemble(("<--", "red" if colour else ""), f" {name} has left {room}", style=dim)
     elif entry.kind == TOPIC:
         body = Text.assemble("-!- ", (name, who), f" set the topic of {room}: ", (text, "bold"), style=dim)
+    elif entry.kind == FILE:
+        body = Text.assemble(("-!- ", dim), (name, who), " ", (text, "bold"))
     elif entry.kind == EVENT:
         body = Text(f"-!- {name} ({safe(entry.detail)}): {text}", style=dim)
     elif entry.kind == PRIVATE:
