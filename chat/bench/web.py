@@ -1,4 +1,4 @@
-"""Workload 5: web users against direct users, in one run (part of ``python -m chat.bench``; alone:
+"""Workload 6: web users against direct users, in one run (part of ``python -m chat.bench``; alone:
 ``python -m chat.bench.web``).
 
 A broker (``broker.py``) and a web gateway (``python -m chat.web``) run as processes. W WebSocket
