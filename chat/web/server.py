@@ -87,7 +87,10 @@ class Tab:
 
     def show(self, item: ev.Show) -> None:
         if type(item) is ev.Public:  # nearly everything under load: straight to the outbox, encoded once
-            self._put(self._public(item.event))
+            if item.mention:  # this user's name: the JSON says so for this tab alone
+                self.put(wire.public(item.event, True))
+            else:
+                self._put(self._public(item.event))
             return
         core = self.session.core if self.session is not None else None
         message = wire.shown(item, core.current if core is not None else "")
