@@ -220,6 +220,8 @@ def broker_parser(prog: str = "broker.py") -> argparse.ArgumentParser:
     webgroup.add_argument("--web-key", type=Path, help="serve the web client over HTTPS: the certificate's key (PEM)")
     ircgroup = parser.add_argument_group("IRC gateway")
     ircgroup.add_argument("--irc", type=_port, metavar="PORT", help="also let IRC clients connect on this port (of --host)")
+    ircgroup.add_argument("--irc-cert", type=Path, help="IRC over TLS: the certificate (PEM)")
+    ircgroup.add_argument("--irc-key", type=Path, help="IRC over TLS: the certificate's private key (PEM)")
     return parser
 
 
@@ -372,7 +374,7 @@ def broker_main(argv: list[str] | None = None, prog: str = "broker.py") -> int:
     if args.irc is not None:
         try:
             starters.append(irc_beside(args, curve))
-        except (OSError, KeyFileError) as exc:
+        except (OSError, KeyFileError, ValueError) as exc:
             parser.error(f"--irc: {exc}")
     beside = all_beside(starters) if starters else None
     try:
@@ -487,11 +489,13 @@ def web_beside(args: argparse.Namespace, curve: Curve | None) -> Callable[[int],
 def irc_beside(args: argparse.Namespace, curve: Curve | None) -> Callable[[int], Callable[[], None]]:
     """``--irc``: what starts the IRC gateway once the broker listens (and returns how to stop it)."""
     from chat.irc.run import IRC_KEY, irc_thread
+    from chat.web.run import tls_context
 
+    context = tls_context(args.irc_cert, args.irc_key, "--irc")
     address = gateway_address(args, curve, IRC_KEY, "IRC")
 
     def start(router_port: int) -> Callable[[], None]:
-        gateway = irc_thread(address(router_port), args.host, args.irc)
+        gateway = irc_thread(address(router_port), args.host, args.irc, context=context)
         gateway.start()
         return gateway.stop
 

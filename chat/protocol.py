@@ -16,6 +16,7 @@ subscriber is spent once per batch rather than once per line::
 Receivers ignore JSON fields they do not know; that is how the protocol grows without breaking old peers.
 """
 
+import functools
 import re
 import unicodedata
 from typing import Annotated, Any, ClassVar
@@ -658,6 +659,7 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)  # every event's sender is compared with the own name: few names, many events
 def name_key(name: str) -> str:
     """The form under which names are compared: unique case-insensitively."""
     return unicodedata.normalize("NFKC", name).casefold()

@@ -103,6 +103,24 @@ def test_two_sessions_on_one_loop_chat_in_public_and_in_private(broker: Broker) 
     run(test, broker)
 
 
+def test_the_sessions_of_a_host_share_each_published_event_decoded_once(broker: Broker) -> None:
+    """Each session has its own SUB, but what a SUB receives is decoded once for all: the cores get the
+    same event object (which a front end may then encode once for all of them)."""
+
+    async def test(host: SessionHost) -> None:
+        (alice, alice_seen), (bob, bob_seen), (carol, _) = await joined(host, "alice", "bob", "carol")
+        carol.submit("warm-up")  # past the slow joiner: a line published before a SUB is in comes by FETCH
+        await alice_seen.until(said("warm-up"))
+        await bob_seen.until(said("warm-up"))
+        carol.submit("<b>to all</b> \x1b[31m")
+        seen_by_alice = await alice_seen.until(said("<b>to all</b> ^[[31m"))  # neutralised, once
+        seen_by_bob = await bob_seen.until(said("<b>to all</b> ^[[31m"))
+        assert isinstance(seen_by_alice, ev.Public) and isinstance(seen_by_bob, ev.Public)
+        assert seen_by_alice.event is seen_by_bob.event
+
+    run(test, broker)
+
+
 def test_a_new_driver_takes_the_session_back_without_a_gap_or_a_duplicate(broker: Broker) -> None:
     """What a gateway restart does: the page hands back token, history id, last seqs and pending lines."""
 
@@ -130,6 +148,34 @@ def test_a_new_driver_takes_the_session_back_without_a_gap_or_a_duplicate(broker
         assert len(bob_seen.public("one")) == 1  # the broker dropped the resent duplicate
         kinds = [i.event.kind for i in bob_seen.items if isinstance(i, ev.Public) and i.event.name == "alice"]
         assert p.KIND_LEAVE not in kinds and p.KIND_JOIN not in kinds  # taken over, not left and rejoined
+
+    run(test, broker)
+
+
+def test_a_session_taken_back_gets_the_private_messages_after_the_last_one_shown(broker: Broker) -> None:
+    """A private message sent while the gateway was away went to its dead DEALER: the page's
+    ``private_seq`` has the broker send it again on the new session, once; the one shown before is not."""
+
+    def private(text: str) -> Callable[[ev.Show], bool]:
+        return lambda item: isinstance(item, ev.PrivateIn) and item.private.text == text
+
+    async def test(host: SessionHost) -> None:
+        (alice, alice_seen), (bob, bob_seen) = await joined(host, "alice", "bob")
+        bob.submit("/pm alice one")
+        first = await alice_seen.until(private("one"))
+        assert isinstance(first, ev.PrivateIn) and first.private.seq >= 1
+        token, history_id = alice.core.token, alice.core.history_id
+        last = {room: feed.expected - 1 for room, feed in alice.core.feeds.items()}
+        alice.close()  # the gateway died: no goodbye
+        bob.submit("/pm alice two")
+        await bob_seen.until(lambda _: sum(isinstance(i, ev.Acked) for i in bob_seen.items) == 2)  # the broker has it
+        resume = Resume(token, history_id, last, p.DEFAULT_ROOM, private_seq=first.private.seq)
+        again_seen = Seen()
+        host.open("a", again_seen, name="alice", resume=resume)
+        await again_seen.until(private("two"))
+        bob.submit("/pm alice three")
+        await again_seen.until(private("three"))
+        assert [i.private.text for i in again_seen.items if isinstance(i, ev.PrivateIn)] == ["two", "three"]
 
     run(test, broker)
 

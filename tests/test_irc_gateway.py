@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
+import subprocess
 import time
+from pathlib import Path
 from datetime import datetime, timezone
 
 import pytest
@@ -30,12 +33,14 @@ def irc_broker(procs: Processes, *extra: str) -> tuple[Broker, int]:
 class Irc:
     """A raw IRC connection: send lines, wait for lines matching a pattern (with a deadline)."""
 
-    def __init__(self, port: int, receive_buffer: int = 0) -> None:
+    def __init__(self, port: int, receive_buffer: int = 0, tls: ssl.SSLContext | None = None) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if receive_buffer:  # a small window, so that what the client does not read waits in the gateway
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         self.sock.settimeout(WAIT)
         self.sock.connect((HOST, port))
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock)
         self.buffer = b""
         self.seen: list[str] = []
         self.cursor = 0
@@ -285,3 +290,35 @@ def test_a_slow_reader_loses_nothing_and_one_that_never_reads_is_dropped(procs: 
     deaf.closed()  # reset: what waited for it, and the ERROR after it, are thrown away with the connection
     slow.send("PRIVMSG #general :still here")
     bob.expect(said("slow", "still here"))
+
+
+def test_the_gateway_speaks_tls_with_a_certificate_and_says_so(procs: Processes, ircs: list[Irc], tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=30,
+    )
+    broker = procs.broker(5.0, "--rate", "0")
+    gateway = procs.process("-m", "chat.irc", "--host", HOST, "--port", str(broker.port), "--listen", f"{HOST}:0",
+                            "--irc-cert", str(cert), "--irc-key", str(key))
+    port = int(gateway.expect(r"^irc: IRC clients connect to 127\.0\.0\.1:(\d+) \(TLS\)$")[1])
+    trusted = ssl.create_default_context(cafile=str(cert))
+    trusted.check_hostname = False  # the certificate names 127.0.0.1 as its CN only
+    bob = procs.join("bob", broker)
+    alice = Irc(port, tls=trusted)
+    ircs.append(alice)
+    alice.register("alice", caps="")
+    bob.expect(joined("alice"))
+    alice.send("PRIVMSG #general :over tls")
+    bob.expect(said("alice", "over tls"))
+    plain = socket.create_connection((HOST, port), timeout=WAIT)  # no TLS: refused, the gateway goes on
+    plain.sendall(b"NICK eve\r\nUSER e 0 * :e\r\n")
+    plain.settimeout(WAIT)
+    try:
+        assert b" 001 " not in plain.recv(4096)
+    except (ConnectionError, socket.timeout):
+        pass
+    plain.close()
+    bob.send("still served")
+    alice.expect(r"^:bob!bob@lanchat PRIVMSG #general :still served$")

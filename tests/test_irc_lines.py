@@ -132,3 +132,17 @@ def test_shown_nicks_are_valid_and_keep_the_broker_key(name: str) -> None:
     shown = irc.shown_nick(name)
     assert irc.nick_problem(shown) is None
     assert p.name_key(shown) == p.name_key(name)
+
+
+def test_a_room_line_is_written_once_for_every_connection_with_or_without_its_time() -> None:
+    from chat.irc.server import RoomLines
+
+    lines = RoomLines(kept=4)
+    event = p.Event(7, 1_764_772_200_123, p.KIND_ACTION, "x@y", "waves", "#general")
+    timed = lines(event, True)
+    assert lines(event, True) is timed  # the same event object: the same bytes for the next connection
+    assert timed == b"@time=2025-12-03T14:30:00.123Z :x\xef\xbc\xa0y!x\xef\xbc\xa0y@lanchat PRIVMSG #general :\x01ACTION waves\x01\r\n"
+    assert lines(event, False) == b":x\xef\xbc\xa0y!x\xef\xbc\xa0y@lanchat PRIVMSG #general :\x01ACTION waves\x01\r\n"
+    long = p.Event(8, 0, p.KIND_MSG, "bob", "word " * 200, "#general")
+    assert all(len(line) + 2 <= irc.MAX_LINE_BYTES for line in lines(long, False).split(b"\r\n"))
+    assert lines(long, False).count(b"\r\n") > 1  # cut into lines that fit, as Connection.say does

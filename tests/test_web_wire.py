@@ -47,12 +47,38 @@ def test_a_resume_becomes_the_session_hosts_resume_with_lowercase_rooms() -> Non
         "type": "hello", "name": "alice",
         "resume": {"token": "t" * 32, "history_id": "h1", "rooms": {"#Dev": 7, "#general": 3}, "current": "#DEV",
                    "pending": [{"id": "x-1", "kind": "action", "text": "waves", "room": "#Dev"},
-                               {"id": "x-2", "kind": "pm", "text": "psst", "to": "bob"}]},
+                               {"id": "x-2", "kind": "pm", "text": "psst", "to": "bob"}],
+                   "private_seq": 4},
     }))
     assert isinstance(hello, wire.Hello) and hello.resume is not None
     resume = wire.resume_of(hello.resume)
     assert resume.rooms == {"#dev": 7, "#general": 3} and resume.current == "#dev"
     assert resume.pending == [p.Say("x-1", "waves", "#dev", p.KIND_ACTION), p.Pm("x-2", "bob", "psst")]
+    assert resume.private_seq == 4  # the private messages after the 4th come again
+    older_page = wire.parse('{"type": "hello", "resume": {"token": "t", "history_id": "h", "rooms": {"#a": 1}}}')
+    assert isinstance(older_page, wire.Hello) and older_page.resume is not None
+    assert wire.resume_of(older_page.resume).private_seq == -1  # not known: none comes again
+
+
+def test_a_private_message_tells_the_page_its_number_to_resume_from() -> None:
+    private = p.Private("bob", "alice", "psst", 1000, seq=3)
+    assert wire.shown(ev.PrivateIn(private), "#general") == {
+        "type": "private", "name": "bob", "to": "alice", "text": "psst", "ts": 1000, "seq": 3}
+
+
+def test_an_events_json_is_encoded_once_for_every_tab_and_a_batch_is_one_array() -> None:
+    encoded = wire.PublicJSON(kept=2)
+    event = p.Event(4, 1000, p.KIND_MSG, "bob", "<b>hi</b>", "#dev")
+    first = encoded(event)
+    assert encoded(event) is first  # the same event object: the same bytes, not encoded again
+    assert json.loads(first) == wire.public(event)
+    twin = p.Event(4, 1000, p.KIND_MSG, "bob", "<b>hi</b>", "#dev")
+    assert encoded(twin) == first and encoded(twin) is not first  # known by identity, not by value
+    for n in range(5):
+        encoded(p.Event(n, 1000, p.KIND_MSG, "bob", str(n), "#dev"))
+    assert len(encoded._encoded) == 2  # bounded
+    batch = wire.joined([first, wire.encode_one(wire.error("bad_json", "x"))])
+    assert json.loads(batch) == [wire.public(event), wire.error("bad_json", "x")]
 
 
 def test_what_the_core_shows_becomes_json_the_page_reads() -> None:
@@ -106,7 +132,7 @@ class FakeHost:
         return self.session
 
 
-async def _nothing(_: str) -> None:
+async def _nothing(_: bytes) -> None:
     pass
 
 
@@ -114,8 +140,13 @@ def tab_with(host: FakeHost) -> Tab:
     return Tab(host, "192.0.2.9", _nothing)  # type: ignore[arg-type]
 
 
+def sent(tab: Tab) -> list[dict[str, Any]]:
+    """What waits to go to the browser, as the page will read it."""
+    return [json.loads(m) for m in tab.outbox]
+
+
 def sent_types(tab: Tab) -> list[str]:
-    return [m["type"] for m in tab.outbox]
+    return [m["type"] for m in sent(tab)]
 
 
 @pytest.fixture
@@ -131,7 +162,7 @@ def test_a_tab_maps_its_requests_onto_its_session(loop: Any) -> None:
     host = FakeHost()
     tab = tab_with(host)
     tab.receive('{"type": "line", "text": "too early"}')
-    assert sent_types(tab) == ["error"] and tab.outbox[0]["code"] == wire.NOT_YET
+    assert sent_types(tab) == ["error"] and sent(tab)[0]["code"] == wire.NOT_YET
     tab.receive('{"type": "hello", "name": "alice", "room": "#dev"}')
     assert host.opened == [{"address": "192.0.2.9", "name": "alice", "room": "#dev", "resume": None, "on_exit": tab.ended}]
     session = host.session
@@ -145,7 +176,7 @@ def test_a_tab_maps_its_requests_onto_its_session(loop: Any) -> None:
     assert session.typed == ["in dev", "/pm bob psst", "/who", "elsewhere", "/history 30", "/who #dev"]
     assert session.focused == ["#DEV", "", "", "#notmine", "#general"] and session.left
     tab.receive('{"type": "hello", "name": "again"}')
-    assert tab.outbox[-1]["code"] == wire.BAD_TYPE and len(host.opened) == 1
+    assert sent(tab)[-1]["code"] == wire.BAD_TYPE and len(host.opened) == 1
 
 
 def test_a_tab_answers_bad_input_and_floods_with_errors_and_its_session_goes_on(loop: Any) -> None:
@@ -159,13 +190,13 @@ def test_a_tab_answers_bad_input_and_floods_with_errors_and_its_session_goes_on(
     for n in range(BURST + 5):
         tab.receive(json.dumps({"type": "line", "text": f"line {n}"}))
     assert len(host.session.typed) < BURST + 5
-    assert tab.outbox and all(m["code"] == wire.RATE_LIMITED for m in tab.outbox)
+    assert sent(tab) and all(m["code"] == wire.RATE_LIMITED for m in sent(tab))
 
 
 def test_a_full_gateway_says_so(loop: Any) -> None:
     tab = tab_with(FakeHost(full=True))
     tab.receive('{"type": "hello", "name": "alice"}')
-    assert tab.outbox == [wire.error(wire.FULL, "full up")] and tab.session is None
+    assert sent(tab) == [wire.error(wire.FULL, "full up")] and tab.session is None
 
 
 def test_the_page_is_told_the_session_to_keep_once_connected(loop: Any) -> None:
@@ -173,5 +204,5 @@ def test_the_page_is_told_the_session_to_keep_once_connected(loop: Any) -> None:
     tab = tab_with(host)
     tab.receive('{"type": "hello", "name": "alice"}')
     tab.show(ev.Status("connected", "alice"))
-    assert tab.outbox[-2:] == [{"type": "status", "state": "connected", "name": "alice"},
+    assert sent(tab)[-2:] == [{"type": "status", "state": "connected", "name": "alice"},
                                {"type": "session", "token": "tok", "history_id": "hist"}]

@@ -23,6 +23,8 @@ from chat.bench.latency import run_latency
 from chat.bench.procs import REPO, BenchError
 from chat.bench.scale import BROKER_FDS_PER_CLIENT, FD_SLACK, run_scale
 from chat.bench.targets import FANOUT_DEFAULT, HISTORY_ACK, TARGETS, Target
+from chat.bench.web import WebLoad, run_web
+from chat.bench.web import text as web_text
 
 QUICK = {  # a smoke run of every workload in a few seconds (CI)
     "lines": 1000,
@@ -35,6 +37,11 @@ QUICK = {  # a smoke run of every workload in a few seconds (CI)
     "file_mb": 2,
     "file_chat_clients": 2,
     "file_chat_seconds": 1.0,
+    "web_clients": 4,
+    "web_direct_clients": 2,
+    "web_senders": 2,
+    "web_rate": 20.0,
+    "web_seconds": 1.0,
 }
 
 
@@ -107,6 +114,14 @@ def parser() -> argparse.ArgumentParser:
     fi.add_argument("--file-chat-seconds", type=pos_float, default=20.0,
                     help="each chat run: without, then during transfers (default %(default)g)")
     fi.add_argument("--skip-files", action="store_true")
+    web = ap.add_argument_group("6. web gateway: WebSocket users against direct users in one run")
+    web.add_argument("--web-clients", type=pos_int, default=WebLoad.web_clients, help="default %(default)s")
+    web.add_argument("--web-direct-clients", type=pos_int, default=WebLoad.direct_clients, help="default %(default)s")
+    web.add_argument("--web-senders", type=pos_int, default=WebLoad.senders, help="default %(default)s")
+    web.add_argument("--web-rate", type=pos_float, default=WebLoad.rate,
+                     help="lines a second, all senders (default %(default)g)")
+    web.add_argument("--web-seconds", type=pos_float, default=WebLoad.seconds, help="default %(default)g")
+    web.add_argument("--skip-web", action="store_true")
     ap.add_argument("--quick", action="store_true", help="a small smoke run of every workload (a few seconds)")
     ap.add_argument("--run-timeout", type=pos_float, default=120.0,
                     help="seconds one timed run may take before it is cut short (default %(default)g)")
@@ -214,6 +229,14 @@ def main(argv: list[str] | None = None) -> int:
                     lambda: run_files(opts, tmp),
                     {"workload": "files", "target": "broker"},
                 )
+            if not opts.skip_web:
+                load = WebLoad(opts.web_clients, opts.web_direct_clients, opts.web_senders, opts.web_rate,
+                               opts.web_seconds)
+                results["web"] = attempt(
+                    f"web gateway, {load.web_clients} WebSocket and {load.direct_clients} direct clients",
+                    lambda: {"workload": "web", "target": "gateway", **run_web(load)},
+                    {"workload": "web", "target": "gateway"},
+                )
     except KeyboardInterrupt:
         say("bench: interrupted; every process started has been ended")
         results["interrupted"] = True
@@ -258,6 +281,9 @@ def render(results: dict[str, Any], opts: argparse.Namespace) -> str:
             f"\n5. FILES: a {opts.file_mb} MB file up and down through client.py while {opts.file_chat_clients} clients "
             f"chat at {opts.file_chat_rate:g} lines/s\n" + files_table(results["files"])
         )
+    if "web" in results:
+        row = results["web"]
+        parts.append("\n6. WEB GATEWAY: " + (f"FAILED: {row['failure']}" if "failure" in row else web_text(row)))
     parts.append("\nTARGETS (2-core machine, ratios from this run):\n" + report.targets_text(results["targets"]))
     loss = sum(r.get("loss", 0) for r in [*results.get("fanout", []), *results.get("latency", [])])
     parts.append(f"\nLOSS: {loss} in total" + (" (every run: 0)" if loss == 0 else " - SOME RUN LOST LINES"))

@@ -89,7 +89,7 @@ def start(argv: list[str], stack: ExitStack, ready: str) -> tuple[subprocess.Pop
 def ours(stack: ExitStack) -> tuple[int, int]:
     """broker.py and python -m chat.irc: (IRC port, the gateway's PID)."""
     _, line = start([sys.executable, "broker.py", "--host", HOST, "--port", "0", "--pub-port", "0", "--db", ":memory:",
-                     "--rate", "0"], stack, r"listening on tcp://")
+                     "--rate", "0", "--max-per-address", "0", "--join-rate", "0"], stack, r"listening on tcp://")
     router = re.search(r"tcp://127\.0\.0\.1:(\d+) \(ROUTER", line)
     assert router
     gateway, line = start([sys.executable, "-m", "chat.irc", "--host", HOST, "--port", router[1], "--listen", f"{HOST}:0",

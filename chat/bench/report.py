@@ -209,6 +209,13 @@ def problems(results: dict[str, Any]) -> list[str]:
         for key in ("join_errors", "idle_errors", "dropped_while_idle"):
             if sc.get(key):
                 found.append(f"scale: {key} {sc[key]}")
+    web = results.get("web")
+    if web:
+        if _failed(web):
+            found.append("web: failed")
+        for key in ("web_lost", "direct_lost", "duplicates", "disorder", "refused"):
+            if web.get(key):
+                found.append(f"web: {key} {web[key]}")
     return found
 
 

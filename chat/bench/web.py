@@ -1,4 +1,5 @@
-"""Workload 5: web users against direct users, in one run (``python -m chat.bench.web``).
+"""Workload 6: web users against direct users, in one run (part of ``python -m chat.bench``; alone:
+``python -m chat.bench.web``).
 
 A broker (``broker.py``) and a web gateway (``python -m chat.web``) run as processes. W WebSocket
 clients (in a few load processes, aiohttp) join through the gateway, D direct clients (client-core
@@ -24,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ import zmq.asyncio
 
 from chat import protocol as p
 from chat.bench.load import percentiles
-from chat.bench.procs import REPO, cpu_seconds, memory_kib
+from chat.bench.procs import REPO, BenchError, cpu_seconds, memory_kib
 from chat.client import events as ev
 from chat.client.host import BrokerAddress, SessionHost
 
@@ -136,10 +138,10 @@ def start(args: list[str], pattern: str) -> tuple[subprocess.Popen[str], re.Matc
     for line in proc.stdout:
         if match := re.search(pattern, line):
             return proc, match
-    raise RuntimeError(f"{args} ended without printing {pattern!r}")
+    raise BenchError(f"{args} ended without printing {pattern!r}")
 
 
-async def drive(opts: argparse.Namespace, broker_port: int, gateway_pid: int, url: str) -> dict[str, Any]:
+async def drive(opts: WebLoad, broker_port: int, gateway_pid: int, url: str) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     lines = int(opts.rate * opts.seconds)
@@ -174,7 +176,7 @@ async def drive(opts: argparse.Namespace, broker_port: int, gateway_pid: int, ur
         for sock in senders:
             reply = await asyncio.wait_for(sock.recv_multipart(), START_TIMEOUT)
             if reply[1] != p.Welcome.TYPE:
-                raise RuntimeError(f"a sender was not welcomed: {reply}")
+                raise BenchError(f"a sender was not welcomed: {reply}")
         acks = {"n": 0, "refused": 0}
 
         async def read_acks(sock: zmq.asyncio.Socket) -> None:
@@ -251,22 +253,25 @@ async def drive(opts: argparse.Namespace, broker_port: int, gateway_pid: int, ur
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m chat.bench.web", description=__doc__.splitlines()[0])
-    ap.add_argument("--web-clients", type=int, default=200)
-    ap.add_argument("--direct-clients", type=int, default=10)
-    ap.add_argument("--senders", type=int, default=50)
-    ap.add_argument("--rate", type=float, default=500.0, help="lines a second, all senders (default %(default)g)")
-    ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--json", type=Path, default=Path("bench-web.json"))
-    opts = ap.parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so that the finally block below ends the broker and the gateway.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+@dataclass(frozen=True)
+class WebLoad:
+    """The workload: who joins where, and how much is said."""
+
+    web_clients: int = 200
+    direct_clients: int = 10
+    senders: int = 50
+    rate: float = 500.0  # lines a second, all senders
+    seconds: float = 10.0
+
+
+def run_web(opts: WebLoad) -> dict[str, Any]:
+    """One run: a broker and a web gateway as processes, the load, and every process ended after."""
     procs: list[subprocess.Popen[str]] = []
     try:
         broker, listening = start(
             ["broker.py", "--host", HOST, "--port", "0", "--pub-port", "0", "--db", ":memory:", "--rate", "0",
-             "--pub-hwm", "0", "--timeout", "60", "--max-sessions", "100000"],
+             "--pub-hwm", "0", "--timeout", "60", "--max-sessions", "100000", "--max-per-address", "0",
+             "--join-rate", "0"],
             r"listening on tcp://[^:]+:(\d+)",
         )
         procs.append(broker)
@@ -277,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         procs.append(gateway)
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
-        result = asyncio.run(drive(opts, int(listening[1]), gateway.pid, web[1]))
+        return asyncio.run(drive(opts, int(listening[1]), gateway.pid, web[1]))
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -286,18 +291,46 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    opts.json.write_text(json.dumps(result, indent=2))
+
+
+def losses(result: dict[str, Any]) -> int:
+    """Everything that should be 0: lines lost, duplicated, out of order, or refused by the broker."""
+    return sum(result[k] for k in ("web_lost", "direct_lost", "duplicates", "disorder", "refused"))
+
+
+def text(result: dict[str, Any]) -> str:
     w, d = result["web_ms"], result["direct_ms"]
-    print(f"web client latency: {opts.web_clients} WebSocket clients and {opts.direct_clients} direct clients, "
-          f"{opts.senders} senders, {opts.rate:g} lines/s for {opts.seconds:g} s ({result['lines']} lines)")
-    print(f"  web     p50 {w['p50']:8.1f} ms  p99 {w['p99']:8.1f} ms  max {w['max']:8.1f} ms  lost {result['web_lost']}")
-    print(f"  direct  p50 {d['p50']:8.1f} ms  p99 {d['p99']:8.1f} ms  max {d['max']:8.1f} ms  lost {result['direct_lost']}")
-    print(f"  duplicates {result['duplicates']}, out of order {result['disorder']}, refused {result['refused']}")
-    print(f"  gateway: {result['gateway_cpu_us_per_web_delivery']:.1f} us CPU per web delivery "
-          f"({result['gateway_cpu_percent']:.0f}% of a core over the {result['run_seconds']:.1f} s until the last delivery), {result['gateway_kib_per_web_session']:.0f} KiB per web session")
-    print(f"  send lag p99 {result['send_lag_ms']['p99']:.1f} ms; details in {opts.json}")
-    lost = result["web_lost"] + result["direct_lost"] + result["duplicates"] + result["disorder"] + result["refused"]
-    return 1 if lost else 0
+    ratio = w["p99"] / d["p99"] if d["p99"] > 0 else float("inf")
+    return "\n".join([
+        f"{result['web_clients']} WebSocket clients and {result['direct_clients']} direct clients, "
+        f"{result['senders']} senders, {result['rate']:g} lines/s for {result['seconds']:g} s ({result['lines']} lines)",
+        f"  web     p50 {w['p50']:8.1f} ms  p99 {w['p99']:8.1f} ms  max {w['max']:8.1f} ms  lost {result['web_lost']}",
+        f"  direct  p50 {d['p50']:8.1f} ms  p99 {d['p99']:8.1f} ms  max {d['max']:8.1f} ms  lost {result['direct_lost']}",
+        f"  web p99 / direct p99: {ratio:.1f}x (goal: 2x at most)",
+        f"  duplicates {result['duplicates']}, out of order {result['disorder']}, refused {result['refused']}",
+        f"  gateway: {result['gateway_cpu_us_per_web_delivery']:.1f} us CPU per web delivery "
+        f"({result['gateway_cpu_percent']:.0f}% of a core over the {result['run_seconds']:.1f} s until the last "
+        f"delivery), {result['gateway_kib_per_web_session']:.0f} KiB per web session (goal: 200 at most)",
+        f"  send lag p99 {result['send_lag_ms']['p99']:.1f} ms",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m chat.bench.web", description=__doc__.splitlines()[0])
+    ap.add_argument("--web-clients", type=int, default=WebLoad.web_clients)
+    ap.add_argument("--direct-clients", type=int, default=WebLoad.direct_clients)
+    ap.add_argument("--senders", type=int, default=WebLoad.senders)
+    ap.add_argument("--rate", type=float, default=WebLoad.rate, help="lines a second, all senders (default %(default)g)")
+    ap.add_argument("--seconds", type=float, default=WebLoad.seconds)
+    ap.add_argument("--json", type=Path, default=Path("bench-web.json"))
+    opts = ap.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so that run_web's finally block ends the broker and the gateway.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    result = run_web(WebLoad(opts.web_clients, opts.direct_clients, opts.senders, opts.rate, opts.seconds))
+    opts.json.write_text(json.dumps(result, indent=2))
+    print("web client latency: " + text(result))
+    print(f"details in {opts.json}")
+    return 1 if losses(result) else 0
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ The same ``ClientCore`` as the thread driver (``chat.client.net``), and the same
 (``chat.client.driver``); only the waiting differs. Each socket has a reader task, and one timer per
 session calls the core's ``tick`` when ``next_wakeup`` says. Front ends call ``submit`` on the loop's
 thread; ``show`` is called there too, synchronously, so a front end only queues what it shows.
+
+What the sessions of one gateway share sits between their SUBs and their cores: a ``SharedDecoder``
+decodes each published message once for all the sessions that receive it (every session still has
+its own SUB, and its core its own order, gaps and refills).
 """
 
 from __future__ import annotations
@@ -19,12 +23,34 @@ from zmq.utils.monitor import parse_monitor_message
 
 from chat import protocol as p
 from chat.client import events as ev
-from chat.client.core import ClientCore
+from chat.client.core import ClientCore, published_events
 from chat.client.driver import ClientCurve, CoreDriver
 
 TIMER_SLACK = 0.0005  # seconds: a wake-up this close to the one already set is not set again
-DRAIN_BATCH = 1000  # messages handled from one socket before the loop turns to the others
+DRAIN_BATCH = 200  # messages handled from one socket before the loop turns to the others (and the writers)
 MAX_DEFERRED = 64  # HISTORY answers kept while the SUB is held (the core asks again for what is dropped)
+DECODED_KEPT = 4096  # published messages a SharedDecoder remembers: sessions that lag further decode again
+
+
+class SharedDecoder:
+    """``chat.client.core.published_events`` once per published message for every session of a process.
+
+    The sessions of a gateway subscribe to the same rooms, so each of their SUBs receives the same
+    frames: the first one decodes them, the others get the same (immutable) events. A malformed
+    message is not remembered: it raises for every session, as ``published_events`` does."""
+
+    def __init__(self, kept: int = DECODED_KEPT) -> None:
+        self.kept = kept
+        self._decoded: dict[tuple[bytes, ...], list[p.Event]] = {}
+
+    def __call__(self, frames: list[bytes]) -> list[p.Event]:
+        key = tuple(frames)
+        events = self._decoded.get(key)
+        if events is None:
+            events = self._decoded[key] = published_events(frames)
+            if len(self._decoded) > self.kept:
+                del self._decoded[next(iter(self._decoded))]  # the oldest: dicts keep their order
+        return events
 
 
 class AsyncConnection(CoreDriver):
@@ -40,8 +66,10 @@ class AsyncConnection(CoreDriver):
         ctx: zmq.asyncio.Context,
         curve: ClientCurve | None = None,
         clock: Callable[[], float] = time.monotonic,
+        decode: Callable[[list[bytes]], list[p.Event]] = published_events,
     ) -> None:
         super().__init__(core, host, port, show, curve=curve, ctx=ctx, clock=clock)
+        self.decode = decode
         self._loop = asyncio.get_running_loop()
         self._readers: dict[zmq.Socket, asyncio.Task[None]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -133,6 +161,13 @@ class AsyncConnection(CoreDriver):
                     frames = queued.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
+            else:
+                # A full batch: give the other sessions and the front end's writers their turn. (The
+                # await above does not: a message already queued makes its future done at once.)
+                self._after()
+                await asyncio.sleep(0)
+                continue
+            self._after()  # once a batch, not once a line: the core's wake-up moves little meanwhile
 
     def _handle(self, sock: zmq.Socket, frames: list[bytes]) -> None:
         now = self.clock()
@@ -143,7 +178,9 @@ class AsyncConnection(CoreDriver):
                 return
             self._step(self.core.on_direct(frames, now))
         elif sock is self.sub:
-            self._step(self.core.on_published(frames, now))
+            self._apply(self.core.on_published(frames, now, self.decode))
+            if self.exit is not None:
+                self.close()
         elif sock is self.monitor:
             event = parse_monitor_message(frames)
             self._monitor_event(int(event["event"]), int(event["value"]))

@@ -18,7 +18,7 @@ import secrets
 from collections import OrderedDict, deque
 from datetime import datetime
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import msgspec
 
@@ -84,6 +84,12 @@ def split_text(text: str, limit: int = p.MAX_TEXT_CHARS) -> list[str]:
             text = text[limit:]
     pieces.append(text)
     return [piece for piece in pieces if piece]
+
+
+def published_events(frames: list[bytes]) -> list[p.Event]:
+    """The events of a published message as a client takes them: decoded, every text neutralised. One
+    function of the frames alone, so that a gateway's sessions can share its result."""
+    return [p.neutralised(event) for event in p.decode_events(frames)]
 
 
 class ClientCore:
@@ -288,10 +294,13 @@ class ClientCore:
             return self._room_list(message)
         return []  # pragma: no cover - decode_broker returns only the types above
 
-    def on_published(self, frames: list[bytes], now: float) -> list[ev.Action]:
-        """Frames received on the SUB."""
+    def on_published(
+        self, frames: list[bytes], now: float, decode: Callable[[list[bytes]], list[p.Event]] | None = None
+    ) -> list[ev.Action]:
+        """Frames received on the SUB. ``decode`` may be a shared one (a gateway decodes each published
+        message once for all its sessions: ``chat.client.aio.SharedDecoder``)."""
         try:
-            events = [p.neutralised(event) for event in p.decode_events(frames)]
+            events = (decode or published_events)(frames)
         except RemoteProtocolError as exc:
             return [ev.Notice(f"ignored a malformed event ({p.neutralise(str(exc))})", "error")]
         actions: list[ev.Action] = []

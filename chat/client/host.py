@@ -18,7 +18,7 @@ import zmq.asyncio
 
 from chat import protocol as p
 from chat.client import events as ev
-from chat.client.aio import AsyncConnection
+from chat.client.aio import AsyncConnection, SharedDecoder
 from chat.client.core import ClientCore, Outgoing
 from chat.client.driver import ClientCurve
 from chat.errors import ChatError
@@ -50,6 +50,7 @@ class Resume:
     rooms: dict[str, int]  # room -> the last sequence number shown there
     current: str = ""
     pending: list[Outgoing] = field(default_factory=list)  # sent, never acknowledged
+    private_seq: int = -1  # the seq of the last private message shown; -1: not known (none is sent again)
 
 
 class Session:
@@ -105,6 +106,7 @@ class SessionHost:
         self.ctx = ctx or zmq.asyncio.Context()
         self._own_ctx = ctx is None
         self.sessions: set[Session] = set()
+        self.decode = SharedDecoder()  # each published message decoded once for all the sessions
         self._by_address: Counter[str] = Counter()
 
     def open(
@@ -125,8 +127,12 @@ class SessionHost:
         # local_files=False: a /send or /get from a browser or an IRC client must not touch this machine's disk.
         core = ClientCore(name or None, interactive=True, history_lines=self.history_lines, room=room, local_files=False)
         if resume is not None:
-            core.carry_on(resume.token, resume.history_id, resume.rooms, resume.current, resume.pending)
-        conn = AsyncConnection(core, self.broker.host, self.broker.port, show, ctx=self.ctx, curve=self.broker.curve)
+            core.carry_on(
+                resume.token, resume.history_id, resume.rooms, resume.current, resume.pending, resume.private_seq
+            )
+        conn = AsyncConnection(
+            core, self.broker.host, self.broker.port, show, ctx=self.ctx, curve=self.broker.curve, decode=self.decode
+        )
         session = Session(self, address, conn)
         self.sessions.add(session)
         self._by_address[address] += 1

@@ -11,7 +11,7 @@ from chat.client.host import HISTORY_LINES, MAX_SESSIONS, MAX_SESSIONS_PER_ADDRE
 from chat.irc.run import IRC_KEY, serve
 from chat.irc.server import PING_INTERVAL, PING_TIMEOUT, SEND_QUEUE, SLOW_TIMEOUT, Limits
 from chat.keys import KeyFileError, default_key_dir, ensure_keypair, parse_public_key
-from chat.web.run import listen_address
+from chat.web.run import listen_address, tls_context
 
 DEFAULT_BROKER_PORT = 5555
 
@@ -42,12 +42,18 @@ def parser() -> argparse.ArgumentParser:
                         help="the broker runs --secure: its public key (write --server-key=KEY)")
     parser.add_argument("--key-dir", type=Path, default=None,
                         help=f"where the gateway's key pair ({IRC_KEY}) is kept (default {default_key_dir()})")
+    parser.add_argument("--irc-cert", type=Path, help="IRC over TLS: the certificate (PEM)")
+    parser.add_argument("--irc-key", type=Path, help="IRC over TLS: the certificate's private key (PEM)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     curve = None
+    try:
+        context = tls_context(args.irc_cert, args.irc_key, "--irc")
+    except (OSError, ValueError) as exc:
+        parser().error(str(exc))
     if args.server_key:
         try:
             public, secret, created = ensure_keypair(args.key_dir or default_key_dir(), IRC_KEY)
@@ -58,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"irc: made the gateway's key pair; public key {public.decode()}", file=sys.stderr)
     host, port = args.listen
     return serve(BrokerAddress(args.host, args.port, curve), host, port, history_lines=args.history,
-                 max_sessions=args.max_sessions, per_address=args.max_per_address,
+                 max_sessions=args.max_sessions, per_address=args.max_per_address, ssl_context=context,
                  limits=Limits(args.ping_interval, args.ping_timeout, args.send_queue, args.slow_timeout))
 
 

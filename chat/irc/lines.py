@@ -12,6 +12,7 @@ parameter, CR, LF or NUL anywhere.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -185,6 +186,7 @@ def split_text(text: str, budget: int) -> list[str]:
     return pieces
 
 
+@functools.lru_cache(maxsize=1024)  # the same time stamp goes to every client in the room
 def server_time(ts_ms: int) -> str:
     """IRCv3 ``server-time``: ``2026-12-03T14:30:00.123Z`` for the broker's milliseconds."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_ms // 1000)) + f".{ts_ms % 1000:03d}Z"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -42,12 +43,49 @@ ISUPPORT = (
     f"TOPICLEN={p.MAX_TOPIC_CHARS}", "PREFIX=()", "CHANMODES=,,,", f"MAXTARGETS=4", "NETWORK=lanchat", "UTF8ONLY",
 )
 QUIT_REASONS = {p.LEFT_QUIT: "Quit", p.LEFT_TIMEOUT: "Ping timeout"}
+ENCODED_KEPT = 4096  # room lines whose IRC form is kept for the other connections that get them
 
 log = logging.getLogger(__name__)
 
 
 def mask(nick: str) -> str:
     return f"{nick}!{nick}@{SERVER}"
+
+
+def said(source: str, command: str, target: str, text: str, tags: dict[str, str]) -> list[Line]:
+    """PRIVMSG (or NOTICE) from ``source``, cut into lines that fit in 512 bytes; CTCP ACTION kept
+    around each piece."""
+    action = text.startswith(irc.CTCP)
+    body = text[len("\x01ACTION "):-1] if action else text
+    room = irc.MAX_LINE_BYTES - len(f":{mask(source)} {command} {target} :\x01ACTION \x01\r\n".encode())
+    return [
+        Line(command, (target, f"\x01ACTION {piece}\x01" if action else piece), mask(source), tags)
+        for piece in irc.split_text(body, room)
+    ]
+
+
+class RoomLines:
+    """A live line of a room as IRC bytes, written once for every connection in the room: the sessions
+    of a gateway share their decoded events (``chat.client.aio.SharedDecoder``), so the same event
+    object comes to each of them. Two forms: with the ``time`` tag (server-time or message-tags asked
+    for) and without. Known by identity; the event is kept with it, so that its id is not reused."""
+
+    def __init__(self, kept: int = ENCODED_KEPT) -> None:
+        self.kept = kept
+        self._encoded: dict[tuple[int, bool], tuple[p.Event, bytes]] = {}
+
+    def __call__(self, event: p.Event, timed: bool) -> bytes:
+        key = (id(event), timed)
+        known = self._encoded.get(key)
+        if known is not None and known[0] is event:
+            return known[1]
+        text = f"\x01ACTION {event.text}\x01" if event.kind == p.KIND_ACTION else event.text
+        tags = {"time": irc.server_time(event.ts)} if timed else {}
+        encoded = b"".join(line.encode() for line in said(irc.shown_nick(event.name), "PRIVMSG", event.room, text, tags))
+        self._encoded[key] = (event, encoded)
+        if len(self._encoded) > self.kept:
+            del self._encoded[next(iter(self._encoded))]
+        return encoded
 
 
 @dataclass(frozen=True)
@@ -74,8 +112,9 @@ class Connection:
     """One IRC client: its stream, its broker session, and what it asked that the broker will answer."""
 
     def __init__(self, host: SessionHost, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 limits: Limits = Limits()) -> None:
+                 limits: Limits = Limits(), room_lines: RoomLines | None = None) -> None:
         self.host = host
+        self.room_lines = room_lines or RoomLines()
         self.reader = reader
         self.writer = writer
         peer = writer.get_extra_info("peername")
@@ -96,6 +135,8 @@ class Connection:
         self.slow_since: float | None = None
         self.batches = 0
         self._history: dict[str, list[tuple[str, str, int]]] = {}
+        self._out: list[bytes] = []  # lines written in this turn of the loop, sent together at its end
+        self._out_bytes = 0
         self._naming: set[str] = set()  # rooms just joined whose NAMES have not come: playback waits  # room -> playback waiting for the end of its reply
 
     # ------------------------------------------------------------------ writing
@@ -107,8 +148,28 @@ class Connection:
             line = Line(line.command, line.params, line.source)
         elif "message-tags" not in self.caps:
             line = Line(line.command, line.params, line.source, {k: v for k, v in line.tags.items() if k in ("time", "batch")})
-        self.writer.write(line.encode())
-        self._watch_backlog()
+        self._write(line.encode())
+
+    def _write(self, data: bytes) -> None:
+        """Queue ``data`` for the end of this turn of the loop: one write (one send to the kernel) per
+        connection and turn, however many lines the turn brought; at once past ``send_queue``, so that a
+        slow reader's SUB is held before the turn has queued more for it."""
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes > self.limits.send_queue:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._out:
+            return
+        data, self._out, self._out_bytes = b"".join(self._out), [], 0
+        if self.closing or self.writer.is_closing():
+            return
+        behind = self.writer.transport.get_write_buffer_size()
+        self.writer.write(data)
+        self._watch_backlog(behind)
 
     @property
     def client(self) -> str:
@@ -126,18 +187,16 @@ class Connection:
         tags = {"time": irc.server_time(ts)} if ts is not None else {}
         if batch:
             tags["batch"] = batch
-        action = text.startswith(irc.CTCP)
-        body = text[len("\x01ACTION "):-1] if action else text
-        room = irc.MAX_LINE_BYTES - len(f":{mask(source)} {command} {target} :\x01ACTION \x01\r\n".encode())
-        for piece in irc.split_text(body, room):
-            self.send(Line(command, (target, f"\x01ACTION {piece}\x01" if action else piece), mask(source), tags))
+        for line in said(source, command, target, text, tags):
+            self.send(line)
 
-    def _watch_backlog(self) -> None:
+    def _watch_backlog(self, behind: int) -> None:
         """A slow reader: stop taking from its SUB above ``send_queue`` (libzmq queues, and drops past
         its high-water mark; the core fetches what it missed once reading goes on); drop a client that
-        reads nothing at all."""
+        reads nothing at all: one that was ``behind`` by the limit already before this turn's lines (a
+        turn brings at most a batch of the SUB or one history answer, so what waits stays bounded)."""
         waiting = self.writer.transport.get_write_buffer_size()
-        if waiting > self.limits.send_queue * WRITE_LIMIT_FACTOR:
+        if behind > self.limits.send_queue * WRITE_LIMIT_FACTOR:
             self.drop("SendQ exceeded")
         elif waiting > self.limits.send_queue and self.slow_since is None:
             self.slow_since = time.monotonic()
@@ -159,6 +218,9 @@ class Connection:
         goodbye, so that the broker says it timed out; otherwise it leaves once its lines are delivered."""
         if self.closing:
             return
+        self._flush()  # what was written before the ERROR
+        if self.closing:
+            return  # the flush found the reader hopelessly behind, and dropped it
         try:
             self.writer.write(Line("ERROR", (f"Closing link: {reason}",)).encode())
         except (ConnectionError, RuntimeError):
@@ -516,8 +578,9 @@ class Connection:
             return
         tags = {"time": irc.server_time(event.ts)}
         members = self.channels.get(room)
-        if event.kind in (p.KIND_MSG, p.KIND_ACTION):
-            self.say(nick, "PRIVMSG", room, f"\x01ACTION {event.text}\x01" if event.kind == p.KIND_ACTION else event.text, event.ts)
+        if event.kind in (p.KIND_MSG, p.KIND_ACTION):  # nearly everything under load: written once for all
+            if not self.closing and not self.writer.is_closing():
+                self._write(self.room_lines(event, "server-time" in self.caps or "message-tags" in self.caps))
         elif event.kind in (p.KIND_JOIN, p.KIND_ENTER):
             if members is not None:
                 members.add(key)
@@ -691,13 +754,16 @@ async def run_gateway(
     limits: Limits = Limits(),
     max_sessions: int = MAX_SESSIONS,
     per_address: int = MAX_SESSIONS_PER_ADDRESS,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
-    """Serve IRC clients until ``stop`` is set; ``ready`` gets the address and port once it listens."""
+    """Serve IRC clients until ``stop`` is set (over TLS with ``ssl_context``); ``ready`` gets the
+    address and port once it listens."""
     host = SessionHost(broker, history_lines=history_lines, max_sessions=max_sessions, per_address=per_address)
     connections: set[asyncio.Task[None]] = set()
+    room_lines = RoomLines()
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = Connection(host, reader, writer, limits)
+        connection = Connection(host, reader, writer, limits, room_lines)
         task = asyncio.current_task()
         assert task is not None
         connections.add(task)
@@ -709,7 +775,7 @@ async def run_gateway(
         finally:
             connections.discard(task)
 
-    server = await asyncio.start_server(accept, listen_host, listen_port, limit=READ_CHUNK)
+    server = await asyncio.start_server(accept, listen_host, listen_port, limit=READ_CHUNK, ssl=ssl_context)
     try:
         port = server.sockets[0].getsockname()[1]
         ready(listen_host, port)

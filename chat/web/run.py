@@ -29,12 +29,13 @@ def listen_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
-    """HTTPS and WSS between browsers and the gateway, from a certificate and its key (PEM files)."""
+def tls_context(cert: Path | None, key: Path | None, flags: str = "--web") -> ssl.SSLContext | None:
+    """TLS for a gateway's listener (HTTPS and WSS for browsers, TLS for IRC clients), from a
+    certificate and its key (PEM files), given as ``{flags}-cert`` and ``{flags}-key``."""
     if cert is None and key is None:
         return None
     if cert is None or key is None:
-        raise ValueError("give both --web-cert and --web-key")
+        raise ValueError(f"give both {flags}-cert and {flags}-key")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     return context

@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
+from chat import protocol as p
 from chat.client import events as ev
 from chat.client.host import MAX_SESSIONS, MAX_SESSIONS_PER_ADDRESS, BrokerAddress, Session, SessionHost, SessionLimit
 from chat.web import wire
@@ -54,12 +55,19 @@ class Bucket:
 class Tab:
     """One browser tab: its WebSocket, its session, and what waits to be sent to it."""
 
-    def __init__(self, host: SessionHost, address: str, send: Callable[[str], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        host: SessionHost,
+        address: str,
+        send: Callable[[bytes], Awaitable[None]],
+        public: Callable[[p.Event], bytes] | None = None,
+    ) -> None:
         self.host = host
         self.address = address
         self._send = send
+        self._public = public or wire.PublicJSON()
         self.session: Session | None = None
-        self.outbox: list[dict[str, Any]] = []
+        self.outbox: list[bytes] = []  # encoded JSON messages, sent as one array
         self.wake = asyncio.Event()
         self.bucket = Bucket(RATE, BURST)
         self.overflowed = False
@@ -68,15 +76,21 @@ class Tab:
     # ------------------------------------------------------------------ to the browser
 
     def put(self, message: dict[str, Any]) -> None:
+        self._put(wire.encode_one(message))
+
+    def _put(self, encoded: bytes) -> None:
         if len(self.outbox) >= MAX_QUEUED:
             self.overflowed = True  # the writer closes the tab; the page resumes and catches up
         else:
-            self.outbox.append(message)
+            self.outbox.append(encoded)
         self.wake.set()
 
     def show(self, item: ev.Show) -> None:
-        if type(item) is ev.Public:  # nearly everything under load: straight to the outbox
-            self.put(wire.public(item.event, item.mention))
+        if type(item) is ev.Public:  # nearly everything under load: straight to the outbox, encoded once
+            if item.mention:  # this user's name: the JSON says so for this tab alone
+                self.put(wire.public(item.event, True))
+            else:
+                self._put(self._public(item.event))
             return
         core = self.session.core if self.session is not None else None
         message = wire.shown(item, core.current if core is not None else "")
@@ -99,7 +113,7 @@ class Tab:
             batch, self.outbox = self.outbox, []
             if batch:
                 try:
-                    await self._send(wire.encode(batch))
+                    await self._send(wire.joined(batch))
                 except ConnectionError:  # the browser went away; the reader sees the close
                     return
             if self.exit is not None and not self.outbox:
@@ -193,6 +207,7 @@ class Gateway:
         self.ping = ping
         self.per_address = host.per_address
         self.tabs: Counter[str] = Counter()
+        self.public = wire.PublicJSON()  # each event's JSON once, for all the tabs
         self.files = {name: (resources.files("chat.web") / "static" / name).read_bytes() for name in STATIC}
         self.app = web.Application(middlewares=[security_headers])
         self.app.router.add_get("/", self.page)
@@ -218,7 +233,7 @@ class Gateway:
         ws = web.WebSocketResponse(max_msg_size=wire.MAX_MESSAGE_BYTES, heartbeat=self.ping, compress=False)
         await ws.prepare(request)
         self.tabs[address] += 1
-        tab = Tab(self.host, address, ws.send_str)
+        tab = Tab(self.host, address, lambda data: ws.send_frame(data, WSMsgType.TEXT), self.public)
         writer = asyncio.ensure_future(tab.write())
         try:
             async for message in ws:

@@ -55,6 +55,7 @@ class ResumeState(msgspec.Struct, frozen=True):
     rooms: dict[str, int]
     current: str = ""
     pending: list[PendingLine] = []
+    private_seq: int = -1  # the seq of the last private message the page showed; -1: not known
 
 
 class Hello(msgspec.Struct, frozen=True, tag="hello", tag_field="type"):
@@ -159,7 +160,7 @@ def resume_of(state: ResumeState) -> Resume:
         for line in state.pending
     ]
     rooms = {p.room_key(room): last for room, last in state.rooms.items()}
-    return Resume(state.token, state.history_id, rooms, p.room_key(state.current), pending)
+    return Resume(state.token, state.history_id, rooms, p.room_key(state.current), pending, state.private_seq)
 
 
 # --------------------------------------------------------------------------- gateway -> browser
@@ -173,6 +174,29 @@ def public(event: p.Event, mention: bool = False) -> dict[str, Any]:
     return shown
 
 
+ENCODED_KEPT = 4096  # events whose JSON is kept for the other tabs that show them
+
+
+class PublicJSON:
+    """The JSON of a public event, encoded once for every tab that shows it: the sessions of one
+    gateway share their decoded events (``chat.client.aio.SharedDecoder``), so the same event object
+    comes to each of them. Known by identity; the event is kept with it, so that its id is not reused."""
+
+    def __init__(self, kept: int = ENCODED_KEPT) -> None:
+        self.kept = kept
+        self._encoded: dict[int, tuple[p.Event, bytes]] = {}
+
+    def __call__(self, event: p.Event) -> bytes:
+        known = self._encoded.get(id(event))
+        if known is not None and known[0] is event:
+            return known[1]
+        encoded = _ENCODER.encode(public(event))
+        self._encoded[id(event)] = (event, encoded)
+        if len(self._encoded) > self.kept:
+            del self._encoded[next(iter(self._encoded))]
+        return encoded
+
+
 def shown(item: ev.Show, current: str) -> dict[str, Any] | None:
     """What the page gets for one thing the core shows; ``current`` is the room a line went to."""
     if isinstance(item, ev.Public):
@@ -182,7 +206,7 @@ def shown(item: ev.Show, current: str) -> dict[str, Any] | None:
         return {"type": "older", "room": room, "events": [public(e, e.seq in item.mentions) for e in item.events]}
     if isinstance(item, ev.PrivateIn):
         pm = item.private
-        return {"type": "private", "name": pm.name, "to": pm.to, "text": pm.text, "ts": pm.ts}
+        return {"type": "private", "name": pm.name, "to": pm.to, "text": pm.text, "ts": pm.ts, "seq": pm.seq}
     if isinstance(item, ev.Sent):
         room = "" if item.kind == "pm" else current
         return {"type": "sent", "id": item.id, "kind": item.kind, "text": item.text, "to": item.to, "room": room}
@@ -223,3 +247,13 @@ def error(code: str, reason: str) -> dict[str, Any]:
 
 def encode(messages: list[dict[str, Any]]) -> str:
     return _ENCODER.encode(messages).decode()
+
+
+def encode_one(message: dict[str, Any]) -> bytes:
+    """One message, to be sent in a batch (``joined``)."""
+    return _ENCODER.encode(message)
+
+
+def joined(encoded: list[bytes]) -> bytes:
+    """A batch of encoded messages as the one JSON array of a WebSocket message."""
+    return b"[" + b",".join(encoded) + b"]"

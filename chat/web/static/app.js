@@ -10,6 +10,7 @@ const NAME_COLOURS = [31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96];  // as ch
 
 const state = {
   ws: null, name: "", token: "", historyId: "", serverCurrent: "", active: "", connected: false,
+  privateSeq: 0,  // the seq of the last private message shown: a resumed session gets the later ones again
   quitting: false, retry: 0, typedWho: 0, recall: [], recallAt: 0, hello: null, outbox: [],
 };
 const convs = new Map();  // key ("#room", or "@" + a name's key) -> conversation
@@ -324,6 +325,7 @@ const HANDLERS = {
                                          mention: e.mention === true })));
   },
   private(m) {
+    if (m.seq) { state.privateSeq = Math.max(state.privateSeq, m.seq); save(); }
     const conv = pmConv(m.name);
     append(conv, { ts: m.ts, kind: "pm", name: m.name, text: m.text });
     notify(`${m.name} (private)`, m.text);
@@ -400,7 +402,7 @@ function save() {
   const lines = [...pending.values()].map((p) => p.line);
   sessionStorage.setItem(SESSION_KEY, JSON.stringify({
     name: state.name, token: state.token, history_id: state.historyId, rooms, current: state.serverCurrent,
-    pending: lines,
+    pending: lines, private_seq: state.privateSeq,
   }));
 }
 
@@ -422,6 +424,7 @@ function connect() {
     const kept = resumeState();
     if (kept) {
       const { name, ...resume } = kept;
+      state.privateSeq = Math.max(state.privateSeq, kept.private_seq || 0);  // a reload starts at 0
       send({ type: "hello", name, resume });
     } else {
       send(state.hello);
