@@ -335,7 +335,7 @@ def open_history(db: str | None) -> History:
     when new. Raises StartupError naming the file or folder that cannot be used."""
     if db == ":memory:":
         return MemoryHistory()
-    from chat.store import SqliteHistory
+    from chat.broker.store import SqliteHistory
 
     path = Path(db) if db else history_db()
     try:

@@ -82,11 +82,14 @@ KIND_LEAVE = "leave"
 KIND_ENTER = "enter"  # joined one room with /join (text: empty)
 KIND_PART = "part"  # left one room with /leave (text: empty)
 KIND_TOPIC = "topic"  # set the room's topic (text: the new topic)
+KIND_NICK = "nick"  # changed name (name: the old one, text: the new one)
 SAY_KINDS = (KIND_MSG, KIND_ACTION)
 
 MAX_ROOM_CHARS = 32  # after the '#'
 MAX_ROOMS_PER_SESSION = 32
 MAX_TOPIC_CHARS = 300
+MAX_AWAY_CHARS = 300
+MAX_FOUND = 50  # events in one FOUND reply
 _ROOM_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 # Why a session ended, carried in a leave event's text.
@@ -143,6 +146,7 @@ class Pm(Message, frozen=True):
 class Who(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"WHO"
     room: str = ""
+    id: str = ""  # optional: echoed in the ROSTER
 
 
 class Enter(Message, frozen=True):
@@ -163,6 +167,7 @@ class Rooms(Message, frozen=True):
     """Ask for every room with its member count and topic."""
 
     TYPE: ClassVar[bytes] = b"ROOMS"
+    id: str = ""  # optional: echoed in the ROOM_LIST
 
 
 class Topic(Message, frozen=True):
@@ -172,6 +177,32 @@ class Topic(Message, frozen=True):
     id: str
     room: str
     text: str
+
+
+class Nick(Message, frozen=True):
+    """Change one's name (``/nick``): the same rules as JOIN's name; answered with RENAMED."""
+
+    TYPE: ClassVar[bytes] = b"NICK"
+    id: str
+    name: str
+
+
+class Away(Message, frozen=True):
+    """Say one is away (``/away``, ``text`` the message), or back (``/back``: ``text`` empty); ACKed."""
+
+    TYPE: ClassVar[bytes] = b"AWAY"
+    id: str
+    text: str = ""
+
+
+class Search(Message, frozen=True):
+    """Find the newest lines with every word of ``text`` in one room of ours, or in all of them."""
+
+    TYPE: ClassVar[bytes] = b"SEARCH"
+    id: str
+    text: str
+    room: str = ""  # "": every room the session is in
+    before: int = 0  # FOUND's cursor, for the next (older) page; 0: from the newest
 
 
 class Ping(Message, frozen=True):
@@ -226,6 +257,7 @@ class RoomList(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"ROOM_LIST"
     rooms: list[dict[str, Any]]
     ts: int
+    id: str = ""  # the ROOMS's id, when it had one
 
 
 class Ack(Message, frozen=True):
@@ -233,6 +265,7 @@ class Ack(Message, frozen=True):
     id: str
     seq: int
     ts: int
+    away: str = ""  # a PM's recipient is away with this message (told once per sender while away)
 
 
 class Error(Message, frozen=True):
@@ -247,6 +280,8 @@ class Roster(Message, frozen=True):
     room: str
     names: list[str]
     ts: int
+    id: str = ""  # the WHO's id, when it had one
+    away: dict[str, str] = msgspec.field(default_factory=dict)  # name -> away message, of those away
 
 
 class Private(Message, frozen=True):
@@ -304,16 +339,37 @@ class History(Message, frozen=True):
     id: str = ""  # the FETCH's id, when it had one
 
 
+class Renamed(Message, frozen=True):
+    """Answer to NICK: the session's name is now ``name``; ``private_seq`` is the last private message
+    kept for that name (private messages are numbered per name: the client follows on from it)."""
+
+    TYPE: ClassVar[bytes] = b"RENAMED"
+    id: str
+    name: str
+    private_seq: int = 0
+
+
+class Found(Message, frozen=True):
+    """Answer to SEARCH: events with their room ({"room", "seq", "ts", "kind", "name", "text"}), newest
+    first; ``before`` is the cursor of the next page (0: no more)."""
+
+    TYPE: ClassVar[bytes] = b"FOUND"
+    id: str
+    events: list[dict[str, Any]]
+    before: int = 0
+
+
 class Bye(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"BYE"
     reason: str
 
 
 CLIENT_MESSAGES: dict[bytes, type[Message]] = {
-    m.TYPE: m for m in (Join, Say, Pm, Who, Ping, Leave, Fetch, Enter, Part, Rooms, Topic)
+    m.TYPE: m for m in (Join, Say, Pm, Who, Ping, Leave, Fetch, Enter, Part, Rooms, Topic, Nick, Away, Search)
 }
 BROKER_MESSAGES: dict[bytes, type[Message]] = {
-    m.TYPE: m for m in (Welcome, Ack, Error, Roster, Private, Pong, History, Bye, Entered, Parted, RoomList)
+    m.TYPE: m
+    for m in (Welcome, Ack, Error, Roster, Private, Pong, History, Bye, Entered, Parted, RoomList, Renamed, Found)
 }
 
 
@@ -625,8 +681,40 @@ def _validate_line(message: Say | Pm) -> None:
 def _validate_room(message: Enter | Part | Fetch | Who) -> None:
     if message.room or not isinstance(message, Who):  # WHO without a room: everyone online
         _check_room(message.room)
-    if isinstance(message, Fetch) and len(message.id) > MAX_ID_CHARS:
+    if isinstance(message, (Fetch, Who)):
+        _check_id(message.id)
+
+
+def _check_id(msg_id: str) -> None:
+    if len(msg_id) > MAX_ID_CHARS:
         raise RemoteProtocolError(BAD_FIELD, f"an id can be at most {MAX_ID_CHARS} characters long")
+
+
+def _validate_nick(message: Nick) -> None:
+    _check_id(message.id)
+    problem = name_problem(message.name)
+    if problem:
+        raise RemoteProtocolError(NAME_INVALID, problem)
+
+
+def _validate_away(message: Away) -> None:
+    _check_id(message.id)
+    if len(message.text) > MAX_AWAY_CHARS:
+        raise RemoteProtocolError(BAD_FIELD, f"an away message can be at most {MAX_AWAY_CHARS} characters long")
+
+
+def _validate_search(message: Search) -> None:
+    _check_id(message.id)
+    if message.room:
+        _check_room(message.room)
+    if not message.text.strip() or len(message.text) > MAX_TEXT_CHARS:
+        raise RemoteProtocolError(BAD_FIELD, f"search for 1 to {MAX_TEXT_CHARS} characters")
+    if message.before < 0:
+        raise RemoteProtocolError(BAD_FIELD, "before is a cursor from FOUND, or 0")
+
+
+def _validate_rooms(message: Rooms) -> None:
+    _check_id(message.id)
 
 
 def _validate_topic(message: Topic) -> None:
@@ -644,6 +732,10 @@ _VALIDATORS: dict[type[Message], Any] = {
     Fetch: _validate_room,
     Who: _validate_room,
     Topic: _validate_topic,
+    Nick: _validate_nick,
+    Away: _validate_away,
+    Search: _validate_search,
+    Rooms: _validate_rooms,
 }
 
 

@@ -34,7 +34,7 @@ from typing import Callable, Union
 import msgspec
 
 from chat import protocol as p
-from chat.broker import limits
+from chat.broker import commands, limits
 from chat.broker.history import RECENT_ACKS, History, MemoryHistory, PrivateRecord, SessionRecord, token_hash
 from chat.broker.limits import BURST, RATE, Address, Bucket
 from chat.errors import RemoteProtocolError, StoreError
@@ -82,6 +82,8 @@ class Session:
     private_seq: int = 0  # the seq of the last private message sent to this session's client
     restored: bool = False  # online when the broker last stopped; its client has not come back yet
     last_room: str = ""  # the room it parted last: its leave goes there when it is in no room
+    away: str = ""  # its away message ("": here)
+    away_told: set[str] = field(default_factory=set)  # name keys of PM senders told it is away
 
 
 class Broker:
@@ -128,7 +130,7 @@ class Broker:
         self.names: dict[str, Session] = {}  # by name_key
         self.looks: dict[str, Session] = {}  # by look
         self._seq: dict[str, int] = {}
-        self.topics: dict[str, str] = {}  # room -> topic (kept in memory only)
+        self.topics: dict[str, str] = {}  # room -> topic, of rooms in use (the store keeps every room's)
         self.members: dict[str, int] = {}  # room -> sessions in it; a room with none is not listed
         self._empty_since: OrderedDict[str, float] = OrderedDict()  # rooms without members, oldest first
         self.addresses: dict[str, Address] = {}  # source addresses with sessions, or with a spent bucket
@@ -279,11 +281,17 @@ class Broker:
         if isinstance(message, p.Part):
             return self._part(session, message, now)
         if isinstance(message, p.Rooms):
-            return self._rooms(session, now)
+            return self._rooms(session, message, now)
         if isinstance(message, p.Topic):
             return self._topic(session, message, now)
         if isinstance(message, p.Leave):
             return self._end(session, p.LEFT_QUIT) + [Reply(session.identity, p.Bye("goodbye"))]
+        if isinstance(message, p.Nick):
+            return commands.nick(self, session, message, now)
+        if isinstance(message, p.Away):
+            return commands.away(self, session, message, now)
+        if isinstance(message, p.Search):
+            return commands.search(self, session, message, now)
         raise RemoteProtocolError(p.BAD_TYPE, f"{message.TYPE.decode()} is not a request")
 
     def _join(
@@ -401,6 +409,9 @@ class Broker:
         target.private_seq = seq
         ack = p.Ack(pm.id, 0, ts)
         self._remember(session.name_key, ack)
+        if target.away and session.name_key not in target.away_told:  # told once (not on a resend)
+            target.away_told.add(session.name_key)
+            ack = msgspec.structs.replace(ack, away=target.away)
         self._batch_acks.append((session.identity, session.name_key, pm.id))
         return [Reply(target.identity, private), Reply(session.identity, ack)]
 
@@ -409,8 +420,9 @@ class Broker:
         room = p.room_key(who.room)
         if room and room not in self.members:
             raise RemoteProtocolError(p.NO_SUCH_ROOM, f"there is no room {room}")
-        members = [s.name for s in self.sessions.values() if not room or room in s.rooms]
-        roster = p.Roster(room, sorted(members, key=p.name_key), self._ts())
+        members = [s for s in self.sessions.values() if not room or room in s.rooms]
+        names = sorted((s.name for s in members), key=p.name_key)
+        roster = p.Roster(room, names, self._ts(), who.id, {s.name: s.away for s in members if s.away})
         return [Reply(session.identity, roster)]
 
     def _fetch(self, session: Session, fetch: p.Fetch, now: float) -> list[Outgoing]:
@@ -486,9 +498,9 @@ class Broker:
         event = self._publish(room, p.KIND_PART, session.name, "", now)
         return [event, Reply(session.identity, p.Parted(room))]
 
-    def _rooms(self, session: Session, now: float) -> list[Outgoing]:
+    def _rooms(self, session: Session, request: p.Rooms, now: float) -> list[Outgoing]:
         rooms = [{"room": r, "members": n, "topic": self.topics.get(r, "")} for r, n in sorted(self.members.items())]
-        return [Reply(session.identity, p.RoomList(rooms, self._ts()))]
+        return [Reply(session.identity, p.RoomList(rooms, self._ts(), request.id))]
 
     def _topic(self, session: Session, topic: p.Topic, now: float) -> list[Outgoing]:
         room = p.room_key(topic.room)
@@ -498,9 +510,14 @@ class Broker:
         if isinstance(out[0], p.Event):  # published now, not a resend
             self._batch_topics.append((room, self.topics.get(room)))
             self.topics[room] = out[0].text
+            self.history.set_topic(room, out[0].text)  # kept across restarts, and while the room is empty
         return out
 
     def _add_member(self, session: Session, room: str) -> None:
+        if room not in self.members and room not in self.topics:  # back in use: its topic from the store
+            topic = self.history.topic(room)
+            if topic:
+                self.topics[room] = topic
         session.rooms.add(room)
         self.members[room] = self.members.get(room, 0) + 1
         self._empty_since.pop(room, None)
@@ -508,7 +525,7 @@ class Broker:
     def _remove_member(self, session: Session, room: str) -> None:
         session.rooms.discard(room)
         self.members[room] -= 1
-        if not self.members[room]:  # an empty room is not listed, and loses its topic; its history stays
+        if not self.members[room]:  # an empty room is not listed; its topic and history stay in the store
             del self.members[room]
             self.topics.pop(room, None)
             self._empty_since[room] = self.clock()
@@ -674,6 +691,12 @@ class Broker:
             return None
         ids = self._acks.get(session.name_key)
         return ids.get(msg_id) if ids else None
+
+    def _rename_acks(self, old_key: str, new_key: str) -> None:
+        """A renamed user's acknowledged ids go with it: a line resent after /nick is still recognised."""
+        ids = self._acks.pop(old_key, None)
+        if ids is not None:
+            self._acks[new_key] = ids
 
     def _remember(self, key: str, ack: p.Ack) -> None:
         if not ack.id:

@@ -3,16 +3,36 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
+import re
 import secrets
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from chat.protocol import Ack, Event, Private
+from chat.protocol import KIND_ACTION, KIND_MSG, KIND_TOPIC, Ack, Event, Private
 
 KEEP_EVENTS = 10_000  # per room, for the in-memory history
 KEEP_PRIVATE = 1000  # per recipient, for the in-memory history
 RECENT_ACKS = 1000  # acknowledged ids of one user loaded when they join, to recognise resends
+KEEP_SEARCHED = 100_000  # lines the in-memory history can search, newest
+SEARCHED_KINDS = (KIND_MSG, KIND_ACTION, KIND_TOPIC)  # what /search finds: what people wrote
+MAX_SEARCH_WORDS = 8
+_WORD = re.compile(r"\w+")
+
+
+def search_words(text: str) -> list[str]:
+    """The words a search looks for: runs of letters and digits, lowercased. Everything else (FTS5's
+    quotes, ``*``, ``-``, ``NEAR``'s parentheses) only separates words, so no input is a query of its own."""
+    return [word.casefold() for word in _WORD.findall(text)][:MAX_SEARCH_WORDS]
+
+
+@dataclass(frozen=True)
+class Found:
+    """A page of search results, newest first; ``before`` asks for the next page (0: there is none)."""
+
+    events: list[Event]
+    before: int
 
 
 @dataclass(frozen=True)
@@ -98,6 +118,16 @@ class History(Protocol):
     def forget(self, room: str) -> None:
         """Drop what is held in memory for a room nobody is in (the broker calls it after a while)."""
 
+    def topic(self, room: str) -> str:
+        """The room's last topic ("" when none), also after a restart."""
+
+    def set_topic(self, room: str, text: str) -> None:
+        """Keep a room's topic, durably with the next ``flush``."""
+
+    def search(self, text: str, rooms: list[str], before: int, limit: int) -> Found:
+        """At most ``limit`` lines of ``rooms`` that have every word of ``text`` (``search_words``),
+        newest first, older than the cursor ``before`` (0: from the newest)."""
+
 
 class MemoryHistory:
     """The last ``keep`` events of each room, in memory; gone when the broker stops."""
@@ -110,6 +140,9 @@ class MemoryHistory:
         self._privates: dict[str, deque[PrivateRecord]] = {}
         self._private_seqs: dict[str, int] = {}
         self._sessions: dict[str, SessionRecord] = {}  # only a Broker made on the same object sees them
+        self._topics: dict[str, str] = {}
+        self._searched: deque[tuple[int, Event]] = deque(maxlen=KEEP_SEARCHED)
+        self._numbers = itertools.count(1)
 
     def last_seq(self, room: str) -> int:
         events = self._rooms.get(room)
@@ -120,6 +153,8 @@ class MemoryHistory:
         if events is None:
             events = self._rooms[event.room] = deque(maxlen=self._keep)
         events.append(event)
+        if event.kind in SEARCHED_KINDS:
+            self._searched.append((next(self._numbers), event))
 
     def fetch(self, room: str, first: int, last: int) -> list[Event]:
         events = self._rooms.get(room)
@@ -163,6 +198,25 @@ class MemoryHistory:
 
     def set_name_owner(self, name_key: str, public_key: str) -> None:
         self._owners[name_key] = public_key
+
+    def topic(self, room: str) -> str:
+        return self._topics.get(room, "")
+
+    def set_topic(self, room: str, text: str) -> None:
+        self._topics[room] = text
+
+    def search(self, text: str, rooms: list[str], before: int, limit: int) -> Found:
+        words, wanted = search_words(text), set(rooms)
+        found: list[tuple[int, Event]] = []
+        for number, event in reversed(self._searched):
+            if before and number >= before or event.room not in wanted:
+                continue
+            if words and set(words) <= {word.casefold() for word in _WORD.findall(event.text)}:
+                found.append((number, event))
+                if len(found) > limit:
+                    break
+        more = found[limit - 1][0] if len(found) > limit else 0
+        return Found([event for _, event in found[:limit]], more)
 
     def keep_session(self, record: SessionRecord) -> None:
         self._sessions[record.name_key] = record

@@ -1,4 +1,5 @@
-"""Persistent history: every public event and private message in SQLite (WAL), written in batches.
+"""The broker's one store: public events, private messages, topics, sessions, name owners and the
+search index, in one SQLite file (WAL), written in batches.
 
 The broker appends events while it handles a batch of requests and calls ``flush`` once before it sends
 anything: one transaction per batch, and nothing is acknowledged or published before it is on disk. WAL
@@ -9,6 +10,10 @@ The file is locked for the broker's lifetime (SQLite's exclusive locking mode): 
 same file refuses at start instead of numbering the same events. A failed write (disk full, read-only
 file system) raises ``StoreError`` and forgets the batch, so that the broker can refuse it and go on;
 the next batch tries again, which is how the store recovers when the disk does.
+
+The schema is versioned with ``PRAGMA user_version``: a file of an older version is upgraded in place
+(each step in one transaction, so a failed upgrade leaves the file as it was), and a file written by a
+newer broker is refused, never touched.
 """
 
 from __future__ import annotations
@@ -16,14 +21,16 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from chat import protocol as p
-from chat.broker.history import RECENT_ACKS, PrivateRecord, SessionRecord
+from chat.broker.history import RECENT_ACKS, SEARCHED_KINDS, Found, PrivateRecord, SessionRecord, search_words
 from chat.errors import StoreError
 
-SCHEMA = """
+# Version 1: the schema before it was versioned (user_version 0 in those files, the same tables).
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     room TEXT NOT NULL,
@@ -60,6 +67,16 @@ CREATE TABLE IF NOT EXISTS sessions (
     last_room TEXT NOT NULL
 ) WITHOUT ROWID;
 """
+# Version 2: topics that outlive a restart, and the full-text index of lines, actions and topics.
+SCHEMA_V2 = f"""
+CREATE TABLE topics (room TEXT PRIMARY KEY, text TEXT NOT NULL) WITHOUT ROWID;
+CREATE VIRTUAL TABLE search USING fts5(text, room UNINDEXED, seq UNINDEXED, tokenize = 'unicode61');
+INSERT INTO search (text, room, seq)
+    SELECT text, room, seq FROM events WHERE kind IN ({", ".join(repr(k) for k in SEARCHED_KINDS)}) ORDER BY ts, room, seq;
+"""
+MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)  # MIGRATIONS[n] takes a file from version n to n + 1
+SCHEMA_VERSION = len(MIGRATIONS)
+SEARCH_BUDGET = 0.25  # seconds one search may take before it is cut short
 LOCK_WAIT = 1.0  # seconds a starting broker waits for the file's lock (a broker that is still stopping)
 
 
@@ -77,7 +94,7 @@ class SqliteHistory:
             self.db.execute("BEGIN EXCLUSIVE")  # take the write lock now, not at the first line
             self.db.execute("COMMIT")
             self._check_integrity()
-            self.db.executescript(SCHEMA)
+            self._migrate()
             row = self.db.execute("SELECT value FROM meta WHERE key = 'history_id'").fetchone()
             if row is None:
                 self.history_id = secrets.token_hex(8)
@@ -94,6 +111,7 @@ class SqliteHistory:
         self._pending_private: list[PrivateRecord] = []
         self._sessions: dict[str, SessionRecord | None] = {}  # name key -> to keep, or None: to drop
         self._owners: dict[str, str] = {}  # name owners set in this batch, written with its events
+        self._topics: dict[str, str] = {}  # topics set in this batch
         self._last: dict[str, int] = {}
         self._last_private: dict[str, int] = {}
 
@@ -108,6 +126,22 @@ class SqliteHistory:
                 f"{self.path} is damaged ({'; '.join(problems)}); restore it from a backup, "
                 "or move it away to start a new history"
             )
+
+    def _migrate(self) -> None:
+        """Bring the file to SCHEMA_VERSION, one step per transaction; refuse one from a newer broker."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} was written by a newer broker (schema version {version}; this one knows up to "
+                f"{SCHEMA_VERSION}): run that broker, or give this one another --db; the file is left as it is"
+            )
+        for step in range(version, SCHEMA_VERSION):
+            try:
+                self.db.executescript(f"BEGIN; {MIGRATIONS[step]}; PRAGMA user_version = {step + 1}; COMMIT;")
+            except sqlite3.Error:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
 
     def last_seq(self, room: str) -> int:
         if room not in self._last:
@@ -131,7 +165,7 @@ class SqliteHistory:
 
         When that fails, none of its events and private messages are kept (``StoreError``): the caller
         refuses them. Who is online and who owns a name are written again with the next batch."""
-        if not self._pending and not self._pending_private and not self._sessions and not self._owners:
+        if not (self._pending or self._pending_private or self._sessions or self._owners or self._topics):
             return
         rows = [
             (e.room, e.seq, e.ts, e.kind, e.name, e.text, p.name_key(e.name) if msg_id else "", msg_id)
@@ -148,6 +182,7 @@ class SqliteHistory:
             if r is not None
         ]
         dropped = [(key,) for key, r in self._sessions.items() if r is None]
+        searched = [(e.text, e.room, e.seq) for e, _ in self._pending if e.kind in SEARCHED_KINDS]
         try:
             with self.db:  # BEGIN ... COMMIT, or ROLLBACK
                 self.db.execute("BEGIN")
@@ -156,6 +191,8 @@ class SqliteHistory:
                 self.db.executemany("DELETE FROM sessions WHERE name_key = ?", dropped)
                 self.db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?)", kept)
                 self.db.executemany("INSERT OR REPLACE INTO owners VALUES (?, ?)", self._owners.items())
+                self.db.executemany("INSERT INTO search (text, room, seq) VALUES (?, ?, ?)", searched)
+                self.db.executemany("INSERT OR REPLACE INTO topics VALUES (?, ?)", self._topics.items())
         except sqlite3.Error as exc:
             for event, _ in self._pending:
                 self._last.pop(event.room, None)  # read again from what is stored
@@ -165,6 +202,7 @@ class SqliteHistory:
         finally:
             self._pending.clear()
             self._pending_private.clear()
+            self._topics.clear()  # the broker puts back the topics of a refused batch itself
         self._sessions.clear()
         self._owners.clear()
 
@@ -237,6 +275,47 @@ class SqliteHistory:
         rows = self._read("SELECT name_key, name, token_hash, rooms, public_key, last_room FROM sessions", ())
         return [SessionRecord(k, n, t, tuple(json.loads(r)), pk, lr) for k, n, t, r, pk, lr in rows]
 
+    def topic(self, room: str) -> str:
+        if room in self._topics:
+            return self._topics[room]
+        rows = self._read("SELECT text FROM topics WHERE room = ?", (room,))
+        return rows[0][0] if rows else ""
+
+    def set_topic(self, room: str, text: str) -> None:
+        self._topics[room] = text  # written with the batch, like the topic event
+
+    def search(self, text: str, rooms: list[str], before: int, limit: int) -> Found:
+        """Newest first; every word of ``text`` must be in the line (as words: FTS5's syntax is quoted)."""
+        words = search_words(text)
+        if not words or not rooms:
+            return Found([], 0)
+        query = " ".join(f'"{word}"' for word in words)  # \w+ words: no quote inside to escape
+        marks = ", ".join("?" for _ in rooms)
+        sql = (
+            f"SELECT s.rowid, e.room, e.seq, e.ts, e.kind, e.name, e.text FROM search s"
+            f" JOIN events e ON e.room = s.room AND e.seq = s.seq"
+            f" WHERE search MATCH ? AND s.rowid < ? AND s.room IN ({marks}) ORDER BY s.rowid DESC LIMIT ?"
+        )
+        deadline = time.monotonic() + SEARCH_BUDGET
+        self.db.set_progress_handler(_past(deadline), 10_000)
+        try:
+            rows = self.db.execute(sql, (query, before or 2**62, *rooms, limit + 1)).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "interrupted" in str(exc):
+                raise StoreError("the search took too long; add words or name a room") from None
+            raise StoreError(f"cannot search the history ({exc})") from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot search the history ({exc})") from None
+        finally:
+            self.db.set_progress_handler(None, 0)
+        events = [p.Event(seq=q, ts=t, kind=k, name=n, text=x, room=r) for _, r, q, t, k, n, x in rows[:limit]]
+        return Found(events, rows[limit - 1][0] if len(rows) > limit else 0)
+
     def close(self) -> None:
         self.flush()
         self.db.close()
+
+
+def _past(deadline: float) -> Callable[[], int]:
+    """A progress handler that interrupts a query once ``deadline`` (monotonic) has passed."""
+    return lambda: int(time.monotonic() > deadline)
