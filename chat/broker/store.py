@@ -77,6 +77,7 @@ INSERT INTO search (text, room, seq)
 MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)  # MIGRATIONS[n] takes a file from version n to n + 1
 SCHEMA_VERSION = len(MIGRATIONS)
 SEARCH_BUDGET = 0.25  # seconds one search may take before it is cut short
+SEARCH_CHECK_EVERY = 10_000  # SQLite steps between looks at the clock during a search
 LOCK_WAIT = 1.0  # seconds a starting broker waits for the file's lock (a broker that is still stopping)
 
 
@@ -89,6 +90,7 @@ class SqliteHistory:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=LOCK_WAIT)
             # Before the first access: the lock is then taken at once and kept, and WAL needs no -shm file.
             self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self._check_version()  # before WAL mode, which would write to a file we must not touch
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("BEGIN EXCLUSIVE")  # take the write lock now, not at the first line
@@ -127,14 +129,18 @@ class SqliteHistory:
                 "or move it away to start a new history"
             )
 
-    def _migrate(self) -> None:
-        """Bring the file to SCHEMA_VERSION, one step per transaction; refuse one from a newer broker."""
+    def _check_version(self) -> None:
+        """Refuse a file of a newer broker: this one cannot know what its tables mean."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path} was written by a newer broker (schema version {version}; this one knows up to "
                 f"{SCHEMA_VERSION}): run that broker, or give this one another --db; the file is left as it is"
             )
+
+    def _migrate(self) -> None:
+        """Bring the file to SCHEMA_VERSION, one step per transaction."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
         for step in range(version, SCHEMA_VERSION):
             try:
                 self.db.executescript(f"BEGIN; {MIGRATIONS[step]}; PRAGMA user_version = {step + 1}; COMMIT;")
@@ -297,7 +303,7 @@ class SqliteHistory:
             f" WHERE search MATCH ? AND s.rowid < ? AND s.room IN ({marks}) ORDER BY s.rowid DESC LIMIT ?"
         )
         deadline = time.monotonic() + SEARCH_BUDGET
-        self.db.set_progress_handler(_past(deadline), 10_000)
+        self.db.set_progress_handler(_past(deadline), SEARCH_CHECK_EVERY)
         try:
             rows = self.db.execute(sql, (query, before or 2**62, *rooms, limit + 1)).fetchall()
         except sqlite3.OperationalError as exc:

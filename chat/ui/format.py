@@ -60,6 +60,8 @@ class LineFormatter:
             return self.dim(f"{when} {p.neutralise(event.name)} has left {room}.")
         if event.kind == p.KIND_TOPIC:
             return f"{when} {p.neutralise(event.name)} set the topic of {room}: {text}"
+        if event.kind == p.KIND_NICK:
+            return self.dim(f"{when} {p.neutralise(event.name)} is now known as {text}.")
         if show_room:
             when = f"{when} {room}"
         if event.kind == p.KIND_MSG:
@@ -72,6 +74,16 @@ class LineFormatter:
             why = f" ({p.LEAVE_REASONS[event.text]})" if event.text in p.LEAVE_REASONS else ""
             return self.dim(f"{when} {p.neutralise(event.name)} has left the chat.{why}")
         return f"{when} {p.neutralise(event.name)} ({p.neutralise(event.kind)}): {text}"
+
+    @staticmethod
+    def _member(roster: p.Roster, name: str) -> str:
+        away = roster.away.get(name) if isinstance(roster.away, dict) else None
+        return f"{p.neutralise(name)} (away: {p.neutralise(str(away))})" if away else p.neutralise(name)
+
+    @staticmethod
+    def found_summary(text: str, count: int, more: bool) -> str:
+        """What a search found, after its lines (shown as the log shows them, with their room)."""
+        return f"search for {p.neutralise(text)}: {count} lines" + ("; /search for older ones" if more else "")
 
     def private(self, private: p.Private) -> str:
         return f"[{stamp(private.ts)}] {self.name(private.name)} (private): {p.neutralise(private.text)}"
@@ -86,5 +98,5 @@ class LineFormatter:
 
     def roster(self, roster: p.Roster) -> str:
         where = f" in {roster.room}" if roster.room else ""
-        names = ", ".join(p.neutralise(n) for n in roster.names)
+        names = ", ".join(self._member(roster, n) for n in roster.names)
         return f"[{stamp(roster.ts)}] online{where} ({len(roster.names)}): {names}"
