@@ -68,10 +68,11 @@ RATE_LIMITED = "rate_limited"
 ADDRESS_FULL = "address_full"  # too many sessions from one source address
 KEY_MISMATCH = "key_mismatch"  # (--secure) a request from another key than the session's
 STORE_FAILED = "store_failed"  # the broker could not store (disk full, read-only) or read its history
+QUEUE_FULL = "queue_full"  # too many private messages wait for someone offline (or from one sender)
 ERROR_CODES = (
     BAD_FRAMES, BAD_VERSION, BAD_TYPE, BAD_JSON, BAD_FIELD, TOO_LARGE, NAME_INVALID, NAME_TAKEN, NOT_JOINED,
     ALREADY_JOINED, NO_SUCH_USER, NO_SUCH_ROOM, ROOM_INVALID, HISTORY_RANGE, SERVER_FULL, NAME_OWNED, RATE_LIMITED,
-    ADDRESS_FULL, KEY_MISMATCH, STORE_FAILED,
+    ADDRESS_FULL, KEY_MISMATCH, STORE_FAILED, QUEUE_FULL,
 )  # every code an ERROR can carry; docs/PROTOCOL.md lists the same (tests/test_error_table.py checks it)
 
 # Event kinds on the PUB socket.
@@ -266,6 +267,7 @@ class Ack(Message, frozen=True):
     seq: int
     ts: int
     away: str = ""  # a PM's recipient is away with this message (told once per sender while away)
+    queued: bool = False  # a PM's recipient is offline: it is kept, and delivered when they next join
 
 
 class Error(Message, frozen=True):
@@ -291,6 +293,7 @@ class Private(Message, frozen=True):
     text: str
     ts: int
     seq: int = 0  # numbers the recipient's private messages 1, 2, 3...: a resent one is recognised by it
+    queued: bool = False  # sent while the recipient was offline (``ts``: when it was sent)
 
 
 class Pong(Message, frozen=True):

@@ -191,3 +191,66 @@ def test_a_history_file_of_a_newer_broker_is_refused_and_left_alone(tmp_path: Pa
     with pytest.raises(StoreError, match="newer broker"):
         SqliteHistory(db)
     assert db.read_bytes() == before
+
+
+def test_a_pm_to_someone_offline_waits_for_their_next_join_and_is_delivered_once(tmp_path: Path, clock: Clock) -> None:
+    db = tmp_path / "chat.db"
+    broker = on_disk(db, clock)
+    join(broker, b"b", "bob", "tb1")
+    broker.commit(send(broker, b"b", p.Leave()))
+    join(broker, b"a", "alice", "ta")
+    nobody = only_error(send(broker, b"a", p.Pm("m0", "nobody", "hi")), b"a")
+    assert nobody.code == p.NO_SUCH_USER
+    out = broker.commit(send(broker, b"a", p.Pm("m1", "bob", "are you there?")))
+    assert replies(out, b"a") == [p.Ack("m1", 0, out[0].message.ts, queued=True)]
+    sent_at = out[0].message.ts
+    broker.history.close()
+    clock.advance(60)
+    broker = on_disk(db, clock)  # kept across a restart
+    out = broker.commit(send(broker, b"a2", p.Join("alice", "ta")))
+    resend = broker.commit(send(broker, b"a2", p.Pm("m1", "bob", "are you there?")))  # the same id again
+    assert [(m.id, m.ts) for m in replies(resend, b"a2")] == [("m1", sent_at)]  # acknowledged, not queued twice
+    out = broker.commit(send(broker, b"b2", p.Join("BOB", "tb2", private_seq=0)))
+    (welcome, private) = replies(out, b"b2")
+    assert isinstance(welcome, p.Welcome)
+    assert private == p.Private("alice", "bob", "are you there?", sent_at, 1, queued=True)
+    broker.commit(send(broker, b"b2", p.Leave()))
+    out = broker.commit(send(broker, b"b3", p.Join("bob", "tb3", private_seq=0)))
+    assert [type(m) for m in replies(out, b"b3")] == [p.Welcome]  # delivered once, then no longer queued
+
+
+def test_queued_pms_are_only_for_the_key_that_owned_the_name(broker: Broker) -> None:
+    secure_join(broker, b"b", "bob", KEY_B)
+    broker.commit(broker.handle(b"b", p.encode(p.Leave()), peer_key=KEY_B))
+    secure_join(broker, b"a", "alice", KEY_A)
+    broker.commit(broker.handle(b"a", p.encode(p.Pm("m1", "bob", "for bob's key only")), peer_key=KEY_A))
+    broker.commit(broker.handle(b"a", p.encode(p.Leave()), peer_key=KEY_A))
+    # Without keys, a session cannot take bob's name from its key at all; with another key neither:
+    refused = broker.handle(b"x", p.encode(p.Join("bob", "tx")), peer_key="C" * 40)
+    assert only_error(refused, b"x").code == p.NAME_OWNED
+    out = broker.commit(broker.handle(b"b2", p.encode(p.Join("bob", "tb")), peer_key=KEY_B))
+    assert [m.text for m in replies(out, b"b2") if isinstance(m, p.Private)] == ["for bob's key only"]
+
+
+def test_queued_pms_are_bounded_per_recipient_and_per_sender(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
+    from chat.broker import commands
+
+    monkeypatch.setattr(commands, "MAX_QUEUED", 5)
+    monkeypatch.setattr(commands, "MAX_QUEUED_PER_SENDER", 3)
+    broker = Broker(pub_port=5556, clock=clock, wall_clock=clock, session_timeout=TIMEOUT, rate=0)
+    for name in ("bob", "carol", "dave"):
+        join(broker, name.encode(), name)
+        broker.commit(send(broker, name.encode(), p.Leave()))
+    join(broker, b"a", "alice")
+    join(broker, b"e", "erin")
+    codes = []
+    for n in range(4):
+        out = broker.commit(send(broker, b"a", p.Pm(f"a{n}", "bob", "hi")))
+        codes.append(out[0].message.code if isinstance(out[0].message, p.Error) else "queued")
+    assert codes == ["queued", "queued", "queued", p.QUEUE_FULL]  # alice's share
+    codes = []
+    for n in range(3):
+        out = broker.commit(send(broker, b"e", p.Pm(f"e{n}", "bob", "hi")))
+        codes.append(out[0].message.code if isinstance(out[0].message, p.Error) else "queued")
+    assert codes == ["queued", "queued", p.QUEUE_FULL]  # bob's 5
+    assert isinstance(replies(send(broker, b"e", p.Pm("e9", "carol", "hi")))[0], p.Ack)  # others still can

@@ -16,6 +16,11 @@ pytestmark = pytest.mark.timeout(40)
 EXIT_OK = 0
 
 
+def sent_at(client) -> str:  # type: ignore[no-untyped-def]
+    """The time stamp of a client's own join line: a PM it sent just after has the same or a later one."""
+    return client.matching(r"has joined the chat")[0][:21]
+
+
 def notice(text: str) -> str:
     return rf"^\*\*\* {re.escape(text)}$"
 
@@ -121,3 +126,26 @@ def test_a_history_file_of_a_newer_broker_is_refused_clearly(procs: Processes, t
     assert broker.wait() == 1
     assert broker.matching(r"written by a newer broker", err=True), broker.describe()
     assert db.read_bytes() == before
+
+
+def test_a_pm_to_someone_offline_is_delivered_on_their_next_join_across_a_restart(
+    procs: Processes, tmp_path: Path
+) -> None:
+    broker = procs.broker(5.0, "--db", str(tmp_path / "chat.db"))
+    bob = procs.join("bob", broker)
+    bob.close_stdin()
+    bob.assert_exit(EXIT_OK)
+    alice = procs.join("alice", broker)
+    alice.send("/pm nobody hello")
+    alice.expect_err(r"^\*\*\* nobody called nobody is online or has been here$")
+    alice.send("/pm bob see you monday")
+    alice.expect_err(notice("bob is offline: the message waits for them and is delivered when they join"))
+    alice.close_stdin()
+    alice.assert_exit(EXIT_OK)
+    assert broker.stop() == 0, broker.context()
+
+    restarted = procs.restart(broker)
+    bob = procs.join("bob", restarted)  # the PRIVATE comes right after the WELCOME: before the join line
+    (line,) = bob.matching(rf"^{TS} alice \(private, while you were away\): see you monday$")
+    assert sent_at(alice) <= line[:21] <= sent_at(bob)  # the time it was sent, not of its delivery
+

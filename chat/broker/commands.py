@@ -10,11 +10,14 @@ from typing import TYPE_CHECKING
 
 from chat import protocol as p
 from chat.broker import core
-from chat.broker.history import search_words
+from chat.broker.history import PrivateRecord, search_words
 from chat.errors import RemoteProtocolError
 
 if TYPE_CHECKING:
     from chat.broker.core import Broker, Outgoing, Session  # (core imports this module: no cycle at run time)
+
+MAX_QUEUED = 1000  # private messages waiting for one recipient
+MAX_QUEUED_PER_SENDER = 100  # private messages of one sender waiting (for anyone): a flood stops here
 
 # The core's helpers used here (flood control, publishing, keeping the session) are its own: these
 # commands follow its rules, not a copy of them.
@@ -24,6 +27,7 @@ def nick(broker: Broker, session: Session, request: p.Nick, now: float) -> list[
     """Rename a session: the name is checked as a JOIN's is (taken, owned by another key, looking like
     someone's online), then a ``nick`` event goes to each of its rooms. Lines already in the history
     keep the old name; private messages are numbered per name, so the reply says where the new name's are."""
+    broker._spend(session, now)  # every attempt counts: guessing names is flood-controlled too
     new_key = p.name_key(request.name)
     if request.name == session.name:
         raise RemoteProtocolError(p.BAD_FIELD, f"you are already called {session.name}")
@@ -37,7 +41,6 @@ def nick(broker: Broker, session: Session, request: p.Nick, now: float) -> list[
     twin = broker.looks.get(look)
     if twin is not None and twin is not session:
         raise RemoteProtocolError(p.NAME_TAKEN, f"the name {request.name} looks like {twin.name}, who is online; choose another")
-    broker._spend(session, now)
     private_seq = broker.history.last_private_seq(new_key)  # read (it may fail) before anything changes
     old_name, old_key = session.name, session.name_key
     del broker.names[old_key]
@@ -49,6 +52,7 @@ def nick(broker: Broker, session: Session, request: p.Nick, now: float) -> list[
     broker.names[new_key] = session
     broker.looks[look] = session
     broker._keep(session)
+    broker.history.mark_known(new_key, request.name)
     if session.key and not owner:
         broker.history.set_name_owner(new_key, session.key)
     broker._rename_acks(old_key, new_key)
@@ -56,6 +60,40 @@ def nick(broker: Broker, session: Session, request: p.Nick, now: float) -> list[
         broker._publish(room, p.KIND_NICK, old_name, request.name, now) for room in sorted(session.rooms)
     ]
     return [*events, core.Reply(session.identity, p.Renamed(request.id, request.name, private_seq))]
+
+
+def queue_private(broker: Broker, session: Session, pm: p.Pm, now: float) -> list[Outgoing]:
+    """A PM to someone offline who has joined before: kept, numbered in their sequence, ACKed as queued
+    and delivered when the name next joins (with --secure, only to the key that owned it now)."""
+    key = p.name_key(pm.to)
+    name = broker.history.known_name(key)
+    if not name:
+        raise RemoteProtocolError(p.NO_SUCH_USER, f"nobody called {p.neutralise(pm.to)} is online or has been here")
+    broker._check_text(pm.text)
+    to_them, from_you = broker.history.queued_counts(key, session.name_key)
+    if to_them >= MAX_QUEUED:
+        raise RemoteProtocolError(p.QUEUE_FULL, f"{name} has {to_them} private messages waiting; try again later")
+    if from_you >= MAX_QUEUED_PER_SENDER:
+        raise RemoteProtocolError(p.QUEUE_FULL, f"you have {from_you} private messages waiting for people offline")
+    broker._spend(session, now)
+    ts = broker._ts()
+    private = p.Private(session.name, name, p.neutralise(pm.text), ts, broker.history.last_private_seq(key) + 1)
+    owner = broker.history.name_owner(key)
+    broker.history.append_private(
+        PrivateRecord(private, key, session.name_key, pm.id, "", queued=True, for_key=owner)
+    )
+    ack = p.Ack(pm.id, 0, ts, queued=True)
+    broker._remember(session.name_key, ack)
+    broker._batch_acks.append((session.identity, session.name_key, pm.id))
+    return [core.Reply(session.identity, ack)]
+
+
+def deliver_queued(broker: Broker, session: Session) -> list[Outgoing]:
+    """What was queued for a name that has just joined, with its time stamps and marked as such."""
+    queued = broker.history.deliver_queued(session.name_key, session.key, session.token, MAX_QUEUED)
+    if queued:
+        session.private_seq = max(session.private_seq, queued[-1].seq)
+    return [core.Reply(session.identity, private) for private in queued]
 
 
 def away(broker: Broker, session: Session, request: p.Away, now: float) -> list[Outgoing]:

@@ -349,7 +349,8 @@ class Broker:
         out: list[Outgoing] = [Reply(identity, self._welcome(session))]
         for room in sorted(session.rooms):
             out.append(self._publish(room, p.KIND_JOIN, session.name, "", now))
-        return out + self._privates_again(session, join)
+        self.history.mark_known(key, join.name)  # a PM to this name can wait for it from now on
+        return out + self._privates_again(session, join) + commands.deliver_queued(self, session)
 
     def _load_acks(self, key: str) -> None:
         """Load a user's last acknowledged ids, so that resends are recognised (also after a restart)."""
@@ -394,8 +395,8 @@ class Broker:
         if done is not None:  # delivered before, even if the target has left since
             return [Reply(session.identity, done)]
         target = self.names.get(p.name_key(pm.to))
-        if target is None:
-            raise RemoteProtocolError(p.NO_SUCH_USER, f"nobody called {p.neutralise(pm.to)} is online")
+        if target is None:  # kept for them if they have been here before
+            return commands.queue_private(self, session, pm, now)
         self._check_text(pm.text)
         self._spend(session, now)
         ts = self._ts()

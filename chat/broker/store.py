@@ -67,9 +67,18 @@ CREATE TABLE IF NOT EXISTS sessions (
     last_room TEXT NOT NULL
 ) WITHOUT ROWID;
 """
-# Version 2: topics that outlive a restart, and the full-text index of lines, actions and topics.
+# Version 2: topics that outlive a restart, the full-text index of lines, actions and topics, the names
+# that have joined (to whom a PM can be queued), and private messages queued for someone offline: in
+# ``private``, numbered in the recipient's sequence, marked ``queued`` (and ``for_key``: only the key that
+# owned the name when it was sent may have them) until that name next joins.
 SCHEMA_V2 = f"""
 CREATE TABLE topics (room TEXT PRIMARY KEY, text TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE known (name_key TEXT PRIMARY KEY, name TEXT NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO known SELECT DISTINCT sender_key, name FROM events WHERE sender_key != '';
+ALTER TABLE private ADD COLUMN queued INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE private ADD COLUMN for_key TEXT NOT NULL DEFAULT '';
+CREATE INDEX private_queued ON private (recipient_key, seq) WHERE queued = 1;
+CREATE INDEX private_queued_by_sender ON private (sender_key) WHERE queued = 1;
 CREATE VIRTUAL TABLE search USING fts5(text, room UNINDEXED, seq UNINDEXED, tokenize = 'unicode61');
 INSERT INTO search (text, room, seq)
     SELECT text, room, seq FROM events WHERE kind IN ({", ".join(repr(k) for k in SEARCHED_KINDS)}) ORDER BY ts, room, seq;
@@ -114,6 +123,8 @@ class SqliteHistory:
         self._sessions: dict[str, SessionRecord | None] = {}  # name key -> to keep, or None: to drop
         self._owners: dict[str, str] = {}  # name owners set in this batch, written with its events
         self._topics: dict[str, str] = {}  # topics set in this batch
+        self._known: dict[str, str] = {}  # names that joined in this batch
+        self._delivered: list[tuple[str, str, str, int]] = []  # queued ones delivered: (token hash, recipient key, for key, up to seq)
         self._last: dict[str, int] = {}
         self._last_private: dict[str, int] = {}
 
@@ -171,7 +182,10 @@ class SqliteHistory:
 
         When that fails, none of its events and private messages are kept (``StoreError``): the caller
         refuses them. Who is online and who owns a name are written again with the next batch."""
-        if not (self._pending or self._pending_private or self._sessions or self._owners or self._topics):
+        if not (
+            self._pending or self._pending_private or self._sessions or self._owners or self._topics
+            or self._known or self._delivered
+        ):
             return
         rows = [
             (e.room, e.seq, e.ts, e.kind, e.name, e.text, p.name_key(e.name) if msg_id else "", msg_id)
@@ -179,7 +193,7 @@ class SqliteHistory:
         ]
         private_rows = [
             (r.recipient_key, r.message.seq, r.message.ts, r.message.name, r.message.to, r.message.text,
-             r.sender_key, r.msg_id, r.token_hash)
+             r.sender_key, r.msg_id, r.token_hash, int(r.queued), r.for_key)
             for r in self._pending_private
         ]
         kept = [
@@ -193,7 +207,13 @@ class SqliteHistory:
             with self.db:  # BEGIN ... COMMIT, or ROLLBACK
                 self.db.execute("BEGIN")
                 self.db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                self.db.executemany("INSERT INTO private VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", private_rows)
+                self.db.executemany("INSERT INTO private VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", private_rows)
+                self.db.executemany(
+                    "UPDATE private SET queued = 0, token_hash = ? WHERE recipient_key = ? AND queued = 1"
+                    " AND for_key IN ('', ?) AND seq <= ?",
+                    self._delivered,
+                )
+                self.db.executemany("INSERT OR REPLACE INTO known VALUES (?, ?)", self._known.items())
                 self.db.executemany("DELETE FROM sessions WHERE name_key = ?", dropped)
                 self.db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?)", kept)
                 self.db.executemany("INSERT OR REPLACE INTO owners VALUES (?, ?)", self._owners.items())
@@ -209,6 +229,8 @@ class SqliteHistory:
             self._pending.clear()
             self._pending_private.clear()
             self._topics.clear()  # the broker puts back the topics of a refused batch itself
+            self._delivered.clear()  # still queued: delivered again on the next join
+        self._known.clear()
         self._sessions.clear()
         self._owners.clear()
 
@@ -261,6 +283,35 @@ class SqliteHistory:
             if r.recipient_key == recipient_key and r.message.seq > after and r.token_hash == hashed_token
         ]
         return found[:limit]
+
+    def known_name(self, name_key: str) -> str:
+        if name_key in self._known:
+            return self._known[name_key]
+        rows = self._read("SELECT name FROM known WHERE name_key = ?", (name_key,))
+        return rows[0][0] if rows else ""
+
+    def mark_known(self, name_key: str, name: str) -> None:
+        self._known[name_key] = name
+
+    def queued_counts(self, recipient_key: str, sender_key: str) -> tuple[int, int]:
+        to_them = self._read("SELECT COUNT(*) FROM private WHERE recipient_key = ? AND queued = 1", (recipient_key,))
+        from_them = self._read("SELECT COUNT(*) FROM private WHERE sender_key = ? AND queued = 1", (sender_key,))
+        pending = [r for r in self._pending_private if r.queued]
+        return (
+            to_them[0][0] + sum(r.recipient_key == recipient_key for r in pending),
+            from_them[0][0] + sum(r.sender_key == sender_key for r in pending),
+        )
+
+    def deliver_queued(self, recipient_key: str, public_key: str, hashed_token: str, limit: int) -> list[p.Private]:
+        rows = self._read(
+            "SELECT name, recipient, text, ts, seq FROM private WHERE recipient_key = ? AND queued = 1"
+            " AND for_key IN ('', ?) ORDER BY seq LIMIT ?",
+            (recipient_key, public_key, limit),
+        )
+        found = [p.Private(name, to, text, ts, seq, queued=True) for name, to, text, ts, seq in rows]
+        if found:
+            self._delivered.append((hashed_token, recipient_key, public_key, found[-1].seq))
+        return found
 
     def name_owner(self, name_key: str) -> str:
         if name_key in self._owners:

@@ -768,6 +768,8 @@ class ClientCore:
         out: list[ev.Action] = [ev.Acked(ack.id, ack.seq, ack.ts), *self._pump(now)]
         if ack.away and isinstance(sent[0], p.Pm):
             out.append(ev.Notice(f"{sent[0].to} is away: {ack.away}"))
+        if ack.queued and isinstance(sent[0], p.Pm):
+            out.append(ev.Notice(f"{sent[0].to} is offline: the message waits for them and is delivered when they join"))
         if self.quit_requested and not self._pending():
             out += self._quit(now)
         return out

@@ -86,7 +86,8 @@ class LineFormatter:
         return f"search for {p.neutralise(text)}: {count} lines" + ("; /search for older ones" if more else "")
 
     def private(self, private: p.Private) -> str:
-        return f"[{stamp(private.ts)}] {self.name(private.name)} (private): {p.neutralise(private.text)}"
+        marker = "private, while you were away" if private.queued else "private"
+        return f"[{stamp(private.ts)}] {self.name(private.name)} ({marker}): {p.neutralise(private.text)}"
 
     def room_list(self, listing: p.RoomList) -> str:
         rooms = []
