@@ -76,8 +76,8 @@ def parser() -> argparse.ArgumentParser:
                      help="lines per run are cut to this over the receivers (default %(default)s)")
     fan.add_argument("--line-bytes", type=pos_int, default=100, help="bytes of text per line (default %(default)s)")
     fan.add_argument("--window", type=pos_int, default=500, help="unacknowledged lines at most (default %(default)s)")
-    fan.add_argument("--fanout-targets", type=_targets, default=list(TARGETS.values()),
-                     help=f"default {','.join(TARGETS)}")
+    fan.add_argument("--fanout-targets", type=_targets, default=[t for t in TARGETS.values() if t.search_index],
+                     help=f"default {','.join(t for t, target in TARGETS.items() if target.search_index)}; also broker+history-unindexed")
     fan.add_argument("--skip-fanout", action="store_true")
     lat = ap.add_argument_group("2. latency")
     lat.add_argument("--latency-clients", type=pos_int, default=50, help="default %(default)s")

@@ -24,6 +24,7 @@ class Target:
     kind: str  # "broker", "floor" or "limit"
     history: bool = False  # --db FILE instead of --db :memory:
     secure: bool = False  # --secure
+    search_index: bool = True  # with history: False runs --no-search-index (what the index costs)
 
     @property
     def broker(self) -> bool:
@@ -34,8 +35,9 @@ LIMIT = Target("limit", "limit")
 FLOOR = Target("floor", "floor")
 BROKER = Target("broker", "broker")
 HISTORY = Target("broker+history", "broker", history=True)
+HISTORY_UNINDEXED = Target("broker+history-unindexed", "broker", history=True, search_index=False)
 SECURE = Target("broker+secure", "broker", secure=True)
-TARGETS = {t.name: t for t in (LIMIT, FLOOR, BROKER, HISTORY, SECURE)}
+TARGETS = {t.name: t for t in (LIMIT, FLOOR, BROKER, HISTORY, HISTORY_UNINDEXED, SECURE)}
 
 
 @dataclass
@@ -55,6 +57,8 @@ def broker_args(target: Target, tmp: Path, run_id: str, max_sessions: int | None
     args = ["broker.py", "--host", HOST, "--port", "0", "--pub-port", "0", "--rate", "0", "--pub-hwm", "0"]
     args += ["--max-per-address", "0", "--join-rate", "0"]
     args += ["--db", str(tmp / f"history-{run_id}.db") if target.history else ":memory:"]
+    if not target.search_index:
+        args.append("--no-search-index")
     if target.secure:
         args += ["--secure", "--key-dir", str(tmp / "keys")]
     if max_sessions is not None:

@@ -93,8 +93,9 @@ LOCK_WAIT = 1.0  # seconds a starting broker waits for the file's lock (a broker
 class SqliteHistory:
     """A ``History`` (see ``chat.broker.history``) kept in an SQLite file."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, index: bool = True) -> None:
         self.path = str(path)
+        self.index = index  # False (--no-search-index): new lines are not indexed for search
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=LOCK_WAIT)
             # Before the first access: the lock is then taken at once and kept, and WAL needs no -shm file.
@@ -202,7 +203,7 @@ class SqliteHistory:
             if r is not None
         ]
         dropped = [(key,) for key, r in self._sessions.items() if r is None]
-        searched = [(e.text, e.room, e.seq) for e, _ in self._pending if e.kind in SEARCHED_KINDS]
+        searched = [(e.text, e.room, e.seq) for e, _ in self._pending if e.kind in SEARCHED_KINDS and self.index]
         try:
             with self.db:  # BEGIN ... COMMIT, or ROLLBACK
                 self.db.execute("BEGIN")
