@@ -254,3 +254,23 @@ def test_queued_pms_are_bounded_per_recipient_and_per_sender(monkeypatch: pytest
         codes.append(out[0].message.code if isinstance(out[0].message, p.Error) else "queued")
     assert codes == ["queued", "queued", p.QUEUE_FULL]  # bob's 5
     assert isinstance(replies(send(broker, b"e", p.Pm("e9", "carol", "hi")))[0], p.Ack)  # others still can
+
+
+def test_lines_are_indexed_off_their_path_when_the_broker_is_idle(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "INDEX_BEFORE_SEARCH", 0)  # only idle time indexes
+    monkeypatch.setattr(store, "INDEX_WHEN_IDLE", 2)
+    broker = on_disk(tmp_path / "chat.db", clock)
+    join(broker, b"a", "alice")
+    for n in range(3):
+        broker.commit(send(broker, b"a", p.Say(f"s{n}", f"deploy {n}")))
+
+    def found() -> list[str]:
+        return [e["text"] for e in replies(send(broker, b"a", p.Search(f"q{clock()}", "deploy")), b"a")[0].events]
+
+    assert found() == []  # stored, acknowledged and published, not indexed yet
+    broker.idle()
+    assert found() == ["deploy 1", "deploy 0"]
+    broker.idle()
+    assert found() == ["deploy 2", "deploy 1", "deploy 0"]

@@ -222,6 +222,13 @@ class Broker:
             del self.addresses[address]
         return out
 
+    def idle(self) -> None:
+        """Nothing came in for a while: let the history do its deferred work (indexing for search)."""
+        try:
+            self.history.idle()
+        except StoreError as exc:  # a failing disk: the lines are safe, their indexing waits
+            self._tell(f"{exc}; searching finds the lines stored before")
+
     def shutdown(self, reason: str = "the broker is shutting down") -> list[Outgoing]:
         """Tell every client that the broker is going away. Its history keeps who was online, so that
         they can resume after a restart."""

@@ -140,6 +140,9 @@ class History(Protocol):
     def set_topic(self, room: str, text: str) -> None:
         """Keep a room's topic, durably with the next ``flush``."""
 
+    def idle(self) -> None:
+        """Do deferred work (the search index); the broker calls it when it has nothing else to do."""
+
     def search(self, text: str, rooms: list[str], before: int, limit: int) -> Found:
         """At most ``limit`` lines of ``rooms`` that have every word of ``text`` (``search_words``),
         newest first, older than the cursor ``before`` (0: from the newest)."""
@@ -240,6 +243,9 @@ class MemoryHistory:
         if not queue:
             self._queued.pop(recipient_key, None)
         return [msgspec.structs.replace(r.message, queued=True) for r in mine]
+
+    def idle(self) -> None:
+        pass  # nothing deferred: lines are searchable as they come
 
     def topic(self, room: str) -> str:
         return self._topics.get(room, "")

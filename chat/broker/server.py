@@ -200,6 +200,8 @@ class BrokerServer:
         while not self.stopping:
             timeout = max(0, min(POLL_MS, int((min(next_expiry, next_watch) - clock()) * 1000)))
             outgoing = self._drain() if poller.poll(timeout) else []
+            if not outgoing:  # idle: deferred work (the search index), a few ms at a time
+                self.broker.idle()
             if self.guard is not None and clock() >= next_watch:
                 self.guard.watch()
                 next_watch = clock() + WATCH_EVERY

@@ -67,7 +67,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     last_room TEXT NOT NULL
 ) WITHOUT ROWID;
 """
-# Version 2: topics that outlive a restart, the full-text index of lines, actions and topics, the names
+# Version 2: topics that outlive a restart, the full-text index of lines, actions and topics (rows to
+# index are noted with the batch, ``search_rows``; the index itself, contentless FTS5 keyed by their id,
+# is filled when the broker is idle, and before a search: off the path of lines), the names
 # that have joined (to whom a PM can be queued), and private messages queued for someone offline: in
 # ``private``, numbered in the recipient's sequence, marked ``queued`` (and ``for_key``: only the key that
 # owned the name when it was sent may have them) until that name next joins.
@@ -79,14 +81,18 @@ ALTER TABLE private ADD COLUMN queued INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE private ADD COLUMN for_key TEXT NOT NULL DEFAULT '';
 CREATE INDEX private_queued ON private (recipient_key, seq) WHERE queued = 1;
 CREATE INDEX private_queued_by_sender ON private (sender_key) WHERE queued = 1;
-CREATE VIRTUAL TABLE search USING fts5(text, room UNINDEXED, seq UNINDEXED, tokenize = 'unicode61');
-INSERT INTO search (text, room, seq)
-    SELECT text, room, seq FROM events WHERE kind IN ({", ".join(repr(k) for k in SEARCHED_KINDS)}) ORDER BY ts, room, seq;
+CREATE TABLE search_rows (id INTEGER PRIMARY KEY, room TEXT NOT NULL, seq INTEGER NOT NULL);
+CREATE VIRTUAL TABLE search USING fts5(text, content = '', columnsize = 0, tokenize = 'unicode61');
+INSERT INTO search_rows (room, seq)
+    SELECT room, seq FROM events WHERE kind IN ({", ".join(repr(k) for k in SEARCHED_KINDS)}) ORDER BY ts, room, seq;
+INSERT OR REPLACE INTO meta VALUES ('indexed_upto', '0');
 """
 MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)  # MIGRATIONS[n] takes a file from version n to n + 1
 SCHEMA_VERSION = len(MIGRATIONS)
 SEARCH_BUDGET = 0.25  # seconds one search may take before it is cut short
 SEARCH_CHECK_EVERY = 10_000  # SQLite steps between looks at the clock during a search
+INDEX_WHEN_IDLE = 500  # lines indexed at a time while the broker has nothing else to do (a few ms)
+INDEX_BEFORE_SEARCH = 20_000  # lines indexed at most before a search (the newest beyond: not found yet)
 LOCK_WAIT = 1.0  # seconds a starting broker waits for the file's lock (a broker that is still stopping)
 
 
@@ -113,6 +119,7 @@ class SqliteHistory:
                 self.db.execute("INSERT INTO meta VALUES ('history_id', ?)", (self.history_id,))
             else:
                 self.history_id = row[0]
+            self._indexed = int(self.db.execute("SELECT value FROM meta WHERE key = 'indexed_upto'").fetchone()[0])
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc):
                 raise StoreError(f"{self.path} is in use by another broker (the file is locked)") from None
@@ -203,7 +210,7 @@ class SqliteHistory:
             if r is not None
         ]
         dropped = [(key,) for key, r in self._sessions.items() if r is None]
-        searched = [(e.text, e.room, e.seq) for e, _ in self._pending if e.kind in SEARCHED_KINDS and self.index]
+        searched = [(e.room, e.seq) for e, _ in self._pending if e.kind in SEARCHED_KINDS and self.index]
         try:
             with self.db:  # BEGIN ... COMMIT, or ROLLBACK
                 self.db.execute("BEGIN")
@@ -218,7 +225,7 @@ class SqliteHistory:
                 self.db.executemany("DELETE FROM sessions WHERE name_key = ?", dropped)
                 self.db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?)", kept)
                 self.db.executemany("INSERT OR REPLACE INTO owners VALUES (?, ?)", self._owners.items())
-                self.db.executemany("INSERT INTO search (text, room, seq) VALUES (?, ?, ?)", searched)
+                self.db.executemany("INSERT INTO search_rows (room, seq) VALUES (?, ?)", searched)
                 self.db.executemany("INSERT OR REPLACE INTO topics VALUES (?, ?)", self._topics.items())
         except sqlite3.Error as exc:
             for event, _ in self._pending:
@@ -342,17 +349,39 @@ class SqliteHistory:
     def set_topic(self, room: str, text: str) -> None:
         self._topics[room] = text  # written with the batch, like the topic event
 
+    def idle(self) -> None:
+        """Index a few more lines (the broker has nothing else to do)."""
+        self._index(INDEX_WHEN_IDLE)
+
+    def _index(self, lines: int) -> None:
+        rows = self._read(
+            "SELECT r.id, e.text FROM search_rows r JOIN events e ON e.room = r.room AND e.seq = r.seq"
+            " WHERE r.id > ? ORDER BY r.id LIMIT ?",
+            (self._indexed, lines),
+        )
+        if not rows:
+            return
+        try:
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.executemany("INSERT INTO search (rowid, text) VALUES (?, ?)", rows)
+                self.db.execute("UPDATE meta SET value = ? WHERE key = 'indexed_upto'", (str(rows[-1][0]),))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write the search index of {self.path} ({exc})") from None
+        self._indexed = rows[-1][0]
+
     def search(self, text: str, rooms: list[str], before: int, limit: int) -> Found:
         """Newest first; every word of ``text`` must be in the line (as words: FTS5's syntax is quoted)."""
         words = search_words(text)
         if not words or not rooms:
             return Found([], 0)
+        self._index(INDEX_BEFORE_SEARCH)
         query = " ".join(f'"{word}"' for word in words)  # \w+ words: no quote inside to escape
         marks = ", ".join("?" for _ in rooms)
         sql = (
             f"SELECT s.rowid, e.room, e.seq, e.ts, e.kind, e.name, e.text FROM search s"
-            f" JOIN events e ON e.room = s.room AND e.seq = s.seq"
-            f" WHERE search MATCH ? AND s.rowid < ? AND s.room IN ({marks}) ORDER BY s.rowid DESC LIMIT ?"
+            f" JOIN search_rows r ON r.id = s.rowid JOIN events e ON e.room = r.room AND e.seq = r.seq"
+            f" WHERE search MATCH ? AND s.rowid < ? AND r.room IN ({marks}) ORDER BY s.rowid DESC LIMIT ?"
         )
         deadline = time.monotonic() + SEARCH_BUDGET
         self.db.set_progress_handler(_past(deadline), SEARCH_CHECK_EVERY)
