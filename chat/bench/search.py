@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         written = generate(history, args.lines, args.seconds)
         took = time.monotonic() - start
         print(f"history: {written} lines in {took:.1f} s ({written / took:,.0f} lines/s, file {path.stat().st_size / 1e6:.0f} MB)")
+        start = time.monotonic()
+        while history.index_some(50_000):  # what the broker does while idle
+            pass
+        took = time.monotonic() - start
+        print(f"index: {written} lines in {took:.1f} s ({written / took:,.0f} lines/s, file {path.stat().st_size / 1e6:.0f} MB)")
         result = measure(history, args.searches)
         print(
             f"search over {written} lines: {result['searches']} searches, p50 {result['p50_ms']:.1f} ms, "

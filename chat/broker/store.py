@@ -351,16 +351,17 @@ class SqliteHistory:
 
     def idle(self) -> None:
         """Index a few more lines (the broker has nothing else to do)."""
-        self._index(INDEX_WHEN_IDLE)
+        self.index_some(INDEX_WHEN_IDLE)
 
-    def _index(self, lines: int) -> None:
+    def index_some(self, lines: int) -> int:
+        """Index up to ``lines`` stored lines not indexed yet; how many it did."""
         rows = self._read(
             "SELECT r.id, e.text FROM search_rows r JOIN events e ON e.room = r.room AND e.seq = r.seq"
             " WHERE r.id > ? ORDER BY r.id LIMIT ?",
             (self._indexed, lines),
         )
         if not rows:
-            return
+            return 0
         try:
             with self.db:
                 self.db.execute("BEGIN")
@@ -369,13 +370,14 @@ class SqliteHistory:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write the search index of {self.path} ({exc})") from None
         self._indexed = rows[-1][0]
+        return len(rows)
 
     def search(self, text: str, rooms: list[str], before: int, limit: int) -> Found:
         """Newest first; every word of ``text`` must be in the line (as words: FTS5's syntax is quoted)."""
         words = search_words(text)
         if not words or not rooms:
             return Found([], 0)
-        self._index(INDEX_BEFORE_SEARCH)
+        self.index_some(INDEX_BEFORE_SEARCH)
         query = " ".join(f'"{word}"' for word in words)  # \w+ words: no quote inside to escape
         marks = ", ".join("?" for _ in rooms)
         sql = (
