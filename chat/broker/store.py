@@ -292,11 +292,15 @@ class SqliteHistory:
         ]
         return found[:limit]
 
-    def known_name(self, name_key: str) -> str:
-        if name_key in self._known:
-            return self._known[name_key]
-        rows = self._read("SELECT name FROM known WHERE name_key = ?", (name_key,))
+    def _value(self, batch: dict[str, str], sql: str, key: str) -> str:
+        """A value set in this batch, or else the stored one ("" when none): names, owners, topics."""
+        if key in batch:
+            return batch[key]
+        rows = self._read(sql, (key,))
         return rows[0][0] if rows else ""
+
+    def known_name(self, name_key: str) -> str:
+        return self._value(self._known, "SELECT name FROM known WHERE name_key = ?", name_key)
 
     def mark_known(self, name_key: str, name: str) -> None:
         self._known[name_key] = name
@@ -322,10 +326,7 @@ class SqliteHistory:
         return found
 
     def name_owner(self, name_key: str) -> str:
-        if name_key in self._owners:
-            return self._owners[name_key]
-        rows = self._read("SELECT public_key FROM owners WHERE name_key = ?", (name_key,))
-        return rows[0][0] if rows else ""
+        return self._value(self._owners, "SELECT public_key FROM owners WHERE name_key = ?", name_key)
 
     def set_name_owner(self, name_key: str, public_key: str) -> None:
         self._owners[name_key] = public_key  # written with the batch (flush), like its events
@@ -341,10 +342,7 @@ class SqliteHistory:
         return [SessionRecord(k, n, t, tuple(json.loads(r)), pk, lr) for k, n, t, r, pk, lr in rows]
 
     def topic(self, room: str) -> str:
-        if room in self._topics:
-            return self._topics[room]
-        rows = self._read("SELECT text FROM topics WHERE room = ?", (room,))
-        return rows[0][0] if rows else ""
+        return self._value(self._topics, "SELECT text FROM topics WHERE room = ?", room)
 
     def set_topic(self, room: str, text: str) -> None:
         self._topics[room] = text  # written with the batch, like the topic event
