@@ -663,3 +663,24 @@ def test_a_paste_of_many_lines_sends_every_line_in_order_at_the_brokers_pace(
             assert len(matching(app, r"<alice> (ah: )?pasted \d+$")) == 30
 
     run(scenario)
+
+
+@pytest.mark.timeout(30)
+def test_nick_and_search_in_the_full_screen_client(procs: Processes, broker: Broker, apps: list[ChatApp]) -> None:
+    bob = procs.join("bob", broker)
+    app = chat_app(apps, broker, "alice")
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await joined(pilot, app, procs)
+            bob.send("deploy is green")
+            await until(pilot, "bob's line", shown(app, r"<bob> deploy is green$"), procs)
+            await type_line(pilot, "/nick alicia")
+            bob.expect(rf"^{TS} alice is now known as alicia\.$")
+            await until(pilot, "the nick line", shown(app, r"-!- alice is now known as alicia$"), procs)
+            await until(pilot, "the new name", lambda: app.nick == "alicia", procs)
+            await type_line(pilot, "/search DEPLOY")
+            await until(pilot, "the search result", shown(app, r"#general <bob> deploy is green$"), procs)
+            assert matching(app, r"search for DEPLOY: 1 lines$")
+
+    run(scenario)
