@@ -23,9 +23,10 @@ from chat.defaults import DEFAULT_PORT, DEFAULT_PUB_PORT, PUB_HWM
 from chat.discovery import BEACON_PORT, LISTEN_TIME
 from chat.errors import StartupError, StoreError
 from chat.keys import BROKER_KEY, CLIENT_KEY, KeyFileError, default_key_dir, ensure_keypair, parse_public_key
-from chat.paths import given, history_db
+from chat.paths import downloads_dir, file_store, given, history_db
 
 if TYPE_CHECKING:
+    from chat.broker.files import FileService
     from chat.broker.server import Curve
     from chat.client.host import BrokerAddress
 
@@ -112,6 +113,26 @@ def _db_path(text: str) -> str:
     return str(path)
 
 
+def _size(text: str) -> int:
+    from chat.broker.files import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("give a number of bytes, or one with K, M or G (100M, 2G)") from None
+
+
+def _days(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3650:
+        raise argparse.ArgumentTypeError("give a number of days above 0, up to 3650")
+    return value
+
+
+def _byte_rate(text: str) -> int:
+    return _size(text)
+
+
 def broker_parser(prog: str = "broker.py") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="Run the chat broker: a ROUTER for requests and a PUB for the fan-out."
@@ -172,6 +193,14 @@ def broker_parser(prog: str = "broker.py") -> argparse.ArgumentParser:
     limits.add_argument(
         "--join-burst", type=_at_least_one, default=JOIN_BURST, metavar="N", help="... and at once (default %(default)s)"
     )
+    from chat.broker.files import FILE_DAYS, FILE_QUOTA, MAX_FILE_SIZE, UPLOAD_TIMEOUT
+
+    files = parser.add_argument_group("file sharing")
+    files.add_argument("--file-dir", type=Path, metavar="DIR", help="where shared files are kept (default: beside --db; with :memory:, a temporary folder)")
+    files.add_argument("--max-file-size", type=_size, default=MAX_FILE_SIZE, metavar="BYTES", help="largest file a user may send (default 100M; K, M, G suffixes)")
+    files.add_argument("--file-quota", type=_size, default=FILE_QUOTA, metavar="BYTES", help="all shared files together; the oldest go first (default 2G)")
+    files.add_argument("--file-days", type=_days, default=FILE_DAYS, metavar="DAYS", help="days a shared file is kept (default %(default)g)")
+    files.add_argument("--upload-timeout", type=_seconds, default=UPLOAD_TIMEOUT, metavar="SECONDS", help="an upload silent this long is dropped with its partial data (default %(default)g)")
     security = parser.add_argument_group("encryption (CurveZMQ)")
     security.add_argument("--secure", action="store_true", help="encrypt both sockets; clients need the broker's public key")
     security.add_argument(
@@ -243,6 +272,14 @@ def client_parser(prog: str = "client.py") -> argparse.ArgumentParser:
         default=None,
         help=f"where this client's key pair is kept, made on first use (default {default_key_dir()})",
     )
+    parser.add_argument(
+        "--download-dir", type=Path, default=None, metavar="DIR",
+        help=f"where /get saves files (default {downloads_dir()})",
+    )
+    parser.add_argument(
+        "--file-rate", type=_byte_rate, default=0, metavar="BYTES",
+        help="at most this many bytes a second for file transfers (K, M, G suffixes; default 0: no limit)",
+    )
     return parser
 
 
@@ -287,6 +324,12 @@ def broker_main(argv: list[str] | None = None, prog: str = "broker.py") -> int:
     except StartupError as exc:
         server.close()
         return _cannot_start(exc)
+    try:
+        files = open_files(args)
+    except StartupError as exc:
+        server.close()
+        history.close()
+        return _cannot_start(exc)
     announce = None
     if args.announce:
         import socket
@@ -305,6 +348,7 @@ def broker_main(argv: list[str] | None = None, prog: str = "broker.py") -> int:
         join_burst=args.join_burst,
         notice=notice,
         warn=notice,
+        files=files,
     )
     server.attach(broker)
     starters: list[Callable[[int], Callable[[], None]]] = []
@@ -324,10 +368,36 @@ def broker_main(argv: list[str] | None = None, prog: str = "broker.py") -> int:
             server, announce=announce, launcher=CLIENT_LAUNCHERS.get(prog, "python client.py"), beside=beside
         )
     finally:
+        files.close()
         history.close()
 
 
 LOOPBACK = frozenset({"127.0.0.1", "::1"})  # where the broker's own gateways connect from
+
+
+def open_files(args: argparse.Namespace) -> "FileService":
+    """The broker's file store: --file-dir, else beside the history (a temporary folder for :memory:)."""
+    import tempfile
+
+    from chat.broker.files import FileService
+
+    temporary = args.file_dir is None and args.db == ":memory:"
+    if args.file_dir is not None:
+        folder = given(str(args.file_dir))
+    elif temporary:
+        folder = Path(tempfile.mkdtemp(prefix="lanchat-files-"))
+    else:
+        folder = file_store(Path(args.db) if args.db else history_db())
+    try:
+        service = FileService(
+            folder, max_file_size=args.max_file_size, quota=args.file_quota, days=args.file_days,
+            upload_timeout=args.upload_timeout, temporary=temporary,
+        )
+    except OSError as exc:
+        raise StartupError(f"cannot keep files in {folder}: {exc.strerror or exc}") from None
+    if not temporary:
+        print(f"broker: shared files in {folder}", flush=True)
+    return service
 
 
 def _cannot_start(problem: StartupError) -> int:
@@ -512,7 +582,10 @@ def client_main(argv: list[str] | None = None, prog: str = "client.py") -> int:
         # A person at a terminal: the full-screen client. --plain on a terminal gives the line prompt below.
         from chat.ui.tui import run_tui
 
-        tui_core = ClientCore(args.name, interactive=True, history_lines=args.history, room=args.room)
+        tui_core = ClientCore(
+            args.name, interactive=True, history_lines=args.history, room=args.room,
+            download_dir=args.download_dir, file_rate=args.file_rate,
+        )
         return run_tui(
             lambda show: Connection(tui_core, args.host, args.port, show, curve=curve),
             address=p.endpoint(args.host, args.port).removeprefix("tcp://"),
@@ -520,7 +593,10 @@ def client_main(argv: list[str] | None = None, prog: str = "client.py") -> int:
         )
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     front = LineFrontEnd(sys.stdout, sys.stderr, colour=colour, interactive=interactive)
-    core = ClientCore(args.name, interactive=interactive, history_lines=args.history, room=args.room)
+    core = ClientCore(
+        args.name, interactive=interactive, history_lines=args.history, room=args.room,
+        download_dir=args.download_dir, file_rate=args.file_rate,
+    )
     conn = Connection(core, args.host, args.port, front.show, curve=curve)
     # Ctrl-C and SIGTERM leave cleanly, like /quit.
     signal.signal(signal.SIGINT, lambda *_: conn.submit_eof())

@@ -1,7 +1,8 @@
 """Every file the program keeps for its user, and where: the one place that decides (platformdirs).
 
 - key pairs: ``CONFIG/keys``; brokers trusted on first use: ``CONFIG/known_brokers``
-- the broker's default history: ``DATA/history.db``
+- the broker's default history: ``DATA/history.db``; its file store beside it: ``DATA/files``
+- downloaded files: the user's downloads folder (``~/Downloads`` and the like)
 
 where CONFIG and DATA are ``~/.config/lanchat`` and ``~/.local/share/lanchat`` on Linux (or the XDG
 variables), ``~/Library/Application Support/lanchat`` on macOS, and ``%APPDATA%\\lanchat`` and
@@ -69,3 +70,14 @@ def history_db(dirs: PlatformDirsABC | None = None) -> Path:
     """The broker's default history database (``--db``)."""
     dirs = dirs or platform_dirs(roaming=False)
     return _kept(Path(dirs.user_data_dir) / "history.db", legacy_data_dir() / "history.db")
+
+
+def file_store(db: Path) -> Path:
+    """The broker's file store (shared files): a folder beside its history database."""
+    return db.parent / "files"
+
+
+def downloads_dir(dirs: PlatformDirsABC | None = None) -> Path:
+    """Where downloaded files go without --download-dir: the platform's downloads folder."""
+    dirs = dirs or platform_dirs()
+    return Path(dirs.user_downloads_dir)

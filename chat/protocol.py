@@ -65,6 +65,11 @@ SERVER_FULL = "server_full"
 ROOM_INVALID = "room_invalid"
 NAME_OWNED = "name_owned"
 RATE_LIMITED = "rate_limited"
+NO_SUCH_FILE = "no_such_file"  # GET or PUT of a file number the broker does not have (or no longer)
+FILE_REFUSED = "file_refused"  # the file is not for this session (another user's, a room one is not in)
+FILE_TOO_LARGE = "file_too_large"  # OFFER over --max-file-size or what --file-quota can hold
+BAD_CHUNK = "bad_chunk"  # a PUT or GET with a wrong offset, size or checksum
+FILE_NOT_STORED = "file_not_stored"  # the broker could not write the file (disk full): nothing of it kept
 ADDRESS_FULL = "address_full"  # too many sessions from one source address
 KEY_MISMATCH = "key_mismatch"  # (--secure) a request from another key than the session's
 STORE_FAILED = "store_failed"  # the broker could not store (disk full, read-only) or read its history
@@ -72,7 +77,7 @@ QUEUE_FULL = "queue_full"  # too many private messages wait for someone offline 
 ERROR_CODES = (
     BAD_FRAMES, BAD_VERSION, BAD_TYPE, BAD_JSON, BAD_FIELD, TOO_LARGE, NAME_INVALID, NAME_TAKEN, NOT_JOINED,
     ALREADY_JOINED, NO_SUCH_USER, NO_SUCH_ROOM, ROOM_INVALID, HISTORY_RANGE, SERVER_FULL, NAME_OWNED, RATE_LIMITED,
-    ADDRESS_FULL, KEY_MISMATCH, STORE_FAILED, QUEUE_FULL,
+    ADDRESS_FULL, KEY_MISMATCH, STORE_FAILED, NO_SUCH_FILE, FILE_REFUSED, FILE_TOO_LARGE, BAD_CHUNK, FILE_NOT_STORED, QUEUE_FULL,
 )  # every code an ERROR can carry; docs/PROTOCOL.md lists the same (tests/test_error_table.py checks it)
 
 # Event kinds on the PUB socket.
@@ -84,7 +89,15 @@ KIND_ENTER = "enter"  # joined one room with /join (text: empty)
 KIND_PART = "part"  # left one room with /leave (text: empty)
 KIND_TOPIC = "topic"  # set the room's topic (text: the new topic)
 KIND_NICK = "nick"  # changed name (name: the old one, text: the new one)
+KIND_FILE = "file"  # offered a file to the room (text: offer_text(), ending in "/get N")
 SAY_KINDS = (KIND_MSG, KIND_ACTION)
+
+# Files. Data rides in a fourth frame of PUT and CHUNK, never in JSON and never on the PUB.
+MAX_PUT_BYTES = MAX_FRAME_BYTES  # data in one PUT (the broker's ZMQ_MAXMSGSIZE is a margin above)
+MAX_GET_BYTES = 1024 * 1024  # data one GET may ask for (one CHUNK)
+MAX_FILE_NAME_BYTES = 255  # an offered name, UTF-8, after sanitising (most file systems' limit)
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+DATA_TYPES = frozenset((b"PUT", b"CHUNK"))  # the types that may carry a data frame
 
 MAX_ROOM_CHARS = 32  # after the '#'
 MAX_ROOMS_PER_SESSION = 32
@@ -224,7 +237,70 @@ class Fetch(Message, frozen=True):
     id: str = ""  # optional: echoed in the HISTORY and in an ERROR's ref, to tell several fetches apart
 
 
+class Offer(Message, frozen=True):
+    """Offer a file to a user (``to`` a name) or a room (``to`` a #room): answered by UPLOADING (send
+    from ``offset``) or, when the broker holds those bytes already, by PUT_ACK with ``have == size``."""
+
+    TYPE: ClassVar[bytes] = b"OFFER"
+    id: str  # the client's; every PUT of this upload repeats it, and an ERROR about it names it in ref
+    to: str
+    name: str  # as the sender calls it; the broker shows and serves safe_file_name(name), never a path
+    size: int
+    sha256: str  # of the whole file, 64 lower-case hex digits
+
+
+class Put(Message, frozen=True):
+    """``len(data)`` bytes of an upload at ``offset`` (the data is the fourth frame); acknowledged by PUT_ACK."""
+
+    TYPE: ClassVar[bytes] = b"PUT"
+    id: str
+    file: int
+    offset: int
+    crc32: int  # zlib.crc32 of the data: a chunk damaged on the way is refused (bad_chunk)
+
+
+class Get(Message, frozen=True):
+    """Ask for ``size`` bytes of file ``file`` from ``offset`` (size 0: only what the file is)."""
+
+    TYPE: ClassVar[bytes] = b"GET"
+    id: str
+    file: int
+    offset: int = 0
+    size: int = 0
+
+
 # Broker -> client
+
+
+class Uploading(Message, frozen=True):
+    """Answer to OFFER: the file's number, and the bytes the broker holds already (send from there)."""
+
+    TYPE: ClassVar[bytes] = b"UPLOADING"
+    id: str
+    file: int
+    offset: int
+
+
+class PutAck(Message, frozen=True):
+    """The broker stored the upload's bytes up to ``have``; ``have == size``: the file is stored and offered."""
+
+    TYPE: ClassVar[bytes] = b"PUT_ACK"
+    id: str
+    file: int
+    have: int
+
+
+class Chunk(Message, frozen=True):
+    """Answer to GET: the bytes at ``offset`` (fourth frame; none for a GET of size 0) and what the file is."""
+
+    TYPE: ClassVar[bytes] = b"CHUNK"
+    id: str
+    file: int
+    offset: int
+    size: int  # of the whole file
+    sha256: str
+    name: str  # safe_file_name of the offered name
+    sender: str = ""
 
 
 class Welcome(Message, frozen=True):
@@ -294,6 +370,7 @@ class Private(Message, frozen=True):
     ts: int
     seq: int = 0  # numbers the recipient's private messages 1, 2, 3...: a resent one is recognised by it
     queued: bool = False  # sent while the recipient was offline (``ts``: when it was sent)
+    file: int = 0  # not 0: a file offer (text: offer_text()), fetched with GET of this number
 
 
 class Pong(Message, frozen=True):
@@ -368,12 +445,16 @@ class Bye(Message, frozen=True):
 
 
 CLIENT_MESSAGES: dict[bytes, type[Message]] = {
-    m.TYPE: m for m in (Join, Say, Pm, Who, Ping, Leave, Fetch, Enter, Part, Rooms, Topic, Nick, Away, Search)
+    m.TYPE: m for m in (Join, Say, Pm, Who, Ping, Leave, Fetch, Enter, Part, Rooms, Topic, Offer, Put, Get, Nick, Away, Search)
 }
 BROKER_MESSAGES: dict[bytes, type[Message]] = {
     m.TYPE: m
-    for m in (Welcome, Ack, Error, Roster, Private, Pong, History, Bye, Entered, Parted, RoomList, Renamed, Found)
+    for m in (
+        Welcome, Ack, Error, Roster, Private, Pong, History, Bye, Entered, Parted, RoomList, Uploading, PutAck, Chunk,
+        Renamed, Found,
+    )
 }
+FILE_REQUESTS = (Offer, Put, Get)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -488,6 +569,8 @@ def _check_version(tag: bytes) -> None:
 
 
 def _check_frames(frames: list[bytes], count: int) -> None:
+    if count == 3 and len(frames) == 4 and bytes(frames[1]) in DATA_TYPES:
+        frames = frames[:3]  # the data frame: its size is checked by its message's own rule
     if len(frames) != count:
         raise RemoteProtocolError(BAD_FRAMES, f"expected {count} frames, got {len(frames)}")
     for frame in frames:
@@ -511,12 +594,14 @@ def decode(frames: list[bytes], table: dict[bytes, type[Message]]) -> Message:
 
 def _decode(frames: list[bytes], table: dict[bytes, type[Message]]) -> Message:
     _check_frames(frames, 3)
-    tag, kind, raw = frames
+    tag, kind, raw = frames[:3]
     cls = table.get(bytes(kind))
     _check_version(tag)
     if cls is None:
         raise RemoteProtocolError(BAD_TYPE, f"unknown message type {bytes(kind)[:32]!r}")
     message = _from_body(cls, raw)
+    if len(frames) == 4 and cls is Put and len(frames[3]) > MAX_PUT_BYTES:
+        raise RemoteProtocolError(BAD_CHUNK, f"a PUT carries at most {MAX_PUT_BYTES} bytes", reference(message))
     try:
         validate(message)
     except RemoteProtocolError as exc:
@@ -550,6 +635,11 @@ def reference(message: Message) -> str:
 
 def decode_client(frames: list[bytes]) -> Message:
     return decode(frames, CLIENT_MESSAGES)
+
+
+def data_of(frames: list[bytes]) -> bytes:
+    """The data frame of a PUT or CHUNK (empty when it has none)."""
+    return bytes(frames[3]) if len(frames) == 4 else b""
 
 
 def decode_broker(frames: list[bytes]) -> Message:
@@ -726,7 +816,37 @@ def _validate_topic(message: Topic) -> None:
         raise RemoteProtocolError(BAD_FIELD, f"a topic can be at most {MAX_TOPIC_CHARS} characters long")
 
 
+def _check_id(msg_id: str) -> None:
+    if len(msg_id) > MAX_ID_CHARS:
+        raise RemoteProtocolError(BAD_FIELD, f"an id can be at most {MAX_ID_CHARS} characters long")
+
+
+def _validate_offer(message: Offer) -> None:
+    _check_id(message.id)
+    if message.to.startswith("#"):
+        _check_room(message.to)
+    elif name_problem(message.to):
+        raise RemoteProtocolError(BAD_FIELD, "OFFER: 'to' must be a user's name or a #room")
+    if message.size < 0:
+        raise RemoteProtocolError(BAD_FIELD, "OFFER: size cannot be negative")
+    if not SHA256_HEX.fullmatch(message.sha256):
+        raise RemoteProtocolError(BAD_FIELD, "OFFER: sha256 must be 64 lower-case hex digits")
+    if len(message.name.encode("utf-8", "surrogatepass")) > 4 * MAX_FILE_NAME_BYTES:
+        raise RemoteProtocolError(BAD_FIELD, f"OFFER: a file name can be at most {MAX_FILE_NAME_BYTES} bytes")
+
+
+def _validate_transfer(message: Put | Get) -> None:
+    _check_id(message.id)
+    if message.file < 1 or message.offset < 0:
+        raise RemoteProtocolError(BAD_CHUNK, f"{message.TYPE.decode()}: file must be >= 1 and offset >= 0")
+    if isinstance(message, Get) and not 0 <= message.size <= MAX_GET_BYTES:
+        raise RemoteProtocolError(BAD_CHUNK, f"GET: size must be 0 to {MAX_GET_BYTES} bytes")
+
+
 _VALIDATORS: dict[type[Message], Any] = {
+    Offer: _validate_offer,
+    Put: _validate_transfer,
+    Get: _validate_transfer,
     Join: _validate_join,
     Say: _validate_line,
     Pm: _validate_line,
@@ -795,3 +915,62 @@ def neutralise(text: str) -> str:
             out.append(ch)
     return "".join(out)
 
+
+
+# --------------------------------------------------------------------------- file names and offers
+
+# Names Windows keeps for devices, with or without an extension ("CON", "nul.txt", "COM1.log").
+_RESERVED_NAMES = frozenset(
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"] + [f"{d}{i}" for d in ("COM", "LPT") for i in range(1, 10)]
+)
+_UNSAFE_IN_NAMES = re.compile(r'[\x00-\x1f\x7f-\x9f<>:"/\\|?*\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]')
+
+
+def safe_file_name(name: str) -> str:
+    """A name that is safe to show and to save a file under, on every system, for an offered ``name``.
+
+    Only the last part of a path is kept (``../../etc/passwd`` is ``passwd``), control characters and
+    what Windows forbids become ``_``, leading dots and trailing dots and spaces go (no hidden files, no
+    ``..``), a device name of Windows (``CON``, ``NUL``, ``COM1``..., also with an extension) gets a
+    ``_`` in front, and the name is cut to MAX_FILE_NAME_BYTES of UTF-8, keeping its extension.
+    """
+    name = unicodedata.normalize("NFC", name.replace("\\", "/")).rsplit("/", 1)[-1]
+    name = _UNSAFE_IN_NAMES.sub("_", name).lstrip(". ").rstrip(". ")
+    if not name:
+        return "file"
+    if name.split(".", 1)[0].upper().rstrip(" ") in _RESERVED_NAMES:
+        name = "_" + name
+    if len(name.encode()) > MAX_FILE_NAME_BYTES:
+        stem, dot, ext = name.rpartition(".")
+        ext = dot + ext if dot and stem and len(ext.encode()) <= 16 else ""
+        stem = name[: len(name) - len(ext)]
+        while len((stem + ext).encode()) > MAX_FILE_NAME_BYTES:
+            stem = stem[:-1]
+        name = stem.rstrip(". ") + ext
+    return name
+
+
+def file_size_text(size: int) -> str:
+    """A size as people read it: 512 bytes, 2.4 KB, 2.4 MB, 1.2 GB (powers of 1000, as file managers show)."""
+    if size < 1000:
+        return f"{size} byte" + ("" if size == 1 else "s")
+    for unit in ("KB", "MB", "GB", "TB"):
+        size /= 1000  # type: ignore[assignment]
+        if size < 999.95 or unit == "TB":
+            return f"{size:.1f} {unit}"
+    return ""  # pragma: no cover
+
+
+def offer_text(number: int, name: str, size: int, sha256: str) -> str:
+    """The text of a file offer, in a room's ``file`` event and in a PRIVATE: readable as it is by a client
+    that does not know files, and ending in the command that fetches it."""
+    return f"offers {safe_file_name(name)} ({file_size_text(size)}, sha256 {sha256[:8]}...) - /get {number}"
+
+
+_OFFER_NUMBER = re.compile(r" - /get (\d+)$")
+
+
+def offer_number(text: str) -> int:
+    """The file number at the end of an ``offer_text`` (0 when it is not one)."""
+    match = _OFFER_NUMBER.search(text)
+    return int(match[1]) if match else 0

@@ -327,6 +327,7 @@ class Broker(Process):
         pub_port: int = 0,
         label: str = "broker",
         default_db: bool = False,
+        prefix: tuple[str, ...] = (),
     ) -> None:
         """``default_db``: no --db at all, for tests of where the default goes (they set the home)."""
         self.timeout = timeout
@@ -336,7 +337,7 @@ class Broker(Process):
         if "--db" not in extra and not default_db:
             args += ["--db", ":memory:"]  # never the user's own history file, and nothing shared between tests
         args += extra
-        super().__init__(label, args, stdin=False)
+        super().__init__(label, args, stdin=False, prefix=prefix)
         self.port = port
         self.pub_port = pub_port
 

@@ -7,6 +7,7 @@ loop, a session taken back by a new driver (``Resume``) without a gap or a dupli
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Callable, Coroutine, Any
 
 import pytest
@@ -149,3 +150,20 @@ def test_the_host_refuses_sessions_beyond_its_limits_and_frees_them_when_they_en
         assert len(host.sessions) == 2 and other in host.sessions
 
     run(test, broker, max_sessions=2, per_address=1)
+
+
+def test_a_gateway_session_cannot_send_or_save_files_on_the_gateways_disk(broker: Broker, tmp_path: Path) -> None:
+    """A browser or an IRC client typing /send or /get must not read or write the gateway machine's files."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the gateway's own file")
+
+    async def test(host: SessionHost) -> None:
+        (alice, alice_seen), (bob, bob_seen) = await joined(host, "alice", "bob")
+        alice.submit(f"/send bob {secret}")
+        refused = await alice_seen.until(lambda i: isinstance(i, ev.Notice) and "/send is not available" in i.text)
+        assert isinstance(refused, ev.Notice) and refused.level == "error"
+        alice.submit("/get 1")
+        await alice_seen.until(lambda i: isinstance(i, ev.Notice) and "/get is not available" in i.text)
+        assert not alice.core.files.active() and not any(isinstance(i, ev.PrivateIn) for i in bob_seen.items)
+
+    run(test, broker)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +22,7 @@ from hypothesis import strategies as st
 from chat import protocol as p
 from chat.broker import commands, core, limits
 from chat.broker.core import Broker, Reply
+from chat.broker.files import FileService
 
 PROTOCOL_MD = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
 ANY = "any message"
@@ -50,7 +53,9 @@ class Scene:
     """A broker core, and what the request under test is sent with."""
 
     def __init__(self, **options: Any) -> None:
-        self.broker = Broker(pub_port=5556, clock=lambda: 1_764_190_000.0, **options)
+        self._folder = tempfile.TemporaryDirectory()  # the file store: removed with the scene
+        files = FileService(Path(self._folder.name), max_file_size=1000)
+        self.broker = Broker(pub_port=5556, clock=lambda: 1_764_190_000.0, files=files, **options)
         self.peer_key = ""
         self.address = ""  # the source address the request under test comes from
 
@@ -194,6 +199,71 @@ def say_in(room: str) -> Callable[[Scene], list[bytes]]:
     return joined(p.Say("s1", "hi", room))
 
 
+SHA = "a" * 64
+
+
+def offer(to: str = "bob", size: int = 10, sha256: str = SHA) -> p.Offer:
+    return p.Offer("file-up-1", to, "notes.txt", size, sha256)
+
+
+def with_bob(message: p.Message) -> Callable[[Scene], list[bytes]]:
+    def scenario(scene: Scene) -> list[bytes]:
+        scene.join()
+        scene.join(B, "bob")
+        return p.encode(message)
+
+    return scenario
+
+
+def offer_being_uploaded(scene: Scene) -> list[bytes]:
+    scene.join()
+    scene.join(B, "bob")
+    scene.send(B, offer(to="alice"))
+    return p.encode(offer())
+
+
+def offer_unwritable(scene: Scene) -> list[bytes]:
+    scene.join()
+    scene.join(B, "bob")
+    store = scene.broker.files.store  # type: ignore[union-attr]
+    store.partial.rmdir()
+    store.partial.write_text("a file where the folder of partial uploads should be")
+    return p.encode(offer())
+
+
+def uploading(scene: Scene) -> int:
+    scene.join()
+    scene.join(B, "bob")
+    [answer] = [r.message for r in scene.send(A, offer()) if isinstance(r, Reply)]
+    assert isinstance(answer, p.Uploading)
+    return answer.file
+
+
+def put_bad_crc(scene: Scene) -> list[bytes]:
+    number = uploading(scene)
+    return p.encode(p.Put("file-up-1", number, 0, 12345)) + [b"0123456789"]
+
+
+def put_unwritable(scene: Scene) -> list[bytes]:
+    number = uploading(scene)
+    upload = scene.broker.files.uploads[number]  # type: ignore[union-attr]
+    upload.handle.close()
+    upload.handle = open(scene.broker.files.store.partial_path(SHA), "rb")  # type: ignore[union-attr]  # noqa: SIM115
+    return p.encode(p.Put("file-up-1", number, 0, zlib.crc32(b"0123456789"))) + [b"0123456789"]
+
+
+def get_others_file(scene: Scene) -> list[bytes]:
+    scene.join()
+    scene.join(B, "bob")
+    scene.broker.handle(b"\x00C", p.encode(p.Join("carol")))
+    out = scene.send(B, offer(to="carol", size=0, sha256=EMPTY_SHA))
+    [answer] = [r.message for r in out if isinstance(r, Reply) and isinstance(r.message, p.PutAck)]
+    return p.encode(p.Get("file-get-1", answer.file))
+
+
+EMPTY_SHA = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
 # (request, code) -> how to produce it. The request "any message" stands for every type.
 SCENARIOS: dict[tuple[str, str], Callable[[Scene], list[bytes]]] = {
     (ANY, p.BAD_FRAMES): alone([b"garbage"]),
@@ -265,6 +335,24 @@ SCENARIOS: dict[tuple[str, str], Callable[[Scene], list[bytes]]] = {
     ("TOPIC", p.ROOM_INVALID): joined(p.Topic("t1", "general", "hi")),
     ("TOPIC", p.NO_SUCH_ROOM): joined(p.Topic("t1", "#dev", "hi")),
     ("TOPIC", p.RATE_LIMITED): rate_limited(p.Topic("t2", "#general", "hi")),
+    ("OFFER", p.NOT_JOINED): alone(offer()),
+    ("OFFER", p.BAD_FIELD): with_bob(offer(sha256="not a hash")),
+    ("OFFER", p.ROOM_INVALID): with_bob(offer(to="#no room")),
+    ("OFFER", p.NO_SUCH_ROOM): with_bob(offer(to="#dev")),
+    ("OFFER", p.NO_SUCH_USER): with_bob(offer(to="nobody")),
+    ("OFFER", p.FILE_TOO_LARGE): with_bob(offer(size=1001)),
+    ("OFFER", p.FILE_REFUSED): offer_being_uploaded,
+    ("OFFER", p.FILE_NOT_STORED): offer_unwritable,
+    ("PUT", p.NOT_JOINED): alone(p.Put("file-up-1", 1, 0, 0)),
+    ("PUT", p.BAD_FIELD): joined(raw(b"PUT", {"id": "file-up-1", "file": 1, "offset": 0})),
+    ("PUT", p.BAD_CHUNK): put_bad_crc,
+    ("PUT", p.NO_SUCH_FILE): joined(p.Put("file-up-1", 1, 0, 0)),
+    ("PUT", p.FILE_NOT_STORED): put_unwritable,
+    ("GET", p.NOT_JOINED): alone(p.Get("file-get-1", 1)),
+    ("GET", p.BAD_FIELD): joined(raw(b"GET", {"file": 1})),
+    ("GET", p.BAD_CHUNK): joined(p.Get("file-get-1", 1, 0, p.MAX_GET_BYTES + 1)),
+    ("GET", p.NO_SUCH_FILE): joined(p.Get("file-get-1", 1)),
+    ("GET", p.FILE_REFUSED): get_others_file,
 }
 
 

@@ -684,3 +684,32 @@ def test_nick_and_search_in_the_full_screen_client(procs: Processes, broker: Bro
             assert matching(app, r"search for DEPLOY: 1 lines$")
 
     run(scenario)
+
+
+@pytest.mark.timeout(30)
+def test_a_download_shows_a_progress_bar_in_the_status_line(
+    procs: Processes, broker: Broker, apps: list[ChatApp], tmp_path: Any
+) -> None:
+    data = bytes(range(256)) * 8000  # 2 MB: two seconds at the 1 MB/s given below
+    (tmp_path / "big.bin").write_bytes(data)
+    bob = procs.join("bob", broker)
+    core = ClientCore("alice", interactive=True, download_dir=tmp_path / "in", file_rate=1_000_000)
+    app = ChatApp(lambda show: Connection(core, HOST, broker.port, show), address=f"{HOST}:{broker.port}")
+    apps.append(app)
+
+    async def scenario() -> None:
+        async with app.run_test(size=(100, 24)) as pilot:
+            await joined(pilot, app, procs)
+            bob.send(f"/send alice {tmp_path / 'big.bin'}")
+            await until(pilot, "bob's offer", lambda: "2:bob[1]" in status_text(app), procs)
+            await pilot.press("ctrl+n")
+            offer = r"\[private\] <bob> offers big\.bin \(2\.0 MB, sha256 [0-9a-f]{8}\.\.\.\) - /get (\d+)$"
+            await until(pilot, "the offer line", shown(app, offer), procs)
+            number = re.search(offer, matching(app, offer)[0])[1]  # type: ignore[index]
+            await type_line(pilot, f"/get {number}")
+            await until(pilot, "a progress bar", lambda: re.search(r"↓ big\.bin \[#*-+\] \d+%", status_text(app)) is not None, procs)
+            await until(pilot, "the saved notice", shown(app, r"saved big\.bin as"), procs)
+            assert "big.bin [" not in status_text(app), "the bar stays after the transfer"
+            assert (tmp_path / "in" / "big.bin").read_bytes() == data
+
+    run(scenario)

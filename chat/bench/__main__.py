@@ -18,6 +18,7 @@ import zmq
 
 from chat.bench import report
 from chat.bench.fanout import run_fanout
+from chat.bench.files import files_table, run_files
 from chat.bench.latency import run_latency
 from chat.bench.procs import REPO, BenchError
 from chat.bench.scale import BROKER_FDS_PER_CLIENT, FD_SLACK, run_scale
@@ -31,6 +32,9 @@ QUICK = {  # a smoke run of every workload in a few seconds (CI)
     "latency_seconds": 0.5,
     "scale_clients": 40,
     "scale_idle_seconds": 0.5,
+    "file_mb": 2,
+    "file_chat_clients": 2,
+    "file_chat_seconds": 1.0,
 }
 
 
@@ -93,6 +97,13 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--scale-join-timeout", type=pos_float, default=30.0, help="default %(default)g")
     sc.add_argument("--scale-no-sub", action="store_true", help="DEALERs only, no SUB per client")
     sc.add_argument("--skip-scale", action="store_true")
+    fi = ap.add_argument_group("5. file transfer")
+    fi.add_argument("--file-mb", type=pos_int, default=200, help="MB in the file (default %(default)s)")
+    fi.add_argument("--file-chat-clients", type=pos_int, default=10, help="clients chatting meanwhile (default %(default)s)")
+    fi.add_argument("--file-chat-rate", type=pos_float, default=100.0, help="their lines a second, all together (default %(default)g)")
+    fi.add_argument("--file-chat-seconds", type=pos_float, default=20.0,
+                    help="each chat run: without, then during transfers (default %(default)g)")
+    fi.add_argument("--skip-files", action="store_true")
     ap.add_argument("--quick", action="store_true", help="a small smoke run of every workload (a few seconds)")
     ap.add_argument("--run-timeout", type=pos_float, default=120.0,
                     help="seconds one timed run may take before it is cut short (default %(default)g)")
@@ -194,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
                     lambda: run_scale(opts, tmp, open_files),
                     {"workload": "scale", "target": "broker", "clients": opts.scale_clients},
                 )
+            if not opts.skip_files:
+                results["files"] = attempt(
+                    f"file transfer, {opts.file_mb} MB, {opts.file_chat_clients} chatting at {opts.file_chat_rate:g} lines/s",
+                    lambda: run_files(opts, tmp),
+                    {"workload": "files", "target": "broker"},
+                )
     except KeyboardInterrupt:
         say("bench: interrupted; every process started has been ended")
         results["interrupted"] = True
@@ -232,6 +249,11 @@ def render(results: dict[str, Any], opts: argparse.Namespace) -> str:
         parts.append(
             f"\n3. SCALE: {opts.scale_clients} clients ({subs}) join at once and heartbeat; idle window "
             f"{opts.scale_idle_seconds:g} s\n" + report.scale_table(sc)
+        )
+    if "files" in results:
+        parts.append(
+            f"\n5. FILES: a {opts.file_mb} MB file up and down through client.py while {opts.file_chat_clients} clients "
+            f"chat at {opts.file_chat_rate:g} lines/s\n" + files_table(results["files"])
         )
     parts.append("\nTARGETS (2-core machine, ratios from this run):\n" + report.targets_text(results["targets"]))
     loss = sum(r.get("loss", 0) for r in [*results.get("fanout", []), *results.get("latency", [])])

@@ -29,7 +29,7 @@ from chat.bench.load import (
 )
 from chat.bench.procs import Worker, cpu_seconds as pid_cpu_seconds, memory_kib
 from chat.bench.receivers import WARM_SRC, receivers
-from chat.bench.targets import Target, start
+from chat.bench.targets import Running, Target, start
 
 PING_CHECK_EVERY = 0.1  # seconds between looks for clients that must ping
 
@@ -180,7 +180,8 @@ def latency_senders(ctl: Control, cfg: dict[str, Any]) -> None:
     s.socks.close()
 
 
-def run_latency(target: Target, opts: Any, tmp: Path) -> dict[str, Any]:
+def run_latency(target: Target, opts: Any, tmp: Path, running: Running | None = None) -> dict[str, Any]:
+    """One latency run; against ``running`` (a target started by the caller) when given."""
     clients, total = opts.latency_clients, int(opts.latency_rate * opts.latency_seconds)
     max_seconds = opts.latency_seconds * 3 + 10
     cfg = {"clients": clients, "rate": opts.latency_rate, "seconds": opts.latency_seconds,
@@ -191,7 +192,7 @@ def run_latency(target: Target, opts: Any, tmp: Path) -> dict[str, Any]:
         stack.callback(rx.stop)
         tx = Worker("latency senders", latency_senders, cfg)
         stack.callback(tx.stop)
-        running = start(target, stack, tmp, "latency")
+        running = start(target, stack, tmp, "latency") if running is None else running
         relay, pid = running.relay, running.pid
         # Towards a baseline, many senders and no global order: each SUB checks each sender's numbers.
         rx.send("start", peer=running.peer, by_sender=not target.broker)

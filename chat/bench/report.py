@@ -13,6 +13,8 @@ LATENCY_P99_MS = 5.0
 JOIN_SECONDS = 10.0
 KIB_PER_CLIENT = 64.0
 IDLE_CPU_PCT = 10.0
+FILE_MB_S = 200.0  # issue 18: a file on loopback, up and down
+FILE_P99_GROWTH = 2.0  # issue 18: chat p99 during a transfer over without
 
 Row = dict[str, Any]
 
@@ -164,6 +166,14 @@ def check_targets(results: dict[str, Any]) -> list[Row]:
                   f"{cpu:.1f}%")
     else:
         check("scale targets", None, "not run" if not sc else "FAILED: " + sc.get("failure", "?").splitlines()[0])
+    files = results.get("files")
+    if files is not None and not _failed(files):
+        check(f"files: transfer >= {FILE_MB_S:g} MB/s on loopback", min(files["upload_mb_s"], files["download_mb_s"]) >= FILE_MB_S,
+              f"upload {files['upload_mb_s']:.0f}, download {files['download_mb_s']:.0f} MB/s (cp {files['cp_mb_s']:.0f})")
+        check(f"files: chat p99 during a transfer <= {FILE_P99_GROWTH:g}x without", files["p99_ratio"] <= FILE_P99_GROWTH,
+              f"{files['p99_busy_ms']:.2f} vs {files['p99_quiet_ms']:.2f} ms = {files['p99_ratio']:.2f}x")
+    elif files is not None:
+        check(f"files: transfer >= {FILE_MB_S:g} MB/s on loopback", None, "failed")
     return checks
 
 
@@ -185,6 +195,12 @@ def problems(results: dict[str, Any]) -> list[str]:
                 found.append(f"{label}: {key} {r[key]}")
         if r.get("timed_out"):
             found.append(f"{label}: timed out")
+    files = results.get("files")
+    if files is not None:
+        if _failed(files):
+            found.append("files: failed")
+        elif files.get("loss"):
+            found.append(f"files: chat loss {files['loss']}")
     sc = results.get("scale")
     if sc:
         if _failed(sc):

@@ -51,9 +51,11 @@ class Running:
         return self.relay.pid
 
 
-def broker_args(target: Target, tmp: Path, run_id: str, max_sessions: int | None = None) -> list[str]:
+def broker_args(
+    target: Target, tmp: Path, run_id: str, max_sessions: int | None = None, extra: tuple[str, ...] = ()
+) -> list[str]:
     """The broker under test: loopback, OS-chosen ports, no flood control (per user or per address: every
-    load socket comes from 127.0.0.1), no PUB high-water mark."""
+    load socket comes from 127.0.0.1), no PUB high-water mark; ``extra`` flags after those."""
     args = ["broker.py", "--host", HOST, "--port", "0", "--pub-port", "0", "--rate", "0", "--pub-hwm", "0"]
     args += ["--max-per-address", "0", "--join-rate", "0"]
     args += ["--db", str(tmp / f"history-{run_id}.db") if target.history else ":memory:"]
@@ -63,7 +65,7 @@ def broker_args(target: Target, tmp: Path, run_id: str, max_sessions: int | None
         args += ["--secure", "--key-dir", str(tmp / "keys")]
     if max_sessions is not None:
         args += ["--max-sessions", str(max_sessions)]
-    return args
+    return args + list(extra)
 
 
 def start(
@@ -74,10 +76,11 @@ def start(
     *,
     open_files: int | None = None,
     max_sessions: int | None = None,
+    extra: tuple[str, ...] = (),
 ) -> Running:
     """Start ``target`` (its end is registered on ``stack``) and wait until it listens."""
     if target.broker:
-        args = broker_args(target, tmp, run_id, max_sessions)
+        args = broker_args(target, tmp, run_id, max_sessions, extra)
     else:
         args = ["-m", "chat.bench.relays", target.kind]
     relay = Relay(target.name, args, open_files)

@@ -35,6 +35,7 @@ import msgspec
 
 from chat import protocol as p
 from chat.broker import commands, limits
+from chat.broker.files import FileService
 from chat.broker.history import RECENT_ACKS, History, MemoryHistory, PrivateRecord, SessionRecord, token_hash
 from chat.broker.limits import BURST, RATE, Address, Bucket
 from chat.errors import RemoteProtocolError, StoreError
@@ -60,6 +61,7 @@ class Reply:
     identity: bytes
     message: p.Message
     tag: bytes = p.PROTOCOL_TAG  # another version's tag only to refuse a request of that version
+    data: bytes = b""  # a CHUNK's file data: sent as a fourth frame
 
 
 Outgoing = Union[Reply, p.Event]  # an Event is published on PUB
@@ -108,6 +110,7 @@ class Broker:
         room_idle: float = limits.ROOM_IDLE,
         notice: Callable[[str], None] = lambda text: None,
         warn: Callable[[str], None] = lambda message: None,
+        files: FileService | None = None,
     ) -> None:
         self.pub_port = pub_port
         self.warn = warn  # tells the operator (stderr) when storing fails, and when it works again
@@ -141,6 +144,7 @@ class Broker:
         self._batch_topics: list[tuple[str, str | None]] = []
         self._batch_privates: list[tuple[Session, int, p.Private]] = []
         self.store_failing = False
+        self.files = files  # file sharing (chat.broker.files); None: OFFER and GET are refused
         self.restart_grace = RESTART_GRACE_TIMEOUTS * session_timeout if restart_grace is None else restart_grace
         self._restore(self.history.open_sessions())
 
@@ -174,6 +178,11 @@ class Broker:
             if session is None:
                 raise RemoteProtocolError(p.NOT_JOINED, "join first (send JOIN with a name)")
             session.last_seen = now
+            if isinstance(message, p.FILE_REQUESTS):
+                if self.files is None:
+                    raise RemoteProtocolError(p.BAD_TYPE, "this broker does not keep files")
+                # The file store's times (age, silent uploads, partial files' mtimes) outlive the process.
+                return self.files.handle(self, session, message, p.data_of(frames), self.wall_clock())
             return self._dispatch(session, message, now)
         except RemoteProtocolError as exc:
             return [Reply(identity, p.Error(exc.code, exc.reason, p.reference(message)))]
@@ -212,6 +221,8 @@ class Broker:
         now = self.clock()
         deadline, restored_deadline = now - self.session_timeout, now - self.restart_grace
         out: list[Outgoing] = []
+        if self.files is not None:
+            self.files.sweep(self.wall_clock())
         for session in [s for s in self.sessions.values() if s.last_seen < deadline or s.restored]:
             if not session.restored:
                 out += self._end(session, p.LEFT_TIMEOUT)
@@ -407,21 +418,29 @@ class Broker:
         self._check_text(pm.text)
         self._spend(session, now)
         ts = self._ts()
-        seq = self.history.last_private_seq(target.name_key) + 1
-        private = p.Private(session.name, target.name, p.neutralise(pm.text), ts, seq)
-        # Stored (with the sender's id) before anything is sent: the batch's flush comes first.
-        self.history.append_private(
-            PrivateRecord(private, target.name_key, session.name_key, pm.id, target.token)
-        )
-        self._batch_privates.append((target, target.private_seq, private))
-        target.private_seq = seq
         ack = p.Ack(pm.id, 0, ts)
         self._remember(session.name_key, ack)
         if target.away and session.name_key not in target.away_told:  # told once (not on a resend)
             target.away_told.add(session.name_key)
             ack = msgspec.structs.replace(ack, away=target.away)
         self._batch_acks.append((session.identity, session.name_key, pm.id))
-        return [Reply(target.identity, private), Reply(session.identity, ack)]
+        return self.private_to(session, target, pm.text, ts, msg_id=pm.id) + [Reply(session.identity, ack)]
+
+    def private_to(
+        self, session: Session, target: Session, text: str, ts: int | None = None, file: int = 0, msg_id: str = ""
+    ) -> list[Outgoing]:
+        """A PRIVATE from ``session`` to ``target`` (a line, or the offer of ``file``), numbered and stored
+        (with the sender's id) before anything is sent: the batch's flush comes first."""
+        seq = self.history.last_private_seq(target.name_key) + 1
+        private = p.Private(session.name, target.name, p.neutralise(text), self._ts() if ts is None else ts, seq, file)
+        self.history.append_private(PrivateRecord(private, target.name_key, session.name_key, msg_id, target.token))
+        self._batch_privates.append((target, target.private_seq, private))
+        target.private_seq = seq
+        return [Reply(target.identity, private)]
+
+    def publish_file(self, room: str, session: Session, text: str) -> p.Event:
+        """The ``file`` event that offers a stored file to a room."""
+        return self._publish(room, p.KIND_FILE, session.name, text, self.clock())
 
     def _who(self, session: Session, who: p.Who, now: float) -> list[Outgoing]:
         self._spend(session, now)

@@ -188,7 +188,11 @@ class BrokerServer:
                 router_send(item.identity, _SNDMORE)
                 router_send(tag, _SNDMORE)
                 router_send(kind, _SNDMORE)
-                router_send(body)
+                if item.data:  # a CHUNK's file data, as a fourth frame
+                    router_send(body, _SNDMORE)
+                    router_send(item.data, copy=False)
+                else:
+                    router_send(body)
 
     def run(self, clock: Callable[[], float] = time.monotonic) -> None:
         """Serve until ``stop()`` (or a signal handler calling it); then say goodbye to every client."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict, deque
+from pathlib import Path
 from typing import Union
 
 import msgspec
@@ -23,6 +24,7 @@ import msgspec
 from chat import protocol as p
 from chat.client import events as ev
 from chat.client.feed import Feed, Fetching, Range
+from chat.client.files import UP_ID, GET_ID, Transfers
 from chat.errors import RemoteProtocolError
 
 CONNECT_TIMEOUT = 5.0  # seconds to wait for the first WELCOME before giving up
@@ -43,7 +45,7 @@ GAP_FETCH = "gap"  # the id of a FETCH that fills a gap is this and the room; of
 OLDER_FETCH = "older"
 SEARCH_PREFIX = "search-"  # the ids of SEARCH requests
 NEEDS_SESSION = (  # held until joined
-    "/who", "/whosonline", "/history", "/join", "/leave", "/rooms", "/topic", "/nick", "/away", "/back", "/search",
+    "/who", "/whosonline", "/history", "/join", "/leave", "/rooms", "/topic", "/nick", "/away", "/back", "/search", "/send", "/get",
 )
 DEFAULT_AWAY = "away"  # the away message of /away without one
 
@@ -56,6 +58,9 @@ HELP = """commands:
   /topic [#room] [text]  show or set a room's topic
   /pm NAME TEXT          private message to NAME (alias /msg); it never goes through the fan-out
   /me ACTION             say what you are doing: * alice waves
+  /send NAME PATH        offer a file to NAME (or /send #room PATH: to everyone in a room)
+  /get N [DIR]           download offered file N (to DIR, else the downloads folder)
+  /files                 the files offered to you
   /history [N]           show N older lines (default 20)
   /nick NEW              change your name (your earlier lines keep the old one)
   /away [message]        say you are away (the first PM from each sender is answered with it)
@@ -90,7 +95,15 @@ class ClientCore:
     """One user's view of the chat. ``interactive`` means a person can be asked again for a name."""
 
     def __init__(
-        self, name: str | None, *, interactive: bool, history_lines: int = 0, room: str = p.DEFAULT_ROOM
+        self,
+        name: str | None,
+        *,
+        interactive: bool,
+        history_lines: int = 0,
+        room: str = p.DEFAULT_ROOM,
+        download_dir: Path | None = None,
+        file_rate: int = 0,
+        local_files: bool = True,
     ) -> None:
         self.name = name or ""
         self.rooms: list[str] = [p.room_key(room)]  # our rooms, in the order joined
@@ -135,6 +148,10 @@ class ClientCore:
         self._deadline = 0.0  # meaning depends on the state: give up, retry, or quit
         self._last_heard = 0.0
         self._last_ping = 0.0
+        self.files = Transfers(download_dir, file_rate, next_id=self._next_id)  # /send, /get, /files
+        # False where the core runs for someone elsewhere (a web or IRC gateway): /send and /get would
+        # read and write the gateway's own disk, not the user's.
+        self.local_files = local_files
 
     # ------------------------------------------------------------------ inputs
 
@@ -242,6 +259,12 @@ class ClientCore:
         self._last_heard = now
         self._handshake_failures = 0
         self._handshake_problem = ""
+        if isinstance(message, p.Chunk):  # first: the many messages of a download
+            return self._files_done(self.files.chunk(message, p.data_of(frames), now), now)
+        if isinstance(message, p.PutAck):
+            return self._files_done(self.files.put_ack(message, now), now)
+        if isinstance(message, p.Uploading):
+            return self.files.uploading(message, now)
         if isinstance(message, p.Welcome):
             return self._welcome(message, now)
         if isinstance(message, p.Error):
@@ -298,6 +321,8 @@ class ClientCore:
 
     def tick(self, now: float) -> list[ev.Action]:
         """Timers: heartbeats, broker loss, retries. Call at least every ``next_wakeup`` seconds."""
+        if self.quit_requested and self.files.active():  # a transfer that moves may take its time
+            self._quit_deadline = max(self._quit_deadline, self.files.last_moved() + DRAIN_TIMEOUT)
         if self.quit_requested and self.state != "closing" and now >= self._quit_deadline:
             unsent = self._pending()
             return [ev.Exit(ev.EXIT_UNREACHABLE, f"leaving with {unsent} line(s) not delivered")]
@@ -327,6 +352,8 @@ class ClientCore:
         for room, feed in self.feeds.items():
             if feed.fetching is not None and now - feed.fetching.sent_at >= FETCH_RETRY:
                 out += self._fetch(room, (feed.fetching.first, feed.fetching.last), now)
+        if self.files.active():
+            out += self._files_done(self.files.tick(now), now)
         return out
 
     def next_wakeup(self, now: float) -> float:
@@ -336,6 +363,7 @@ class ClientCore:
             wakeup = self._deadline - now
         elif self.state == "joined":
             wakeup = min(self._last_ping + self.heartbeat, self._last_heard + self.timeout) - now
+            wakeup = min(wakeup, self.files.next_wakeup(now))
             if self._throttled and self.waiting and not self.unacked:
                 wakeup = min(wakeup, self._resume_at - now)
         if self.quit_requested:
@@ -392,6 +420,14 @@ class ClientCore:
             return self._request(p.Away(self._next_id(), ""), "back")
         if word == "/search":
             return self._search_command(rest)
+        if word in ("/send", "/get") and not self.local_files:
+            return [ev.Notice(f"{word} is not available here: files are sent and saved by client.py", "error")]
+        if word == "/send":
+            return self.files.send(rest, now)
+        if word == "/get":
+            return self.files.get(rest, now)
+        if word == "/files":
+            return self.files.listing()
         if word == "/help":
             return [ev.Notice(HELP)]
         return [ev.Notice(f"unknown command {p.neutralise(word)}; type /help for the list", "error")]
@@ -553,8 +589,14 @@ class ClientCore:
         return out
 
     def _pending(self) -> int:
-        """What /quit waits for: lines not yet acknowledged, and typed lines not yet taken."""
-        return len(self.unacked) + len(self.waiting) + len(self.held) + (self.changing is not None)
+        """What /quit waits for: lines not yet acknowledged, typed lines not yet taken, and file transfers."""
+        return len(self.unacked) + len(self.waiting) + len(self.held) + (self.changing is not None) + self.files.active()
+
+    def _files_done(self, actions: list[ev.Action], now: float) -> list[ev.Action]:
+        """What a transfer did; when it was the last thing a /quit waited for, leave now."""
+        if self.quit_requested and not self._pending():
+            actions = actions + self._quit(now)
+        return actions
 
     def _requeue_refused(self, now: float) -> None:
         """Once every line in flight has been refused, queue them again, in order, ahead of newer ones."""
@@ -660,6 +702,8 @@ class ClientCore:
         self.unacked.clear()
         self._rate_refused.clear()
         out += self._pump(now)
+        if was_lost:
+            out += self.files.resume(now)
         out += self._resume_room_change(welcome)
         return out + self._release(now)
 
@@ -702,6 +746,8 @@ class ClientCore:
             if self.state == "joined":
                 return self._lost("the broker no longer knows this session", now)
             return []
+        if error.ref.startswith((UP_ID, GET_ID)):
+            return self._files_done(self.files.error(error, now), now)
         if error.code == p.RATE_LIMITED and error.ref in self.unacked:
             # Kept, and sent again before anything newer: a paste goes out at the broker's pace, in order.
             self._throttled = True
@@ -734,6 +780,8 @@ class ClientCore:
             if private.seq <= self.private_seq:
                 return []  # sent again on our JOIN, and shown already
             self.private_seq = private.seq
+        if private.file:
+            self.files.seen(private.file, private.name, private.text, "private")
         return [ev.PrivateIn(private)]
 
     def _bye(self, bye: p.Bye, now: float) -> list[ev.Action]:
@@ -785,6 +833,9 @@ class ClientCore:
 
     def _show(self, events: list[p.Event]) -> list[ev.Action]:
         several = len(self.rooms) > 1
+        for event in events:
+            if event.kind == p.KIND_FILE:
+                self.files.seen(p.offer_number(event.text), event.name, event.text, event.room)
         return [ev.Public(e, several, self._is_history(e)) for e in events if not self._is_own(e)]
 
     def _is_history(self, event: p.Event) -> bool:

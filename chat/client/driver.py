@@ -117,7 +117,8 @@ class CoreDriver:
             if type(action) not in _FOR_THE_DRIVER:  # most actions are things to show: one test for them
                 self.show(action)  # type: ignore[arg-type]
             elif isinstance(action, ev.Send):
-                self._send(p.encode(action.message))
+                frames = p.encode(action.message)
+                self._send(frames + [action.data] if action.data else frames)
             elif isinstance(action, ev.Reconnect):
                 self._new_dealer()
             elif isinstance(action, ev.Subscribe):

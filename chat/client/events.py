@@ -18,6 +18,7 @@ from chat import protocol as p
 @dataclass(frozen=True)
 class Send:
     message: p.Message
+    data: bytes = b""  # a PUT's file data: sent as a fourth frame
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,17 @@ class Status:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """How far a file transfer is: ``direction`` "sending" or "receiving", ``done`` of ``total`` bytes."""
+
+    direction: str
+    number: int
+    name: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
 class Exit:
     code: int
     reason: str = ""
@@ -200,7 +212,7 @@ class Exit:
 
 Show = Union[
     Public, RoomsChanged, RoomsListed, Older, NothingOlder, PrivateIn, Sent, Acked, Failed, RosterShown, Notice,
-    AskName, Status, Renamed, Found,
+    AskName, Status, Progress, Renamed, Found,
 ]
 Action = Union[Send, Reconnect, Subscribe, Unsubscribe, Show, Exit]
 

@@ -122,7 +122,8 @@ class SessionHost:
             raise SessionLimit(f"this gateway hosts {self.max_sessions} sessions already; try again later")
         if self._by_address[address] >= self.per_address:
             raise SessionLimit(f"{self.per_address} sessions from one address at most")
-        core = ClientCore(name or None, interactive=True, history_lines=self.history_lines, room=room)
+        # local_files=False: a /send or /get from a browser or an IRC client must not touch this machine's disk.
+        core = ClientCore(name or None, interactive=True, history_lines=self.history_lines, room=room, local_files=False)
         if resume is not None:
             core.carry_on(resume.token, resume.history_id, resume.rooms, resume.current, resume.pending)
         conn = AsyncConnection(core, self.broker.host, self.broker.port, show, ctx=self.ctx, curve=self.broker.curve)

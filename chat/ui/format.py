@@ -13,6 +13,7 @@
     [YYYY-MM-DD HH:MM:SS] alice has left #dev.
     [YYYY-MM-DD HH:MM:SS] alice set the topic of #dev: text
     [YYYY-MM-DD HH:MM:SS] rooms (2): #dev (1) - topic, #general (3)
+    [YYYY-MM-DD HH:MM:SS] alice offers report.pdf (2.4 MB, sha256 1a2b3c4d...) - /get 7   (a room's or a private file)
 
 Times are the broker's, shown in the viewer's local time zone. Everything from other people goes through
 ``neutralise`` so that it cannot move the cursor, recolour the screen or reorder text.
@@ -23,7 +24,12 @@ from __future__ import annotations
 import zlib
 from datetime import datetime
 
+from typing import TYPE_CHECKING
+
 from chat import protocol as p
+
+if TYPE_CHECKING:
+    from chat.client import events as ev
 
 _NAME_COLOURS = (31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96)
 
@@ -68,6 +74,8 @@ class LineFormatter:
             return f"{when} {self.name(event.name)}: {text}"
         if event.kind == p.KIND_ACTION:
             return f"{when} * {self.name(event.name)} {text}"
+        if event.kind == p.KIND_FILE:
+            return f"{when} {self.name(event.name)} {text}"
         if event.kind == p.KIND_JOIN:
             return self.dim(f"{when} {p.neutralise(event.name)} has joined the chat.")
         if event.kind == p.KIND_LEAVE:
@@ -86,6 +94,8 @@ class LineFormatter:
         return f"search for {p.neutralise(text)}: {count} lines" + ("; /search for older ones" if more else "")
 
     def private(self, private: p.Private) -> str:
+        if private.file:
+            return f"[{stamp(private.ts)}] {self.name(private.name)} {p.neutralise(private.text)}"
         marker = "private, while you were away" if private.queued else "private"
         return f"[{stamp(private.ts)}] {self.name(private.name)} ({marker}): {p.neutralise(private.text)}"
 
@@ -101,3 +111,18 @@ class LineFormatter:
         where = f" in {roster.room}" if roster.room else ""
         names = ", ".join(self._member(roster, n) for n in roster.names)
         return f"[{stamp(roster.ts)}] online{where} ({len(roster.names)}): {names}"
+
+
+def progress_text(item: "ev.Progress") -> str:
+    """A transfer's progress as a line: ``receiving report.pdf: 40% (1.0 MB of 2.4 MB)``."""
+    percent = item.done * 100 // item.total if item.total else 100
+    done, total = p.file_size_text(item.done), p.file_size_text(item.total)
+    return f"{item.direction} {p.neutralise(item.name)}: {percent}% ({done} of {total})"
+
+
+def progress_bar(item: "ev.Progress", width: int = 20) -> str:
+    """The same as a bar, for the full-screen client: ``report.pdf [########------------] 40%``."""
+    filled = item.done * width // item.total if item.total else width
+    percent = item.done * 100 // item.total if item.total else 100
+    arrow = "↑" if item.direction == "sending" else "↓"
+    return f"{arrow} {p.neutralise(item.name)} [{'#' * filled}{'-' * (width - filled)}] {percent}%"

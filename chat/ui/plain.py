@@ -15,7 +15,7 @@ from typing import TextIO
 from chat import protocol as p
 from chat.client import events as ev
 from chat.client.net import Connection
-from chat.ui.format import LineFormatter
+from chat.ui.format import LineFormatter, progress_text
 
 PROMPT = "> "
 NAME_PROMPT = "Your name: "
@@ -55,6 +55,8 @@ class LineFrontEnd:
             self._notice(f"you are now {item.name}")
         elif isinstance(item, ev.Notice):
             self._notice(item.text)
+        elif isinstance(item, ev.Progress):
+            self._notice(progress_text(item))
         elif isinstance(item, ev.AskName):
             self.prompt = NAME_PROMPT
             if item.reason:

@@ -40,7 +40,7 @@ from chat import protocol as p
 from chat.client import events as ev
 from chat.ui.buffers import LOBBY, Buffer, Buffers, talk_key
 from chat.ui.chatlog import ERROR, NOTICE, OWN, PRIVATE, ChatLog, Entry, name_style, safe
-from chat.ui.format import LineFormatter
+from chat.ui.format import LineFormatter, progress_bar
 from chat.ui.widgets import ChatInput, StatusLine, UserList
 
 OLDER_LINES = 20  # lines asked for each time the reader scrolls past the top
@@ -155,6 +155,7 @@ class ChatApp(App[int]):
         self._roster_due = False  # (re)connected: the user list needs a fresh roster
         self.rosters: dict[str, list[str]] = {}  # room -> its members, once asked for; kept up by events
         self._typing_into: deque[str] = deque()  # the rooms of our TypeInto requests, until answered
+        self.transfers: dict[tuple[str, int], ev.Progress] = {}  # file transfers under way: their bars
 
     # ------------------------------------------------------------------ layout
 
@@ -286,6 +287,17 @@ class ChatApp(App[int]):
             for event in item.events:
                 self.buffers.shown.log.append(Entry.from_event(event, show_room=True, history=True))
             self._notice(LineFormatter.found_summary(item.text, len(item.events), item.more))
+        elif isinstance(item, ev.Progress):
+            self._progress(item)
+
+    def _progress(self, item: ev.Progress) -> None:
+        """A transfer's bar in the status line while it runs."""
+        key = (item.direction, item.number)
+        if item.done >= item.total:
+            self.transfers.pop(key, None)
+        else:
+            self.transfers[key] = item
+        self._refresh_status()
 
     def _add(self, buffer: Buffer, entry: Entry, *, news: bool = False) -> None:
         """A line into ``buffer``; ``news`` (a line from someone else) counts as unread there if not shown."""
@@ -505,6 +517,8 @@ class ChatApp(App[int]):
         listed = [b for b in self.buffers.ordered() if b.title]
         if listed:
             parts.append((self._buffer_list(listed), 3))
+        for progress in self.transfers.values():
+            parts.append((Text(progress_bar(progress, 10)), 2))
         if self.nick:
             parts.append((Text(safe(self.nick), name_style(self.nick, self.colour)), 5))
         self.query_one("#status", StatusLine).set_parts(parts)
