@@ -369,8 +369,8 @@ class Private(Message, frozen=True):
     text: str
     ts: int
     seq: int = 0  # numbers the recipient's private messages 1, 2, 3...: a resent one is recognised by it
-    queued: bool = False  # sent while the recipient was offline (``ts``: when it was sent)
     file: int = 0  # not 0: a file offer (text: offer_text()), fetched with GET of this number
+    queued: bool = False  # sent while the recipient was offline (``ts``: when it was sent)
 
 
 class Pong(Message, frozen=True):
