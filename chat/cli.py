@@ -19,11 +19,13 @@ from chat.broker.limits import BURST, JOIN_BURST, JOIN_RATE, MAX_PER_ADDRESS, RA
 from chat.client.core import ClientCore
 from chat.client.events import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
 from chat.client.net import ClientCurve
+from chat.client.personal import IgnoreList
 from chat.defaults import DEFAULT_PORT, DEFAULT_PUB_PORT, PUB_HWM
 from chat.discovery import BEACON_PORT, LISTEN_TIME
 from chat.errors import StartupError, StoreError
 from chat.keys import BROKER_KEY, CLIENT_KEY, KeyFileError, default_key_dir, ensure_keypair, parse_public_key
-from chat.paths import downloads_dir, file_store, given, history_db
+from chat.paths import downloads_dir, file_store, given, history_db, ignore_file, log_dir
+from chat.ui.logs import ChatLogs, logging_to
 
 if TYPE_CHECKING:
     from chat.broker.files import FileService
@@ -280,7 +282,22 @@ def client_parser(prog: str = "client.py") -> argparse.ArgumentParser:
         "--file-rate", type=_byte_rate, default=0, metavar="BYTES",
         help="at most this many bytes a second for file transfers (K, M, G suffixes; default 0: no limit)",
     )
+    _personal_flags(parser)
     return parser
+
+
+def _personal_flags(parser: argparse.ArgumentParser) -> None:
+    """The client's own habits: the bell on a mention, and its logs (chat.ui.logs)."""
+    parser.add_argument(
+        "--no-bell", action="store_true",
+        help="no terminal bell when a line mentions your name (plain mode rings it on stderr, only on a terminal)",
+    )
+    logs = parser.add_mutually_exclusive_group()
+    logs.add_argument(
+        "--log-dir", type=given, default=None, metavar="DIR",
+        help=f"keep a log per room and private talk per day in DIR (default {log_dir()})",
+    )
+    logs.add_argument("--no-log", action="store_true", help="keep no log")
 
 
 def broker_main(argv: list[str] | None = None, prog: str = "broker.py") -> int:
@@ -558,6 +575,14 @@ def find_broker(args: argparse.Namespace, interactive: bool) -> int | None:
     return None
 
 
+def personal_files(args: argparse.Namespace) -> tuple[IgnoreList, ChatLogs | None]:
+    """The ignore list kept in the config folder, and the logs (None with --no-log)."""
+    ignore = IgnoreList(ignore_file())
+    if ignore.problem:
+        print(f"client: {ignore.problem}; ignoring nobody", file=sys.stderr)
+    return ignore, None if args.no_log else ChatLogs(args.log_dir or log_dir())
+
+
 def client_main(argv: list[str] | None = None, prog: str = "client.py") -> int:
     parser = client_parser(prog)
     args = parser.parse_args(argv)
@@ -578,26 +603,29 @@ def client_main(argv: list[str] | None = None, prog: str = "client.py") -> int:
         parser.error(str(exc))
 
     interactive = sys.stdin.isatty()
+    ignore, logs = personal_files(args)
     if interactive and sys.stdout.isatty() and not args.plain:
         # A person at a terminal: the full-screen client. --plain on a terminal gives the line prompt below.
         from chat.ui.tui import run_tui
 
         tui_core = ClientCore(
             args.name, interactive=True, history_lines=args.history, room=args.room,
-            download_dir=args.download_dir, file_rate=args.file_rate,
+            download_dir=args.download_dir, file_rate=args.file_rate, ignore=ignore,
         )
         return run_tui(
-            lambda show: Connection(tui_core, args.host, args.port, show, curve=curve),
+            lambda show: Connection(tui_core, args.host, args.port, logging_to(logs, show), curve=curve),
             address=p.endpoint(args.host, args.port).removeprefix("tcp://"),
             encrypted=curve is not None,
+            bell=not args.no_bell,
         )
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    front = LineFrontEnd(sys.stdout, sys.stderr, colour=colour, interactive=interactive)
+    bell = sys.stdout.isatty() and not args.no_bell  # a person reads stdout: a script gets no BEL at all
+    front = LineFrontEnd(sys.stdout, sys.stderr, colour=colour, interactive=interactive, bell=bell)
     core = ClientCore(
         args.name, interactive=interactive, history_lines=args.history, room=args.room,
-        download_dir=args.download_dir, file_rate=args.file_rate,
+        download_dir=args.download_dir, file_rate=args.file_rate, ignore=ignore,
     )
-    conn = Connection(core, args.host, args.port, front.show, curve=curve)
+    conn = Connection(core, args.host, args.port, logging_to(logs, front.show), curve=curve)
     # Ctrl-C and SIGTERM leave cleanly, like /quit.
     signal.signal(signal.SIGINT, lambda *_: conn.submit_eof())
     signal.signal(signal.SIGTERM, lambda *_: conn.submit_eof())

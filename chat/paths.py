@@ -3,6 +3,7 @@
 - key pairs: ``CONFIG/keys``; brokers trusted on first use: ``CONFIG/known_brokers``
 - the broker's default history: ``DATA/history.db``; its file store beside it: ``DATA/files``
 - downloaded files: the user's downloads folder (``~/Downloads`` and the like)
+- whom a client ignores (``/ignore``): ``CONFIG/ignored``; a client's logs (``--log-dir``): ``DATA/logs``
 
 where CONFIG and DATA are ``~/.config/lanchat`` and ``~/.local/share/lanchat`` on Linux (or the XDG
 variables), ``~/Library/Application Support/lanchat`` on macOS, and ``%APPDATA%\\lanchat`` and
@@ -70,6 +71,19 @@ def history_db(dirs: PlatformDirsABC | None = None) -> Path:
     """The broker's default history database (``--db``)."""
     dirs = dirs or platform_dirs(roaming=False)
     return _kept(Path(dirs.user_data_dir) / "history.db", legacy_data_dir() / "history.db")
+
+
+def ignore_file(dirs: PlatformDirsABC | None = None) -> Path:
+    """The users a client hides (``/ignore``), one name a line: kept with the user's settings."""
+    dirs = dirs or platform_dirs()
+    return Path(dirs.user_config_dir) / "ignored"
+
+
+def log_dir(dirs: PlatformDirsABC | None = None) -> Path:
+    """The default folder of a client's logs (``--log-dir``), one file per room per day: these grow,
+    so they stay on this machine, beside the history."""
+    dirs = dirs or platform_dirs(roaming=False)
+    return Path(dirs.user_data_dir) / "logs"
 
 
 def file_store(db: Path) -> Path:

@@ -12,6 +12,7 @@ import asyncio
 import re
 import time
 from datetime import timezone
+from pathlib import Path
 from typing import Any, Callable, Coroutine, Iterator
 
 import pytest
@@ -23,7 +24,8 @@ from chat import protocol as p
 from chat.client import events as ev
 from chat.client.core import ClientCore
 from chat.client.net import Connection
-from chat.ui.chatlog import HISTORY_RULE, NEW_RULE, ChatLog, Entry, render_text, safe
+from chat.client.personal import IgnoreList
+from chat.ui.chatlog import HISTORY_RULE, MENTION_PLAIN, NEW_RULE, ChatLog, Entry, render_text, safe
 from chat.ui.editing import COMMANDS, Completer, InputHistory
 from chat.ui.tui import OLDER_LINES, ChatApp
 from conftest import HOST, STOP_TIMEOUT, TS, Broker, Processes, ScriptedConnection, left, private, said
@@ -661,6 +663,129 @@ def test_a_paste_of_many_lines_sends_every_line_in_order_at_the_brokers_pace(
                 bob.expect(said("alice", line))
             await until(pilot, "every pasted line acknowledged", lambda: not app._pending, procs)
             assert len(matching(app, r"<alice> (ah: )?pasted \d+$")) == 30
+
+    run(scenario)
+
+
+# --------------------------------------------------------------------------- mentions and Alt+A
+
+
+def mention(seq: int, name: str, text: str, room: str = "#general") -> ev.Public:
+    return ev.Public(public(seq, name, text, room).event, mention=True)
+
+
+class Bells:
+    """Counts the app's terminal bells."""
+
+    def __init__(self, app: ChatApp) -> None:
+        self.rung = 0
+        app.bell = self.ring  # type: ignore[method-assign]
+
+    def ring(self) -> None:
+        self.rung += 1
+
+
+@pytest.mark.timeout(30)
+def test_mentions_are_highlighted_ring_once_and_are_marked_in_the_status_line() -> None:
+    app, conn = scripted_app()
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            bells = Bells(app)
+            connected(app)
+            app.show(mention(1, "bob", "alice, look"))  # in the buffer shown: highlighted, rung, not unread
+            app.show(ev.Public(public(2, "bob", "alice, from before", history=True).event, history=True, mention=True))
+            app.show(public(1, "dave", "just a line", room="#dev"))
+            app.show(mention(2, "dave", "@alice in dev", room="#dev"))
+            await pilot.pause()
+            assert bells.rung == 2  # once per live mention, none for history
+            assert "2:#dev[2,1!]" in status_text(app)
+            [entry] = [e for e in app.log_pane.entries if e.text == "alice, look"]
+            assert entry.mention
+            _, body = render_text(entry, timezone.utc, colour=False)
+            assert any(span.style == MENTION_PLAIN for span in body.spans) or body.style == MENTION_PLAIN
+            _, quiet = render_text(Entry.from_event(public(3, "bob", "hi").event), timezone.utc, colour=False)
+            assert MENTION_PLAIN not in [span.style for span in quiet.spans]
+            app.show(mention(3, "dave", "alice again", room="#dev"))
+            await pilot.pause()
+            assert "2:#dev[3,2!]" in status_text(app)
+            await pilot.press("alt+2")
+            assert "[" not in status_text(app).split("2:#dev")[1].split()[0]  # read: the mark goes
+
+    run(scenario)
+
+
+@pytest.mark.timeout(30)
+def test_no_bell_keeps_the_highlight_and_the_marks() -> None:
+    conn = ScriptedConnection()
+    app = ChatApp(lambda show: conn, address="test:5555", clock=lambda: 1_764_190_003.5, tz=timezone.utc, bell=False)
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            bells = Bells(app)
+            connected(app)
+            app.show(mention(1, "dave", "alice?", room="#dev"))
+            await pilot.pause()
+            assert bells.rung == 0 and "2:#dev[1!]" in status_text(app)
+
+    run(scenario)
+
+
+@pytest.mark.timeout(30)
+def test_alt_a_goes_to_the_buffer_with_mentions_first_then_to_unread_ones() -> None:
+    app, conn = scripted_app()
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            connected(app, ("#general", "#dev", "#ops"))
+            app.show(public(1, "dave", "busy", room="#dev"))
+            app.show(mention(1, "erin", "alice: ops needs you", room="#ops"))
+            app.show(ev.PrivateIn(p.Private("carol", "alice", "psst", 1_764_190_000_000)))
+            await pilot.pause()
+            assert "2:#dev[1]" in status_text(app) and "3:#ops[1!]" in status_text(app)
+            await pilot.press("alt+a")
+            assert app.buffers.shown.room == "#ops"  # a mention first
+            await pilot.press("alt+a")
+            assert app.buffers.shown.peer == "carol"  # a private talk counts as one
+            await pilot.press("alt+a")
+            assert app.buffers.shown.room == "#dev"  # then what is merely unread
+            assert conn.requests.count(ev.TypeInto("#dev")) == 1
+            await pilot.press("alt+a")
+            assert app.buffers.shown.room == "#dev"  # nothing left unread: it stays
+            rule = next(i for i, line in enumerate(lines(app)) if line.startswith(NEW_RULE))
+            assert lines(app)[rule + 1].endswith("<dave> busy")
+
+    run(scenario)
+
+
+@pytest.mark.timeout(30)
+def test_against_a_broker_mentions_ring_mentions_lists_them_and_ignore_hides(
+    procs: Processes, broker: Broker, apps: list[ChatApp], tmp_path: Path
+) -> None:
+    bob = procs.join("bob", broker, "--no-log")
+    core = ClientCore("alice", interactive=True, ignore=IgnoreList(tmp_path / "ignored"))
+    app = ChatApp(lambda show: Connection(core, HOST, broker.port, show), address=f"{HOST}:{broker.port}")
+    apps.append(app)
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            bells = Bells(app)
+            await joined(pilot, app, procs)
+            bob.send("is Alice around? malice is not a mention")
+            await until(pilot, "bob's line", shown(app, r"<bob> is Alice around\?"), procs)
+            assert bells.rung == 1 and [e.mention for e in app.log_pane.entries if e.name == "bob"] == [True]
+            await type_line(pilot, "/mentions")
+            await until(pilot, "the list of mentions", shown(app, r"#general bob: is Alice"), procs)
+            await type_line(pilot, "/ignore bob")
+            await until(pilot, "the ignore confirmed", shown(app, r"ignoring bob"), procs)
+            bob.send("alice, you cannot see this")
+            bob.send("/pm alice nor this")
+            bob.send("/me leaves")
+            bob.close_stdin()
+            await until(pilot, "bob leaving, which still shows", shown(app, r"bob has left the chat"), procs)
+            assert matching(app, r"cannot see|nor this|leaves") == [] and bells.rung == 1
+            assert [b.title for b in app.buffers.ordered()] == ["#general"]  # no private talk begun
+            assert IgnoreList(tmp_path / "ignored").names() == ["bob"]
 
     run(scenario)
 

@@ -257,3 +257,42 @@ def test_the_page_comes_back_after_a_broker_sigkill_and_restart_with_no_gap(
     for text in ("<carol>before", "<carol>during the gap", "<carol>after", "<alice>typed while away"):
         assert sum(text in line for line in lines) == 1, f"{text!r} not exactly once in {lines}"
     assert len(carol.matching(said("alice", "typed while away"))) == 1
+
+
+SPY_ON_NOTIFICATIONS = """
+    window.notified = [];
+    window.Notification = function (title, options) { window.notified.push([title, options.body]); };
+    window.Notification.permission = "granted";
+    Object.defineProperty(document, "hidden", { configurable: true, get: () => arguments[0] });
+"""
+
+
+def test_a_mention_is_marked_the_core_s_way_notified_when_hidden_and_ignore_hides_a_user(
+    procs: Processes, chrome: WebDriver
+) -> None:
+    broker, url = web_broker(procs, "--web", "0", "--rate", "0")
+    bob = procs.join("bob", broker, "--no-log")
+    log_in(chrome, url, "a.b")  # a name with regex characters
+    type_line(chrome, "/join #dev")
+    wait(chrome, lambda d: d.find_element(By.ID, "title").text == "#dev", "#dev")
+    chrome.execute_script(SPY_ON_NOTIFICATIONS, True)  # the tab is hidden from now on
+    for text in ("axb is no mention", "nor is xa.bx", "hey A.B, look", "so a.b."):
+        bob.send(text)
+    wait(chrome, lambda d: "#general 4,2!" in conversations(d), "4 unread in #general, 2 of them mentions")
+
+    notified = chrome.execute_script("return window.notified")
+    assert notified == [["bob in #general", "hey A.B, look"], ["bob in #general", "so a.b."]]
+    open_conversation(chrome, "#general")
+    marked = chrome.execute_script("return [...document.querySelectorAll('.line.mention')].map(e => e.textContent)")
+    assert [m[m.index("<"):] for m in marked] == ["<bob>hey A.B, look", "<bob>so a.b."]
+
+    type_line(chrome, "/ignore bob")
+    shows(chrome, "ignoring bob")
+    bob.send("a.b, you cannot see this")
+    bob.send("/pm a.b nor this")
+    carol = procs.join("carol", broker, "--no-log")
+    carol.send("carol still shows")
+    shows(chrome, "<carol>carol still shows")
+    assert [line for line in log_lines(chrome) if "see this" in line] == []
+    assert not any(c.startswith("bob") for c in conversations(chrome))  # no private conversation begun
+    assert chrome.execute_script("return window.notified.length") == 2

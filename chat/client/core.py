@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict, deque
+from datetime import datetime
 from pathlib import Path
 from typing import Union
 
@@ -24,6 +25,7 @@ import msgspec
 from chat import protocol as p
 from chat.client import events as ev
 from chat.client.feed import Feed, Fetching, Range
+from chat.client.personal import IGNORED_KINDS, MAX_MENTIONS, MENTION_KINDS, PERSONAL_HELP, IgnoreList, MentionRule
 from chat.client.files import UP_ID, GET_ID, Transfers
 from chat.errors import RemoteProtocolError
 
@@ -43,6 +45,7 @@ DEFAULT_OLDER = 20  # lines shown by /history without a number
 QUIT_COMMANDS = ("/quit", "/exit")
 GAP_FETCH = "gap"  # the id of a FETCH that fills a gap is this and the room; of a /history one, OLDER_FETCH's
 OLDER_FETCH = "older"
+PERSONAL_COMMANDS = ("/ignore", "/unignore", "/mentions")  # the client's own, never sent to the broker
 SEARCH_PREFIX = "search-"  # the ids of SEARCH requests
 NEEDS_SESSION = (  # held until joined
     "/who", "/whosonline", "/history", "/join", "/leave", "/rooms", "/topic", "/nick", "/away", "/back", "/search", "/send", "/get",
@@ -101,11 +104,15 @@ class ClientCore:
         interactive: bool,
         history_lines: int = 0,
         room: str = p.DEFAULT_ROOM,
+        ignore: IgnoreList | None = None,
         download_dir: Path | None = None,
         file_rate: int = 0,
         local_files: bool = True,
     ) -> None:
         self.name = name or ""
+        self.ignore = ignore if ignore is not None else IgnoreList()  # without a file: this session only
+        self.mentioned: deque[p.Event] = deque(maxlen=MAX_MENTIONS)  # for /mentions, oldest first
+        self._mentions = MentionRule()
         self.rooms: list[str] = [p.room_key(room)]  # our rooms, in the order joined
         self.current = self.rooms[0]  # the room we type into
         self.pub_port = 0
@@ -420,6 +427,8 @@ class ClientCore:
             return self._request(p.Away(self._next_id(), ""), "back")
         if word == "/search":
             return self._search_command(rest)
+        if word in PERSONAL_COMMANDS:
+            return self._personal_command(word, rest)
         if word in ("/send", "/get") and not self.local_files:
             return [ev.Notice(f"{word} is not available here: files are sent and saved by client.py", "error")]
         if word == "/send":
@@ -429,7 +438,7 @@ class ClientCore:
         if word == "/files":
             return self.files.listing()
         if word == "/help":
-            return [ev.Notice(HELP)]
+            return [ev.Notice(HELP + "\n" + PERSONAL_HELP)]
         return [ev.Notice(f"unknown command {p.neutralise(word)}; type /help for the list", "error")]
 
     def _request(self, request: p.Nick | p.Away, what: str) -> list[ev.Action]:
@@ -780,6 +789,8 @@ class ClientCore:
             if private.seq <= self.private_seq:
                 return []  # sent again on our JOIN, and shown already
             self.private_seq = private.seq
+        if private.name in self.ignore:
+            return []  # /ignore: delivered, and numbered as shown, but not shown (nor offered, if a file)
         if private.file:
             self.files.seen(private.file, private.name, private.text, "private")
         return [ev.PrivateIn(private)]
@@ -836,7 +847,7 @@ class ClientCore:
         for event in events:
             if event.kind == p.KIND_FILE:
                 self.files.seen(p.offer_number(event.text), event.name, event.text, event.room)
-        return [ev.Public(e, several, self._is_history(e)) for e in events if not self._is_own(e)]
+        return [self._public(e, several) for e in events if not self._is_own(e) and not self._ignored(e)]
 
     def _is_history(self, event: p.Event) -> bool:
         """From before we joined its room: the lines shown on joining (--history)."""
@@ -871,7 +882,9 @@ class ClientCore:
         asked = (history.first, history.last)  # the range this answers, echoed by the broker
         if feed.browsing == asked:
             feed.browsing = None
-            return [ev.Older(tuple(events))] if events else [ev.NothingOlder(room, f"nothing older is kept in {room}")]
+            if not events:
+                return [ev.NothingOlder(room, f"nothing older is kept in {room}")]
+            return [self._older_shown(events)]
         shown, ask, lost = feed.answered(events, asked)
         out = self._lost_events(room, lost) + self._show(shown)
         return out + (self._fetch(room, ask, now) if ask else [])
@@ -908,3 +921,59 @@ class ClientCore:
     def _next_id(self) -> str:
         self._counter += 1
         return f"{self._id_prefix}-{self._counter}"
+
+    # ------------------------------------------------------------------ mentions and /ignore (chat.client.personal)
+
+    def _public(self, event: p.Event, several: bool) -> ev.Public:
+        """A public event to show, marked when it mentions us; a live mention is kept for /mentions."""
+        history = self._is_history(event)
+        mention = event.kind in MENTION_KINDS and self._mentions(self.name, event.text)
+        if mention and not history:
+            self.mentioned.append(event)
+        return ev.Public(event, several, history, mention)
+
+    def _older_shown(self, events: list[p.Event]) -> ev.Older:
+        """Older lines, without those of ignored users, marking those that mention us."""
+        kept = tuple(e for e in events if not self._ignored(e))
+        mentioning = frozenset(e.seq for e in kept if e.kind in MENTION_KINDS and self._mentions(self.name, e.text))
+        return ev.Older(kept, mentioning)
+
+    def _ignored(self, event: p.Event) -> bool:
+        return event.kind in IGNORED_KINDS and event.name in self.ignore
+
+    def _personal_command(self, word: str, rest: str) -> list[ev.Action]:
+        """/ignore [NAME], /unignore NAME, /mentions: answered by the client alone."""
+        if word == "/mentions":
+            return [self._mentions_listed()]
+        if not rest:
+            if word == "/unignore":
+                return [ev.Notice("usage: /unignore NAME", "error")]
+            ignored = self.ignore.names()
+            if not ignored:
+                return [ev.Notice("you ignore nobody; /ignore NAME hides someone's lines and private messages")]
+            return [ev.Notice(f"ignored ({len(ignored)}): {', '.join(p.neutralise(n) for n in ignored)}")]
+        name = rest.split()[0]
+        if problem := p.name_problem(name):
+            return [ev.Notice(f"usage: {word} NAME ({problem})", "error")]
+        if word == "/ignore" and p.name_key(name) == p.name_key(self.name):
+            return [ev.Notice("you cannot ignore yourself", "error")]
+        shown = p.neutralise(name)
+        try:
+            changed = self.ignore.add(name) if word == "/ignore" else self.ignore.remove(name)
+        except OSError as exc:
+            return [ev.Notice(f"could not save the ignore list ({exc}); {word} not done", "error")]
+        if word == "/ignore":
+            said = f"ignoring {shown}: their lines and private messages are hidden" if changed else f"{shown} is ignored already"
+        else:
+            said = f"no longer ignoring {shown}" if changed else f"{shown} was not ignored"
+        return [ev.Notice(said)]
+
+    def _mentions_listed(self) -> ev.Notice:
+        if not self.mentioned:
+            return ev.Notice("no line has mentioned you yet")
+        lines = [f"mentions ({len(self.mentioned)}), oldest first:"]
+        for event in self.mentioned:
+            who = f"* {event.name}" if event.kind == p.KIND_ACTION else f"{event.name}:"
+            when = datetime.fromtimestamp(event.ts / 1000).strftime("%Y-%m-%d %H:%M:%S")
+            lines.append(f"  {when} {event.room} {p.neutralise(who)} {p.neutralise(event.text)}")
+        return ev.Notice("\n".join(lines))

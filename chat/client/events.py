@@ -80,6 +80,7 @@ class Public:
     event: p.Event
     show_room: bool = False  # we are in several rooms: say which room it is from
     history: bool = False  # from before we joined the room (the --history lines shown on joining)
+    mention: bool = False  # a line or action that mentions our name (chat.client.personal)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class Older:
     """Older public events the user asked for with /history, oldest first (shown above the rest)."""
 
     events: tuple[p.Event, ...]
+    mentions: frozenset[int] = frozenset()  # the seqs of those that mention us (chat.client.personal)
 
 
 @dataclass(frozen=True)

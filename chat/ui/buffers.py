@@ -26,6 +26,7 @@ class Buffer:
     title: str  # "#dev", "bob"
     log: ChatLog
     unread: int = 0  # lines from others since the reader last looked
+    mentions: int = 0  # of those, the lines that mention the reader
     last_seen: Entry | None = None  # the newest line when the reader left: the "new" rule goes below it
     at_beginning: bool = False  # the oldest line of the room is on screen: nothing more to fetch
     older_since: float | None = None  # when older lines were asked for, while unanswered
@@ -63,6 +64,15 @@ class Buffers:
         """The buffer ``by`` places after the shown one, round the ends."""
         ordered = self.ordered()
         return ordered[(ordered.index(self.shown) + by) % len(ordered)]
+
+    def next_active(self) -> Buffer | None:
+        """Where Alt+A goes, as in weechat and irssi: the first buffer after the shown one with mentions
+        (a private talk's lines count as such), else the first with unread lines; None when all are read."""
+        ordered = self.ordered()
+        start = ordered.index(self.shown)
+        after = ordered[start + 1 :] + ordered[: start + 1]
+        urgent = [b for b in after if b.mentions or (b.peer and b.unread)]
+        return next(iter(urgent or [b for b in after if b.unread]), None)
 
     def find(self, name: str) -> Buffer | None:
         """The buffer named ``name``: a room ("#dev"), a person ("bob") or a number ("2")."""

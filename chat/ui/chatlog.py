@@ -90,18 +90,20 @@ class Entry:
     room: str = ""  # the room of a public line
     show_room: bool = False  # the viewer is in several rooms: name it before the line
     history: bool = False  # a public line from before we joined (or older, asked for): shown dim
+    mention: bool = False  # a line that mentions the viewer's name: highlighted
     # Rendering cache: the strips for (width, rules above, colour), and the day.
     _key: tuple[int, tuple[str, ...], bool] | None = field(default=None, repr=False)
     _strips: list[Strip] = field(default_factory=list, repr=False)
     _day: str = field(default="", repr=False)
 
     @classmethod
-    def from_event(cls, event: p.Event, show_room: bool = False, history: bool = False) -> Entry:
+    def from_event(cls, event: p.Event, show_room: bool = False, history: bool = False, mention: bool = False) -> Entry:
         known = event.kind in (MSG, ACTION, JOIN, LEAVE, ENTER, PART, TOPIC, NICK, FILE)
         kind = event.kind if known else EVENT
         detail = "" if known else event.kind
         return cls(
-            kind, event.ts, event.name, event.text, detail, room=event.room, show_room=show_room, history=history
+            kind, event.ts, event.name, event.text, detail, room=event.room, show_room=show_room, history=history,
+            mention=mention,
         )
 
     def day(self, tz: tzinfo | None) -> str:
@@ -129,6 +131,8 @@ def day_rule(ts_ms: int, tz: tzinfo | None) -> str:
     return f"── {_local(ts_ms, tz):%A, %Y-%m-%d} "
 
 
+MENTION_COLOUR = Style(bold=True, color="bright_yellow")
+MENTION_PLAIN = Style(reverse=True)
 HISTORY_RULE = "── history: before you joined "  # above the history lines at the top of a pane
 NEW_RULE = "── new since you were last here "  # above the first line that came in while away
 
@@ -179,6 +183,8 @@ def render_text(entry: Entry, tz: tzinfo | None, colour: bool) -> tuple[Text, Te
         body = Text(f"-!- {text}", style=dim)
     if entry.show_room and entry.kind not in (ENTER, PART, TOPIC):  # those name their room already
         body = Text.assemble((f"{room} ", "bold"), body)
+    if entry.mention:  # as weechat highlights: the line stands out, in colour or, without, in reverse
+        body.stylize(MENTION_COLOUR if colour else MENTION_PLAIN)
     if entry.history:
         body.stylize(dim)
     return time, body

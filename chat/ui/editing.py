@@ -17,8 +17,8 @@ MAX_RECALL = 500  # lines kept for Up/Down
 
 # The commands of chat.client.core, for completion (tests check that the core knows every one).
 COMMANDS = (
-    "/exit", "/help", "/history", "/join", "/leave", "/me", "/msg", "/pm", "/quit", "/rooms", "/switch", "/topic",
-    "/who", "/whosonline",
+    "/exit", "/help", "/history", "/ignore", "/join", "/leave", "/me", "/mentions", "/msg", "/pm", "/quit", "/rooms",
+    "/switch", "/topic", "/unignore", "/who", "/whosonline",
 )  # fmt: skip
 NAME_SUFFIX = ": "  # a name completed at the start of a line addresses that person, as in irssi
 

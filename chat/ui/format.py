@@ -22,7 +22,7 @@ Times are the broker's, shown in the viewer's local time zone. Everything from o
 from __future__ import annotations
 
 import zlib
-from datetime import datetime
+from datetime import datetime, tzinfo
 
 from typing import TYPE_CHECKING
 
@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 _NAME_COLOURS = (31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96)
 
 
-def stamp(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+def stamp(ts_ms: int, tz: tzinfo | None = None) -> str:
+    """``YYYY-MM-DD HH:MM:SS`` in ``tz`` (None: the local time zone)."""
+    return datetime.fromtimestamp(ts_ms / 1000, tz).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def name_colour(name: str) -> int:
@@ -46,8 +47,9 @@ def name_colour(name: str) -> int:
 class LineFormatter:
     """Turns events into single lines, with colour only when asked."""
 
-    def __init__(self, colour: bool = False) -> None:
+    def __init__(self, colour: bool = False, tz: tzinfo | None = None) -> None:
         self.colour = colour
+        self.tz = tz  # None: the local time zone
 
     def name(self, name: str) -> str:
         safe = p.neutralise(name)
@@ -57,7 +59,7 @@ class LineFormatter:
         return f"\x1b[2m{text}\x1b[0m" if self.colour else text
 
     def event(self, event: p.Event, show_room: bool = False) -> str:
-        when = f"[{stamp(event.ts)}]"
+        when = f"[{stamp(event.ts, self.tz)}]"
         text = p.neutralise(event.text)
         room = p.neutralise(event.room)
         if event.kind == p.KIND_ENTER:
@@ -95,9 +97,9 @@ class LineFormatter:
 
     def private(self, private: p.Private) -> str:
         if private.file:
-            return f"[{stamp(private.ts)}] {self.name(private.name)} {p.neutralise(private.text)}"
+            return f"[{stamp(private.ts, self.tz)}] {self.name(private.name)} {p.neutralise(private.text)}"
         marker = "private, while you were away" if private.queued else "private"
-        return f"[{stamp(private.ts)}] {self.name(private.name)} ({marker}): {p.neutralise(private.text)}"
+        return f"[{stamp(private.ts, self.tz)}] {self.name(private.name)} ({marker}): {p.neutralise(private.text)}"
 
     def room_list(self, listing: p.RoomList) -> str:
         rooms = []
@@ -105,12 +107,12 @@ class LineFormatter:
             room, members, topic = entry.get("room"), entry.get("members"), entry.get("topic")
             about = f" - {p.neutralise(str(topic))}" if topic else ""
             rooms.append(f"{p.neutralise(str(room))} ({members}){about}")
-        return f"[{stamp(listing.ts)}] rooms ({len(rooms)}): {', '.join(rooms)}"
+        return f"[{stamp(listing.ts, self.tz)}] rooms ({len(rooms)}): {', '.join(rooms)}"
 
     def roster(self, roster: p.Roster) -> str:
         where = f" in {roster.room}" if roster.room else ""
         names = ", ".join(self._member(roster, n) for n in roster.names)
-        return f"[{stamp(roster.ts)}] online{where} ({len(roster.names)}): {names}"
+        return f"[{stamp(roster.ts, self.tz)}] online{where} ({len(roster.names)}): {names}"
 
 
 def progress_text(item: "ev.Progress") -> str:

@@ -24,8 +24,9 @@ NAME_PROMPT = "Your name: "
 class LineFrontEnd:
     """Shows ``events.Show`` items as lines. ``show`` is called from the network thread."""
 
-    def __init__(self, out: TextIO, err: TextIO, *, colour: bool, interactive: bool) -> None:
+    def __init__(self, out: TextIO, err: TextIO, *, colour: bool, interactive: bool, bell: bool = False) -> None:
         self.out = out
+        self.bell = bell  # ring on stderr at a line that mentions us (client.py: only when stdout is a terminal)
         self.err = err
         self.fmt = LineFormatter(colour)
         self.interactive = interactive
@@ -36,6 +37,8 @@ class LineFrontEnd:
     def show(self, item: ev.Show) -> None:
         if isinstance(item, ev.Public):
             self._line(self.fmt.event(item.event, item.show_room))
+            if item.mention and not item.history:
+                self._ring()
         elif isinstance(item, ev.RoomsListed):
             self._line(self.fmt.room_list(item.listing))
         elif isinstance(item, ev.Older):
@@ -76,6 +79,13 @@ class LineFrontEnd:
         else:
             with self._lock:
                 self.err.write("\n".join(lines) + "\n")
+                self.err.flush()
+
+    def _ring(self) -> None:
+        """A mention: one BEL on stderr, so that stdout keeps its line format (docs: Mentions)."""
+        if self.bell:
+            with self._lock:
+                self.err.write("\a")
                 self.err.flush()
 
     def end_line(self) -> None:

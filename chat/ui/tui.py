@@ -117,6 +117,7 @@ class ChatApp(App[int]):
         Binding("ctrl+n", "step(1)", "Next buffer", show=False, priority=True),
         Binding("ctrl+p", "step(-1)", "Previous buffer", show=False, priority=True),
         *(Binding(f"alt+{n % 10}", f"buffer({n})", f"Buffer {n}", show=False, priority=True) for n in range(1, 11)),
+        Binding("alt+a", "next_active", "Next active buffer", show=False, priority=True),
     ]
 
     def __init__(
@@ -128,8 +129,10 @@ class ChatApp(App[int]):
         tz: tzinfo | None = None,
         encrypted: bool = False,
         handle_signals: bool = False,
+        bell: bool = True,
     ) -> None:
         super().__init__()
+        self.ring_bell = bell  # once per line that mentions us (--no-bell: never)
         self.connect = connect
         self.address = address
         self.clock = clock
@@ -309,11 +312,13 @@ class ChatApp(App[int]):
     def _public(self, item: ev.Public) -> None:
         event = item.event
         buffer = self.buffers.get(p.room_key(event.room)) or self.buffers.shown
-        entry = Entry.from_event(event, history=item.history)
+        entry = Entry.from_event(event, history=item.history, mention=item.mention)
         if item.history:
             buffer.log.add_history(entry)
             return
         self._follow_roster(event)
+        if item.mention:
+            self._mentioned(buffer)
         self._add(buffer, entry, news=event.kind in (p.KIND_MSG, p.KIND_ACTION))
 
     def _sent(self, item: ev.Sent) -> None:
@@ -428,7 +433,7 @@ class ChatApp(App[int]):
             old.last_seen = old.log.entries[-1] if old.log.entries else None
             old.log.display = False
             buffer.log.mark_new(buffer.last_seen)
-            buffer.unread = 0
+            buffer.unread = buffer.mentions = 0
             self.buffers.shown = buffer
         buffer.log.display = True
         typing_into = self._typing_into[-1] if self._typing_into else p.room_key(self.room)
@@ -446,6 +451,19 @@ class ChatApp(App[int]):
                 # The core reports rosters only when asked: ask, then keep the list up to date from events.
                 self.request(ev.AskRoster(buffer.room))
         self._refresh_status()
+
+    def _mentioned(self, buffer: Buffer) -> None:
+        """A live line that mentions us: the bell, once, and a mark on its buffer if it is not shown."""
+        if self.ring_bell:
+            self.bell()
+        if buffer is not self.buffers.shown:
+            buffer.mentions += 1  # _add counts it as unread and refreshes the status line
+
+    def action_next_active(self) -> None:
+        """Alt+A: the next buffer with mentions, else with unread lines (as in weechat and irssi)."""
+        buffer = self.buffers.next_active()
+        if buffer is not None:
+            self._view(buffer)
 
     def action_step(self, by: int) -> None:
         self._view(self.buffers.step(by))
@@ -532,7 +550,7 @@ class ChatApp(App[int]):
             here = buffer is self.buffers.shown
             text.append(f"{n}:{safe(buffer.title)}", style="bold" if here else "dim")
             if buffer.unread:  # not dim, so that they catch the eye
-                text.append(f"[{buffer.unread}]", style="bold")
+                text.append(f"[{unread_marker(buffer)}]", style="bold")
         return text
 
     def _set_prompt(self, prompt: str) -> None:
@@ -636,6 +654,16 @@ class ChatApp(App[int]):
         return int(self.clock() * 1000)
 
 
+def unread_marker(buffer: Buffer) -> str:
+    """What the status line shows in brackets after a buffer: ``5`` unread lines, ``2!`` when those are
+    2 mentions, ``5,2!`` when 2 of the 5 mention you."""
+    if not buffer.mentions:
+        return str(buffer.unread)
+    if buffer.mentions == buffer.unread:
+        return f"{buffer.mentions}!"
+    return f"{buffer.unread},{buffer.mentions}!"
+
+
 def add_leave_handlers(loop: asyncio.AbstractEventLoop, leave: Callable[[], None]) -> list[int]:
     """SIGTERM and SIGINT leave the chat cleanly, where the event loop can handle signals.
 
@@ -667,10 +695,10 @@ def alt_digits_as_keys() -> None:
             del keys[f"\x1b{digit}"]
 
 
-def run_tui(connect: Connect, *, address: str, encrypted: bool = False) -> int:
+def run_tui(connect: Connect, *, address: str, encrypted: bool = False, bell: bool = True) -> int:
     """Run the full-screen client until the user leaves; returns the exit code of ``client.py``."""
     alt_digits_as_keys()
-    app = ChatApp(connect, address=address, encrypted=encrypted, handle_signals=True)
+    app = ChatApp(connect, address=address, encrypted=encrypted, handle_signals=True, bell=bell)
     app.run()
     if app.thread is not None and app.thread.is_alive():
         app.thread.join(LEAVE_JOIN_TIMEOUT)  # the LEAVE sent by on_unmount gets out before the process ends

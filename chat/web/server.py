@@ -76,7 +76,7 @@ class Tab:
 
     def show(self, item: ev.Show) -> None:
         if type(item) is ev.Public:  # nearly everything under load: straight to the outbox
-            self.put(wire.public(item.event))
+            self.put(wire.public(item.event, item.mention))
             return
         core = self.session.core if self.session is not None else None
         message = wire.shown(item, core.current if core is not None else "")

@@ -166,18 +166,21 @@ def resume_of(state: ResumeState) -> Resume:
 # --------------------------------------------------------------------------- gateway -> browser
 
 
-def public(event: p.Event) -> dict[str, Any]:
-    return {"type": "event", "room": event.room, "seq": event.seq, "ts": event.ts, "kind": event.kind,
-            "name": event.name, "text": event.text}
+def public(event: p.Event, mention: bool = False) -> dict[str, Any]:
+    shown = {"type": "event", "room": event.room, "seq": event.seq, "ts": event.ts, "kind": event.kind,
+             "name": event.name, "text": event.text}
+    if mention:  # the core's mention rule (chat.client.personal): the page has no rule of its own
+        shown["mention"] = True
+    return shown
 
 
 def shown(item: ev.Show, current: str) -> dict[str, Any] | None:
     """What the page gets for one thing the core shows; ``current`` is the room a line went to."""
     if isinstance(item, ev.Public):
-        return public(item.event)
+        return public(item.event, item.mention)
     if isinstance(item, ev.Older):
         room = item.events[0].room if item.events else current
-        return {"type": "older", "room": room, "events": [public(e) for e in item.events]}
+        return {"type": "older", "room": room, "events": [public(e, e.seq in item.mentions) for e in item.events]}
     if isinstance(item, ev.PrivateIn):
         pm = item.private
         return {"type": "private", "name": pm.name, "to": pm.to, "text": pm.text, "ts": pm.ts}

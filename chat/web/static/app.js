@@ -45,7 +45,7 @@ function conversation(key, kind, title) {
     log.className = "conv-log";
     log.hidden = true;
     $("log").append(log);
-    conv = { key, kind, title, log, entries: [], unread: 0, lastSeq: 0, exhausted: false, loading: false,
+    conv = { key, kind, title, log, entries: [], unread: 0, mentions: 0, lastSeq: 0, exhausted: false, loading: false,
              topic: "", members: new Set(), lastDay: "", older: null };
     if (kind === "room") {
       conv.older = document.createElement("button");
@@ -69,7 +69,7 @@ function activate(key) {
   if (!conv) return;
   state.active = key;
   for (const other of convs.values()) other.log.hidden = other !== conv;
-  conv.unread = 0;
+  conv.unread = conv.mentions = 0;
   $("title").textContent = conv.title;
   $("topic").textContent = conv.topic;
   $("members-title").textContent = conv.kind === "room" ? `Members of ${conv.title}` : "Private conversation";
@@ -95,15 +95,22 @@ function renderList() {
     button.append(label);
     if (conv.unread) {
       const badge = document.createElement("span");
-      badge.className = "unread";
-      badge.textContent = String(conv.unread);
-      badge.setAttribute("aria-label", `${conv.unread} unread`);
+      badge.className = conv.mentions ? "unread mention" : "unread";
+      badge.textContent = unreadMarker(conv);
+      const mentioning = conv.mentions ? `, ${conv.mentions} mentioning you` : "";
+      badge.setAttribute("aria-label", `${conv.unread} unread${mentioning}`);
       button.append(badge);
     }
     button.addEventListener("click", () => { activate(conv.key); $("message").focus(); });
     item.append(button);
     list.append(item);
   }
+}
+
+// As the terminal client's status line: "5" unread, "2!" when those 2 mention you, "5,2!" when 2 of 5 do.
+function unreadMarker(conv) {
+  if (!conv.mentions) return String(conv.unread);
+  return conv.mentions === conv.unread ? `${conv.mentions}!` : `${conv.unread},${conv.mentions}!`;
 }
 
 function renderMembers() {
@@ -146,18 +153,6 @@ function withLinks(parent, text) {
   parent.append(document.createTextNode(text.slice(at)));
 }
 
-function mentions(text) {
-  if (!state.name) return false;
-  const lower = nameKey(text), me = nameKey(state.name);
-  let at = lower.indexOf(me);
-  while (at >= 0) {
-    const before = lower[at - 1], after = lower[at + me.length];
-    if (!/[\p{L}\p{N}_]/u.test(before || " ") && !/[\p{L}\p{N}_]/u.test(after || " ")) return true;
-    at = lower.indexOf(me, at + 1);
-  }
-  return false;
-}
-
 // An entry: {ts, kind, name, text, room?, seq?, id?, status: "pending"|"failed"|""}
 function lineElement(entry) {
   const line = document.createElement("div");
@@ -196,9 +191,7 @@ function lineElement(entry) {
     if (k === "topic" || !(k in { join: 1, enter: 1, part: 1, leave: 1 })) withLinks(body, entry.text);
   }
   if (entry.status) line.classList.add(entry.status);
-  if ((k === "msg" || k === "action" || k === "pm") && entry.mine !== true && mentions(entry.text)) {
-    line.classList.add("mention");
-  }
+  if (entry.mention === true) line.classList.add("mention");  // the client core's mention rule, one for all
   line.append(body);
   entry.element = line;
   return line;
@@ -236,6 +229,7 @@ function append(conv, entry) {
   if (conv.key !== state.active || document.hidden) {
     if (entry.kind === "msg" || entry.kind === "action" || entry.kind === "pm") {
       if (conv.key !== state.active) conv.unread += 1;
+      if (conv.key !== state.active && entry.mention === true) conv.mentions += 1;
       renderList();
     }
   }
@@ -318,15 +312,16 @@ const HANDLERS = {
       for (const known of [...conv.members]) if (nameKey(known) === nameKey(m.name)) conv.members.delete(known);
     }
     if (conv.key === state.active && m.kind !== "msg" && m.kind !== "action") renderMembers();
-    append(conv, { ts: m.ts, kind: m.kind, name: m.name, text: m.text, room: m.room, seq: m.seq });
-    if ((m.kind === "msg" || m.kind === "action") && mentions(m.text)) notify(`${m.name} in ${m.room}`, m.text);
+    append(conv, { ts: m.ts, kind: m.kind, name: m.name, text: m.text, room: m.room, seq: m.seq, mention: m.mention === true });
+    if (m.mention === true) notify(`${m.name} in ${m.room}`, m.text);
     save();
   },
   older(m) {
     const conv = roomConv(m.room);
     conv.loading = false;
     if (!m.events.length) { conv.exhausted = true; conv.older.hidden = true; return; }
-    prepend(conv, m.events.map((e) => ({ ts: e.ts, kind: e.kind, name: e.name, text: e.text, room: e.room, seq: e.seq })));
+    prepend(conv, m.events.map((e) => ({ ts: e.ts, kind: e.kind, name: e.name, text: e.text, room: e.room, seq: e.seq,
+                                         mention: e.mention === true })));
   },
   private(m) {
     const conv = pmConv(m.name);
