@@ -150,6 +150,11 @@ def broker_parser(prog: str = "broker.py") -> argparse.ArgumentParser:
         help=f"history database file (default {history_db()}; :memory: keeps none after a stop)",
     )
     parser.add_argument(
+        "--no-search-index",
+        action="store_true",
+        help="do not index new lines for /search (saves disk and CPU; lines stored meanwhile are never found)",
+    )
+    parser.add_argument(
         "--timeout",
         type=_seconds,
         default=SESSION_TIMEOUT,
@@ -334,7 +339,7 @@ def broker_main(argv: list[str] | None = None, prog: str = "broker.py") -> int:
     except StartupError as exc:
         return _cannot_start(exc)
     try:
-        history = open_history(args.db)
+        history = open_history(args.db, index=not args.no_search_index)
     except StartupError as exc:
         server.close()
         return _cannot_start(exc)
@@ -419,12 +424,12 @@ def _cannot_start(problem: StartupError) -> int:
     return 1
 
 
-def open_history(db: str | None) -> History:
+def open_history(db: str | None, index: bool = True) -> History:
     """The broker's history: in memory, or the SQLite file ``db`` (default: the data folder's), made
     when new. Raises StartupError naming the file or folder that cannot be used."""
     if db == ":memory:":
         return MemoryHistory()
-    from chat.store import SqliteHistory
+    from chat.broker.store import SqliteHistory
 
     path = Path(db) if db else history_db()
     try:
@@ -432,7 +437,7 @@ def open_history(db: str | None) -> History:
     except OSError as exc:
         raise StartupError(f"cannot make the data folder {path.parent}: {exc.strerror or exc}") from None
     try:
-        history = SqliteHistory(str(path))
+        history = SqliteHistory(str(path), index=index)
     except StoreError as exc:  # not a history database, damaged, or in use by another broker
         raise StartupError(f"cannot use the history database: {exc}") from None
     print(f"broker: history in {path}", flush=True)

@@ -74,10 +74,11 @@ FILE_NOT_STORED = "file_not_stored"  # the broker could not write the file (disk
 ADDRESS_FULL = "address_full"  # too many sessions from one source address
 KEY_MISMATCH = "key_mismatch"  # (--secure) a request from another key than the session's
 STORE_FAILED = "store_failed"  # the broker could not store (disk full, read-only) or read its history
+QUEUE_FULL = "queue_full"  # too many private messages wait for someone offline (or from one sender)
 ERROR_CODES = (
     BAD_FRAMES, BAD_VERSION, BAD_TYPE, BAD_JSON, BAD_FIELD, TOO_LARGE, NAME_INVALID, NAME_TAKEN, NOT_JOINED,
     ALREADY_JOINED, NO_SUCH_USER, NO_SUCH_ROOM, ROOM_INVALID, HISTORY_RANGE, SERVER_FULL, NAME_OWNED, RATE_LIMITED,
-    ADDRESS_FULL, KEY_MISMATCH, STORE_FAILED, NO_SUCH_FILE, FILE_REFUSED, FILE_TOO_LARGE, BAD_CHUNK, FILE_NOT_STORED,
+    ADDRESS_FULL, KEY_MISMATCH, STORE_FAILED, NO_SUCH_FILE, FILE_REFUSED, FILE_TOO_LARGE, BAD_CHUNK, FILE_NOT_STORED, QUEUE_FULL,
 )  # every code an ERROR can carry; docs/PROTOCOL.md lists the same (tests/test_error_table.py checks it)
 
 # Event kinds on the PUB socket.
@@ -89,6 +90,7 @@ KIND_ENTER = "enter"  # joined one room with /join (text: empty)
 KIND_PART = "part"  # left one room with /leave (text: empty)
 KIND_TOPIC = "topic"  # set the room's topic (text: the new topic)
 KIND_JOINS = "joins"  # a join storm, summed up: name is the first who joined, text how many did (decimal)
+KIND_NICK = "nick"  # changed name (name: the old one, text: the new one)
 KIND_FILE = "file"  # offered a file to the room (text: offer_text(), ending in "/get N")
 SAY_KINDS = (KIND_MSG, KIND_ACTION)
 
@@ -102,6 +104,8 @@ DATA_TYPES = frozenset((b"PUT", b"CHUNK"))  # the types that may carry a data fr
 MAX_ROOM_CHARS = 32  # after the '#'
 MAX_ROOMS_PER_SESSION = 32
 MAX_TOPIC_CHARS = 300
+MAX_AWAY_CHARS = 300
+MAX_FOUND = 50  # events in one FOUND reply
 _ROOM_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 # Why a session ended, carried in a leave event's text.
@@ -161,6 +165,7 @@ class Pm(Message, frozen=True):
 class Who(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"WHO"
     room: str = ""
+    id: str = ""  # optional: echoed in the ROSTER
 
 
 class Enter(Message, frozen=True):
@@ -181,6 +186,7 @@ class Rooms(Message, frozen=True):
     """Ask for every room with its member count and topic."""
 
     TYPE: ClassVar[bytes] = b"ROOMS"
+    id: str = ""  # optional: echoed in the ROOM_LIST
 
 
 class Topic(Message, frozen=True):
@@ -190,6 +196,32 @@ class Topic(Message, frozen=True):
     id: str
     room: str
     text: str
+
+
+class Nick(Message, frozen=True):
+    """Change one's name (``/nick``): the same rules as JOIN's name; answered with RENAMED."""
+
+    TYPE: ClassVar[bytes] = b"NICK"
+    id: str
+    name: str
+
+
+class Away(Message, frozen=True):
+    """Say one is away (``/away``, ``text`` the message), or back (``/back``: ``text`` empty); ACKed."""
+
+    TYPE: ClassVar[bytes] = b"AWAY"
+    id: str
+    text: str = ""
+
+
+class Search(Message, frozen=True):
+    """Find the newest lines with every word of ``text`` in one room of ours, or in all of them."""
+
+    TYPE: ClassVar[bytes] = b"SEARCH"
+    id: str
+    text: str
+    room: str = ""  # "": every room the session is in
+    before: int = 0  # FOUND's cursor, for the next (older) page; 0: from the newest
 
 
 class Ping(Message, frozen=True):
@@ -307,6 +339,7 @@ class RoomList(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"ROOM_LIST"
     rooms: list[dict[str, Any]]
     ts: int
+    id: str = ""  # the ROOMS's id, when it had one
 
 
 class Ack(Message, frozen=True):
@@ -314,6 +347,8 @@ class Ack(Message, frozen=True):
     id: str
     seq: int
     ts: int
+    away: str = ""  # a PM's recipient is away with this message (told once per sender while away)
+    queued: bool = False  # a PM's recipient is offline: it is kept, and delivered when they next join
 
 
 class Acks(Message, frozen=True):
@@ -340,6 +375,8 @@ class Roster(Message, frozen=True):
     room: str
     names: list[str]
     ts: int
+    id: str = ""  # the WHO's id, when it had one
+    away: dict[str, str] = msgspec.field(default_factory=dict)  # name -> away message, of those away
 
 
 class Private(Message, frozen=True):
@@ -350,6 +387,7 @@ class Private(Message, frozen=True):
     ts: int
     seq: int = 0  # numbers the recipient's private messages 1, 2, 3...: a resent one is recognised by it
     file: int = 0  # not 0: a file offer (text: offer_text()), fetched with GET of this number
+    queued: bool = False  # sent while the recipient was offline (``ts``: when it was sent)
 
 
 class Pong(Message, frozen=True):
@@ -398,18 +436,39 @@ class History(Message, frozen=True):
     id: str = ""  # the FETCH's id, when it had one
 
 
+class Renamed(Message, frozen=True):
+    """Answer to NICK: the session's name is now ``name``; ``private_seq`` is the last private message
+    kept for that name (private messages are numbered per name: the client follows on from it)."""
+
+    TYPE: ClassVar[bytes] = b"RENAMED"
+    id: str
+    name: str
+    private_seq: int = 0
+
+
+class Found(Message, frozen=True):
+    """Answer to SEARCH: events with their room ({"room", "seq", "ts", "kind", "name", "text"}), newest
+    first; ``before`` is the cursor of the next page (0: no more)."""
+
+    TYPE: ClassVar[bytes] = b"FOUND"
+    id: str
+    events: list[dict[str, Any]]
+    before: int = 0
+
+
 class Bye(Message, frozen=True):
     TYPE: ClassVar[bytes] = b"BYE"
     reason: str
 
 
 CLIENT_MESSAGES: dict[bytes, type[Message]] = {
-    m.TYPE: m for m in (Join, Say, Pm, Who, Ping, Leave, Fetch, Enter, Part, Rooms, Topic, Offer, Put, Get)
+    m.TYPE: m for m in (Join, Say, Pm, Who, Ping, Leave, Fetch, Enter, Part, Rooms, Topic, Offer, Put, Get, Nick, Away, Search)
 }
 BROKER_MESSAGES: dict[bytes, type[Message]] = {
     m.TYPE: m
     for m in (
-        Welcome, Ack, Acks, Error, Roster, Private, Pong, History, Bye, Entered, Parted, RoomList, Uploading, PutAck, Chunk
+        Welcome, Ack, Acks, Error, Roster, Private, Pong, History, Bye, Entered, Parted, RoomList, Uploading, PutAck,
+        Chunk, Renamed, Found,
     )
 }
 FILE_REQUESTS = (Offer, Put, Get)
@@ -733,8 +792,40 @@ def _validate_line(message: Say | Pm) -> None:
 def _validate_room(message: Enter | Part | Fetch | Who) -> None:
     if message.room or not isinstance(message, Who):  # WHO without a room: everyone online
         _check_room(message.room)
-    if isinstance(message, Fetch) and len(message.id) > MAX_ID_CHARS:
+    if isinstance(message, (Fetch, Who)):
+        _check_id(message.id)
+
+
+def _check_id(msg_id: str) -> None:
+    if len(msg_id) > MAX_ID_CHARS:
         raise RemoteProtocolError(BAD_FIELD, f"an id can be at most {MAX_ID_CHARS} characters long")
+
+
+def _validate_nick(message: Nick) -> None:
+    _check_id(message.id)
+    problem = name_problem(message.name)
+    if problem:
+        raise RemoteProtocolError(NAME_INVALID, problem)
+
+
+def _validate_away(message: Away) -> None:
+    _check_id(message.id)
+    if len(message.text) > MAX_AWAY_CHARS:
+        raise RemoteProtocolError(BAD_FIELD, f"an away message can be at most {MAX_AWAY_CHARS} characters long")
+
+
+def _validate_search(message: Search) -> None:
+    _check_id(message.id)
+    if message.room:
+        _check_room(message.room)
+    if not message.text.strip() or len(message.text) > MAX_TEXT_CHARS:
+        raise RemoteProtocolError(BAD_FIELD, f"search for 1 to {MAX_TEXT_CHARS} characters")
+    if message.before < 0:
+        raise RemoteProtocolError(BAD_FIELD, "before is a cursor from FOUND, or 0")
+
+
+def _validate_rooms(message: Rooms) -> None:
+    _check_id(message.id)
 
 
 def _validate_topic(message: Topic) -> None:
@@ -782,6 +873,10 @@ _VALIDATORS: dict[type[Message], Any] = {
     Fetch: _validate_room,
     Who: _validate_room,
     Topic: _validate_topic,
+    Nick: _validate_nick,
+    Away: _validate_away,
+    Search: _validate_search,
+    Rooms: _validate_rooms,
 }
 
 

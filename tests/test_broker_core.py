@@ -10,7 +10,7 @@ import pytest
 
 from chat import protocol as p
 from chat.broker.core import DEDUP_IDS_PER_NAME, Broker, Outgoing, Reply
-from chat.store import SqliteHistory
+from chat.broker.store import SqliteHistory
 
 A, B, C = b"\x00A", b"\x00B", b"\x00C"  # ROUTER identities
 T0 = 1_764_190_000.0

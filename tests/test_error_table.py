@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat import protocol as p
-from chat.broker import core, limits
+from chat.broker import commands, core, limits
 from chat.broker.core import Broker, Reply
 from chat.broker.files import FileService
 
@@ -168,6 +168,33 @@ def enter_past_max_rooms(scene: Scene) -> list[bytes]:
     return p.encode(p.Enter("#new"))
 
 
+def nick_to_an_owned_name(scene: Scene) -> list[bytes]:
+    scene.join(B, "olga", peer_key="K" * 40)
+    scene.send(B, p.Leave(), peer_key="K" * 40)
+    scene.peer_key = "L" * 40
+    scene.join(A, "alice", peer_key=scene.peer_key)
+    return p.encode(p.Nick("n1", "olga"))
+
+
+def nick_to_a_look_alike(scene: Scene) -> list[bytes]:
+    scene.join(B, "bob")
+    scene.join()
+    return p.encode(p.Nick("n1", "b0b"))
+
+
+def pm_past_the_queue(scene: Scene) -> list[bytes]:
+    """Bob has been here and left; alice has queued as many PMs for him as one sender may."""
+    scene.join(B, "bob")
+    scene.send(B, p.Leave())
+    scene.join()
+    for n in range(commands.MAX_QUEUED_PER_SENDER):
+        scene.send(A, p.Pm(f"q{n}", "bob", "hi"))
+    return p.encode(p.Pm("one-more", "bob", "hi"))
+
+
+pm_past_the_queue.options = {"rate": 0}  # type: ignore[attr-defined]
+
+
 def say_in(room: str) -> Callable[[Scene], list[bytes]]:
     return joined(p.Say("s1", "hi", room))
 
@@ -287,6 +314,22 @@ SCENARIOS: dict[tuple[str, str], Callable[[Scene], list[bytes]]] = {
     ("PART", p.ROOM_INVALID): joined(p.Part("general")),
     ("PART", p.NO_SUCH_ROOM): joined(p.Part("#dev")),
     ("ROOMS", p.NOT_JOINED): alone(p.Rooms()),
+    ("ROOMS", p.BAD_FIELD): joined(p.Rooms("x" * 70)),
+    ("PM", p.QUEUE_FULL): pm_past_the_queue,
+    ("NICK", p.NOT_JOINED): alone(p.Nick("n1", "alicia")),
+    ("NICK", p.BAD_FIELD): joined(raw(b"NICK", {"id": "n1", "name": 7})),
+    ("NICK", p.NAME_INVALID): joined(p.Nick("n1", "#alicia")),
+    ("NICK", p.NAME_TAKEN): nick_to_a_look_alike,
+    ("NICK", p.NAME_OWNED): nick_to_an_owned_name,
+    ("NICK", p.RATE_LIMITED): rate_limited(p.Nick("n2", "alicia")),
+    ("AWAY", p.NOT_JOINED): alone(p.Away("w1", "lunch")),
+    ("AWAY", p.BAD_FIELD): joined(p.Away("w1", "x" * (p.MAX_AWAY_CHARS + 1))),
+    ("AWAY", p.RATE_LIMITED): rate_limited(p.Away("w2", "lunch")),
+    ("SEARCH", p.NOT_JOINED): alone(p.Search("q1", "deploy")),
+    ("SEARCH", p.BAD_FIELD): joined(p.Search("q1", '"*"')),
+    ("SEARCH", p.ROOM_INVALID): joined(p.Search("q1", "deploy", "dev")),
+    ("SEARCH", p.NO_SUCH_ROOM): joined(p.Search("q1", "deploy", "#dev")),
+    ("SEARCH", p.RATE_LIMITED): rate_limited(p.Search("q2", "deploy")),
     ("TOPIC", p.NOT_JOINED): alone(p.Topic("t1", "#general", "hi")),
     ("TOPIC", p.BAD_FIELD): joined(p.Topic("t1", "#general", "x" * (p.MAX_TOPIC_CHARS + 1))),
     ("TOPIC", p.ROOM_INVALID): joined(p.Topic("t1", "general", "hi")),

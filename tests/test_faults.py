@@ -27,7 +27,7 @@ from chat import protocol as p
 from chat.broker.core import Broker, Reply
 from chat.broker.history import MemoryHistory, PrivateRecord
 from chat.errors import StoreError
-from chat.store import SqliteHistory
+from chat.broker.store import SqliteHistory
 from conftest import HOST, LISTENING, REPO, START_TIMEOUT, Process, Processes, online, said
 
 try:

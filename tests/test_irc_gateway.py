@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from conftest import HOST, Broker, Processes, acted, joined, left, private, said, timed_out
+from conftest import HOST, TS, Broker, Processes, acted, joined, left, private, said, timed_out
 
 pytestmark = pytest.mark.timeout(40)
 WAIT = 10.0
@@ -148,11 +148,17 @@ def test_registration_refused_names_and_bad_input_get_the_numerics_a_server_send
     irc.expect(r"^:lanchat 417 alice :")
     irc.expect(r"^:lanchat PONG lanchat :?tok$")
     bob.expect(said("alice", "caf\ufffd ok"))  # bad UTF-8: replaced, the line still goes
-    irc.send("NICK other", "PRIVMSG #nowhere :x", "JOIN bad", "PART #nowhere")
-    irc.expect(r"^:lanchat 432 alice other :Names cannot be changed")
-    irc.expect(r"^:lanchat 404 alice #nowhere :Cannot send to channel")
-    irc.expect(r"^:lanchat 403 alice bad :")
-    irc.expect(r"^:lanchat 442 alice #nowhere :")
+    irc.send("NICK other")  # /nick: the broker renames the session, everyone sees it
+    irc.expect(r"^(@\S+ )?:alice!alice@lanchat NICK other$")
+    bob.expect(rf"^{TS} alice is now known as other\.$")
+    irc.send("PRIVMSG #nowhere :x", "JOIN bad", "PART #nowhere")
+    irc.expect(r"^:lanchat 404 other #nowhere :Cannot send to channel")
+    irc.expect(r"^:lanchat 403 other bad :")
+    irc.expect(r"^:lanchat 442 other #nowhere :")
+    irc.send("AWAY :at lunch")  # kept by the broker: terminal users see it in /who
+    irc.expect(r"^:lanchat 306 other :You have been marked as being away$")
+    bob.send("/who")
+    bob.expect(rf"^{TS} online \(2\): bob, other \(away: at lunch\)$")
     # A flood of lines over the limits did not cost the gateway: a second user still registers.
     second = Irc(port)
     ircs.append(second)

@@ -791,6 +791,27 @@ def test_against_a_broker_mentions_ring_mentions_lists_them_and_ignore_hides(
 
 
 @pytest.mark.timeout(30)
+def test_nick_and_search_in_the_full_screen_client(procs: Processes, broker: Broker, apps: list[ChatApp]) -> None:
+    bob = procs.join("bob", broker)
+    app = chat_app(apps, broker, "alice")
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await joined(pilot, app, procs)
+            bob.send("deploy is green")
+            await until(pilot, "bob's line", shown(app, r"<bob> deploy is green$"), procs)
+            await type_line(pilot, "/nick alicia")
+            bob.expect(rf"^{TS} alice is now known as alicia\.$")
+            await until(pilot, "the nick line", shown(app, r"-!- alice is now known as alicia$"), procs)
+            await until(pilot, "the new name", lambda: app.nick == "alicia", procs)
+            await type_line(pilot, "/search DEPLOY")
+            await until(pilot, "the search result", shown(app, r"#general <bob> deploy is green$"), procs)
+            assert matching(app, r"search for DEPLOY: 1 lines$")
+
+    run(scenario)
+
+
+@pytest.mark.timeout(30)
 def test_a_download_shows_a_progress_bar_in_the_status_line(
     procs: Processes, broker: Broker, apps: list[ChatApp], tmp_path: Any
 ) -> None:

@@ -89,7 +89,7 @@ def parser() -> argparse.ArgumentParser:
     fan.add_argument("--window", type=pos_int, default=500, help="unacknowledged lines at most (default %(default)s)")
     fan.add_argument("--fanout-targets", type=_targets, default=FANOUT_DEFAULT,
                      help=f"default {','.join(t.name for t in FANOUT_DEFAULT)}; also {HISTORY_ACK.name} "
-                     "(one ACK per line, as before ACKS)")
+                     f"(one ACK per line, as before ACKS) and {HISTORY_UNINDEXED.name} (what the search index costs)")
     fan.add_argument("--skip-fanout", action="store_true")
     lat = ap.add_argument_group("2. latency")
     lat.add_argument("--latency-clients", type=pos_int, default=50, help="default %(default)s")

@@ -25,6 +25,7 @@ class Target:
     history: bool = False  # --db FILE instead of --db :memory:
     secure: bool = False  # --secure
     batch_acks: bool = True  # its clients JOIN with batch_acks, as the reference client does (False: one ACK a line)
+    search_index: bool = True  # with history: False runs --no-search-index (what the index costs)
 
     @property
     def broker(self) -> bool:
@@ -35,9 +36,10 @@ LIMIT = Target("limit", "limit")
 FLOOR = Target("floor", "floor")
 BROKER = Target("broker", "broker")
 HISTORY = Target("broker+history", "broker", history=True)
+HISTORY_UNINDEXED = Target("broker+history-unindexed", "broker", history=True, search_index=False)
 SECURE = Target("broker+secure", "broker", secure=True)
 HISTORY_ACK = Target("broker+history/ACK", "broker", history=True, batch_acks=False)  # as before ACKS
-TARGETS = {t.name: t for t in (LIMIT, FLOOR, BROKER, HISTORY, HISTORY_ACK, SECURE)}
+TARGETS = {t.name: t for t in (LIMIT, FLOOR, BROKER, HISTORY, HISTORY_UNINDEXED, HISTORY_ACK, SECURE)}
 FANOUT_DEFAULT = [LIMIT, FLOOR, BROKER, HISTORY, SECURE]
 
 
@@ -60,6 +62,8 @@ def broker_args(
     args = ["broker.py", "--host", HOST, "--port", "0", "--pub-port", "0", "--rate", "0", "--pub-hwm", "0"]
     args += ["--max-per-address", "0", "--join-rate", "0"]
     args += ["--db", str(tmp / f"history-{run_id}.db") if target.history else ":memory:"]
+    if not target.search_index:
+        args.append("--no-search-index")
     if target.secure:
         args += ["--secure", "--key-dir", str(tmp / "keys")]
     if max_sessions is not None:

@@ -34,7 +34,7 @@ from typing import Callable, Union
 import msgspec
 
 from chat import protocol as p
-from chat.broker import limits
+from chat.broker import commands, limits
 from chat.broker.files import FileService
 from chat.broker.history import RECENT_ACKS, History, MemoryHistory, PrivateRecord, SessionRecord, token_hash
 from chat.broker.limits import BURST, RATE, Address, Bucket
@@ -90,6 +90,8 @@ class Session:
     restored: bool = False  # online when the broker last stopped; its client has not come back yet
     last_room: str = ""  # the room it parted last: its leave goes there when it is in no room
     batch_acks: bool = False  # its client reads ACKS (said so in its JOIN)
+    away: str = ""  # its away message ("": here)
+    away_told: set[str] = field(default_factory=set)  # name keys of PM senders told it is away
 
 
 class Broker:
@@ -137,7 +139,7 @@ class Broker:
         self.names: dict[str, Session] = {}  # by name_key
         self.looks: dict[str, Session] = {}  # by look
         self._seq: dict[str, int] = {}
-        self.topics: dict[str, str] = {}  # room -> topic (kept in memory only)
+        self.topics: dict[str, str] = {}  # room -> topic, of rooms in use (the store keeps every room's)
         self.members: dict[str, int] = {}  # room -> sessions in it; a room with none is not listed
         self._empty_since: OrderedDict[str, float] = OrderedDict()  # rooms without members, oldest first
         self.addresses: dict[str, Address] = {}  # source addresses with sessions, or with a spent bucket
@@ -240,6 +242,13 @@ class Broker:
             del self.addresses[address]
         return out
 
+    def idle(self) -> None:
+        """Nothing came in for a while: let the history do its deferred work (indexing for search)."""
+        try:
+            self.history.idle()
+        except StoreError as exc:  # a failing disk: the lines are safe, their indexing waits
+            self._tell(f"{exc}; searching finds the lines stored before")
+
     def shutdown(self, reason: str = "the broker is shutting down") -> list[Outgoing]:
         """Tell every client that the broker is going away. Its history keeps who was online, so that
         they can resume after a restart."""
@@ -291,7 +300,7 @@ class Broker:
         out: list[Outgoing] = []
         sessions = self.sessions
         for item in outgoing:
-            if type(item) is Reply and type(item.message) is p.Ack:
+            if _packable(item):
                 acks = packed.get(item.identity)
                 if acks is not None:
                     acks.append(item.message)
@@ -303,7 +312,7 @@ class Broker:
         if not any(len(acks) > 1 for acks in packed.values()):
             return out
         for index, item in enumerate(out):
-            if type(item) is Reply and type(item.message) is p.Ack:
+            if _packable(item):
                 acks = packed.get(item.identity)
                 if acks is not None and len(acks) > 1:
                     out[index] = Reply(item.identity, p.Acks([(a.id, a.seq, a.ts) for a in acks]))
@@ -327,11 +336,17 @@ class Broker:
         if isinstance(message, p.Part):
             return self._part(session, message, now)
         if isinstance(message, p.Rooms):
-            return self._rooms(session, now)
+            return self._rooms(session, message, now)
         if isinstance(message, p.Topic):
             return self._topic(session, message, now)
         if isinstance(message, p.Leave):
             return self._end(session, p.LEFT_QUIT) + [Reply(session.identity, p.Bye("goodbye"))]
+        if isinstance(message, p.Nick):
+            return commands.nick(self, session, message, now)
+        if isinstance(message, p.Away):
+            return commands.away(self, session, message, now)
+        if isinstance(message, p.Search):
+            return commands.search(self, session, message, now)
         raise RemoteProtocolError(p.BAD_TYPE, f"{message.TYPE.decode()} is not a request")
 
     def _join(
@@ -394,7 +409,8 @@ class Broker:
             else:
                 self._held_joins.setdefault(room, []).append(session.name)
                 self.joins_due = min(self.joins_due, self._join_windows[room][0] + JOIN_WINDOW)
-        return out + self._privates_again(session, join)
+        self.history.mark_known(key, join.name)  # a PM to this name can wait for it from now on
+        return out + self._privates_again(session, join) + commands.deliver_queued(self, session)
 
     def _join_shown(self, room: str, now: float) -> bool:
         """Whether a join in ``room`` is published now (True) or held for the window's summary."""
@@ -476,13 +492,16 @@ class Broker:
         if done is not None:  # delivered before, even if the target has left since
             return [Reply(session.identity, done)]
         target = self.names.get(p.name_key(pm.to))
-        if target is None:
-            raise RemoteProtocolError(p.NO_SUCH_USER, f"nobody called {p.neutralise(pm.to)} is online")
+        if target is None:  # kept for them if they have been here before
+            return commands.queue_private(self, session, pm, now)
         self._check_text(pm.text)
         self._spend(session, now)
         ts = self._ts()
         ack = p.Ack(pm.id, 0, ts)
         self._remember(session.name_key, ack)
+        if target.away and session.name_key not in target.away_told:  # told once (not on a resend)
+            target.away_told.add(session.name_key)
+            ack = msgspec.structs.replace(ack, away=target.away)
         self._batch_acks.append((session.identity, session.name_key, pm.id))
         return self.private_to(session, target, pm.text, ts, msg_id=pm.id) + [Reply(session.identity, ack)]
 
@@ -507,8 +526,9 @@ class Broker:
         room = p.room_key(who.room)
         if room and room not in self.members:
             raise RemoteProtocolError(p.NO_SUCH_ROOM, f"there is no room {room}")
-        members = [s.name for s in self.sessions.values() if not room or room in s.rooms]
-        roster = p.Roster(room, sorted(members, key=p.name_key), self._ts())
+        members = [s for s in self.sessions.values() if not room or room in s.rooms]
+        names = sorted((s.name for s in members), key=p.name_key)
+        roster = p.Roster(room, names, self._ts(), who.id, {s.name: s.away for s in members if s.away})
         return [Reply(session.identity, roster)]
 
     def _fetch(self, session: Session, fetch: p.Fetch, now: float) -> list[Outgoing]:
@@ -583,9 +603,9 @@ class Broker:
         self._keep(session)
         return [*self._publish_after_joins(room, p.KIND_PART, session.name, "", now), Reply(session.identity, p.Parted(room))]
 
-    def _rooms(self, session: Session, now: float) -> list[Outgoing]:
+    def _rooms(self, session: Session, request: p.Rooms, now: float) -> list[Outgoing]:
         rooms = [{"room": r, "members": n, "topic": self.topics.get(r, "")} for r, n in sorted(self.members.items())]
-        return [Reply(session.identity, p.RoomList(rooms, self._ts()))]
+        return [Reply(session.identity, p.RoomList(rooms, self._ts(), request.id))]
 
     def _topic(self, session: Session, topic: p.Topic, now: float) -> list[Outgoing]:
         room = p.room_key(topic.room)
@@ -596,9 +616,14 @@ class Broker:
         if isinstance(published, p.Event):  # published now, not a resend
             self._batch_topics.append((room, self.topics.get(room)))
             self.topics[room] = published.text
+            self.history.set_topic(room, published.text)  # kept across restarts, and while the room is empty
         return out
 
     def _add_member(self, session: Session, room: str) -> None:
+        if room not in self.members and room not in self.topics:  # back in use: its topic from the store
+            topic = self.history.topic(room)
+            if topic:
+                self.topics[room] = topic
         session.rooms.add(room)
         self.members[room] = self.members.get(room, 0) + 1
         self._empty_since.pop(room, None)
@@ -606,7 +631,7 @@ class Broker:
     def _remove_member(self, session: Session, room: str) -> None:
         session.rooms.discard(room)
         self.members[room] -= 1
-        if not self.members[room]:  # an empty room is not listed, and loses its topic; its history stays
+        if not self.members[room]:  # an empty room is not listed; its topic and history stay in the store
             del self.members[room]
             self.topics.pop(room, None)
             self._empty_since[room] = self.clock()
@@ -781,6 +806,12 @@ class Broker:
         ids = self._acks.get(session.name_key)
         return ids.get(msg_id) if ids else None
 
+    def _rename_acks(self, old_key: str, new_key: str) -> None:
+        """A renamed user's acknowledged ids go with it: a line resent after /nick is still recognised."""
+        ids = self._acks.pop(old_key, None)
+        if ids is not None:
+            self._acks[new_key] = ids
+
     def _remember(self, key: str, ack: p.Ack) -> None:
         if not ack.id:
             return
@@ -794,6 +825,13 @@ class Broker:
         ids[ack.id] = ack
         if len(ids) > DEDUP_IDS_PER_NAME:
             ids.popitem(last=False)
+
+
+def _packable(item: Outgoing) -> bool:
+    """A plain ACK, which ACKS can carry (one that says the recipient is away, or the PM queued, is sent alone)."""
+    if type(item) is not Reply or type(item.message) is not p.Ack:
+        return False
+    return not item.message.away and not item.message.queued
 
 
 def _stored_only(message: p.Message, kept: dict[str, int]) -> p.Message:

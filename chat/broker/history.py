@@ -3,16 +3,38 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
+import re
 import secrets
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-from chat.protocol import Ack, Event, Private
+import msgspec
+
+from chat.protocol import KIND_ACTION, KIND_MSG, KIND_TOPIC, Ack, Event, Private
 
 KEEP_EVENTS = 10_000  # per room, for the in-memory history
 KEEP_PRIVATE = 1000  # per recipient, for the in-memory history
 RECENT_ACKS = 1000  # acknowledged ids of one user loaded when they join, to recognise resends
+KEEP_SEARCHED = 100_000  # lines the in-memory history can search, newest
+SEARCHED_KINDS = (KIND_MSG, KIND_ACTION, KIND_TOPIC)  # what /search finds: what people wrote
+MAX_SEARCH_WORDS = 8
+_WORD = re.compile(r"\w+")
+
+
+def search_words(text: str) -> list[str]:
+    """The words a search looks for: runs of letters and digits, lowercased. Everything else (FTS5's
+    quotes, ``*``, ``-``, ``NEAR``'s parentheses) only separates words, so no input is a query of its own."""
+    return [word.casefold() for word in _WORD.findall(text)][:MAX_SEARCH_WORDS]
+
+
+@dataclass(frozen=True)
+class Found:
+    """A page of search results, newest first; ``before`` asks for the next page (0: there is none)."""
+
+    events: list[Event]
+    before: int
 
 
 @dataclass(frozen=True)
@@ -21,8 +43,8 @@ class PrivateRecord:
 
     ``token_hash`` names the recipient's client it went to (``token_hash`` of its JOIN token): only
     that client may have it delivered again ("": a client without a token, which never has). Messages
-    kept for someone offline (not built yet) can live in the same table, with a mark of their own there,
-    to be delivered to whoever next joins under that name (with its key, under --secure).
+    kept for someone offline are ``queued``: delivered to whoever next joins under that name (only to the
+    key that owned it, when names are bound to keys).
     """
 
     message: Private  # message.seq numbers the recipient's private messages: 1, 2, 3...
@@ -30,6 +52,8 @@ class PrivateRecord:
     sender_key: str  # name_key of message.name
     msg_id: str  # the sender's id of the PM, to acknowledge a resend with the same ACK
     token_hash: str
+    queued: bool = False  # for someone offline: delivered (and given their token) when the name next joins
+    for_key: str = ""  # queued: only a session with this key may have it ("": the name is not bound to a key)
 
 
 def token_hash(token: str) -> str:
@@ -84,6 +108,18 @@ class History(Protocol):
     def name_owner(self, name_key: str) -> str:
         """The public key that owns a name ("" when none does)."""
 
+    def known_name(self, name_key: str) -> str:
+        """The name as last joined under this key ("": it never joined): a PM to it can be queued."""
+
+    def mark_known(self, name_key: str, name: str) -> None: ...
+
+    def queued_counts(self, recipient_key: str, sender_key: str) -> tuple[int, int]:
+        """Private messages queued for ``recipient_key``, and queued from ``sender_key`` (to anyone)."""
+
+    def deliver_queued(self, recipient_key: str, public_key: str, hashed_token: str, limit: int) -> list[Private]:
+        """The oldest ``limit`` messages queued for ``recipient_key`` that ``public_key`` may have, marked
+        delivered to the client of ``hashed_token`` with the next ``flush``."""
+
     def set_name_owner(self, name_key: str, public_key: str) -> None: ...
 
     def keep_session(self, record: SessionRecord) -> None:
@@ -98,6 +134,19 @@ class History(Protocol):
     def forget(self, room: str) -> None:
         """Drop what is held in memory for a room nobody is in (the broker calls it after a while)."""
 
+    def topic(self, room: str) -> str:
+        """The room's last topic ("" when none), also after a restart."""
+
+    def set_topic(self, room: str, text: str) -> None:
+        """Keep a room's topic, durably with the next ``flush``."""
+
+    def idle(self) -> None:
+        """Do deferred work (the search index); the broker calls it when it has nothing else to do."""
+
+    def search(self, text: str, rooms: list[str], before: int, limit: int) -> Found:
+        """At most ``limit`` lines of ``rooms`` that have every word of ``text`` (``search_words``),
+        newest first, older than the cursor ``before`` (0: from the newest)."""
+
 
 class MemoryHistory:
     """The last ``keep`` events of each room, in memory; gone when the broker stops."""
@@ -110,6 +159,11 @@ class MemoryHistory:
         self._privates: dict[str, deque[PrivateRecord]] = {}
         self._private_seqs: dict[str, int] = {}
         self._sessions: dict[str, SessionRecord] = {}  # only a Broker made on the same object sees them
+        self._topics: dict[str, str] = {}
+        self._known: dict[str, str] = {}
+        self._queued: dict[str, list[PrivateRecord]] = {}  # recipient key -> queued, oldest first
+        self._searched: deque[tuple[int, Event]] = deque(maxlen=KEEP_SEARCHED)
+        self._numbers = itertools.count(1)
 
     def last_seq(self, room: str) -> int:
         events = self._rooms.get(room)
@@ -120,6 +174,8 @@ class MemoryHistory:
         if events is None:
             events = self._rooms[event.room] = deque(maxlen=self._keep)
         events.append(event)
+        if event.kind in SEARCHED_KINDS:
+            self._searched.append((next(self._numbers), event))
 
     def fetch(self, room: str, first: int, last: int) -> list[Event]:
         events = self._rooms.get(room)
@@ -144,6 +200,10 @@ class MemoryHistory:
         return self._private_seqs.get(recipient_key, 0)
 
     def append_private(self, record: PrivateRecord) -> None:
+        if record.queued:
+            self._queued.setdefault(record.recipient_key, []).append(record)
+            self._private_seqs[record.recipient_key] = record.message.seq
+            return
         kept = self._privates.get(record.recipient_key)
         if kept is None:
             kept = self._privates[record.recipient_key] = deque(maxlen=KEEP_PRIVATE)
@@ -163,6 +223,48 @@ class MemoryHistory:
 
     def set_name_owner(self, name_key: str, public_key: str) -> None:
         self._owners[name_key] = public_key
+
+    def known_name(self, name_key: str) -> str:
+        return self._known.get(name_key, "")
+
+    def mark_known(self, name_key: str, name: str) -> None:
+        self._known[name_key] = name
+
+    def queued_counts(self, recipient_key: str, sender_key: str) -> tuple[int, int]:
+        from_them = sum(r.sender_key == sender_key for queue in self._queued.values() for r in queue)
+        return len(self._queued.get(recipient_key, ())), from_them
+
+    def deliver_queued(self, recipient_key: str, public_key: str, hashed_token: str, limit: int) -> list[Private]:
+        queue = self._queued.get(recipient_key, [])
+        mine = [r for r in queue if r.for_key in ("", public_key)][:limit]
+        for record in mine:
+            queue.remove(record)
+            self.append_private(replace(record, queued=False, token_hash=hashed_token))
+        if not queue:
+            self._queued.pop(recipient_key, None)
+        return [msgspec.structs.replace(r.message, queued=True) for r in mine]
+
+    def idle(self) -> None:
+        pass  # nothing deferred: lines are searchable as they come
+
+    def topic(self, room: str) -> str:
+        return self._topics.get(room, "")
+
+    def set_topic(self, room: str, text: str) -> None:
+        self._topics[room] = text
+
+    def search(self, text: str, rooms: list[str], before: int, limit: int) -> Found:
+        words, wanted = search_words(text), set(rooms)
+        found: list[tuple[int, Event]] = []
+        for number, event in reversed(self._searched):
+            if before and number >= before or event.room not in wanted:
+                continue
+            if words and set(words) <= {word.casefold() for word in _WORD.findall(event.text)}:
+                found.append((number, event))
+                if len(found) > limit:
+                    break
+        more = found[limit - 1][0] if len(found) > limit else 0
+        return Found([event for _, event in found[:limit]], more)
 
     def keep_session(self, record: SessionRecord) -> None:
         self._sessions[record.name_key] = record

@@ -207,6 +207,8 @@ class BrokerServer:
             timeout = max(0, min(POLL_MS, int(min(wait, self.broker.joins_due - self.broker.clock()) * 1000)))
             outgoing = self._drain() if poller.poll(timeout) else []
             outgoing += self.broker.release_joins()
+            if not outgoing:  # idle: deferred work (the search index), a few ms at a time
+                self.broker.idle()
             if self.guard is not None and clock() >= next_watch:
                 self.guard.watch()
                 next_watch = clock() + WATCH_EVERY

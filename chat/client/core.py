@@ -46,7 +46,11 @@ QUIT_COMMANDS = ("/quit", "/exit")
 GAP_FETCH = "gap"  # the id of a FETCH that fills a gap is this and the room; of a /history one, OLDER_FETCH's
 OLDER_FETCH = "older"
 PERSONAL_COMMANDS = ("/ignore", "/unignore", "/mentions")  # the client's own, never sent to the broker
-NEEDS_SESSION = ("/who", "/whosonline", "/history", "/join", "/leave", "/rooms", "/topic", "/send", "/get")  # held until joined
+SEARCH_PREFIX = "search-"  # the ids of SEARCH requests
+NEEDS_SESSION = (  # held until joined
+    "/who", "/whosonline", "/history", "/join", "/leave", "/rooms", "/topic", "/nick", "/away", "/back", "/search", "/send", "/get",
+)
+DEFAULT_AWAY = "away"  # the away message of /away without one
 
 HELP = """commands:
   /who, /whosonline      list everyone online; /who #room: the members of a room
@@ -61,6 +65,10 @@ HELP = """commands:
   /get N [DIR]           download offered file N (to DIR, else the downloads folder)
   /files                 the files offered to you
   /history [N]           show N older lines (default 20)
+  /nick NEW              change your name (your earlier lines keep the old one)
+  /away [message]        say you are away (the first PM from each sender is answered with it)
+  /back                  you are back
+  /search [#room] WORDS  the newest lines with all these words, in your rooms (/search: older ones)
   /help                  this help
   /quit                  leave the chat (so does end of input)
   //text                 send a line that starts with '/'"""
@@ -146,6 +154,8 @@ class ClientCore:
         self._handshake_failures = 0
         self._handshake_problem = ""  # the last failed handshake's reason, until the broker answers
         self._own_key = ""
+        self._commands: dict[str, str] = {}  # id -> what it was, of NICK and AWAY requests not answered
+        self._search: tuple[str, str, int] | None = None  # the last search (words, room) and its cursor
         self._id_prefix = secrets.token_hex(4)
         self._counter = 0
         self._deadline = 0.0  # meaning depends on the state: give up, retry, or quit
@@ -292,6 +302,10 @@ class ClientCore:
             return self._parted(message, now)
         if isinstance(message, p.RoomList):
             return self._room_list(message)
+        if isinstance(message, p.Renamed):
+            return self._renamed(message)
+        if isinstance(message, p.Found):
+            return self._found(message)
         return []  # pragma: no cover - decode_broker returns only the types above
 
     def on_published(
@@ -411,6 +425,19 @@ class ClientCore:
             if rest and not rest.isdigit() or rest == "0":
                 return [ev.Notice("usage: /history [N], N a number of lines", "error")]
             return self._older(self.current, int(rest or DEFAULT_OLDER))
+        if word == "/nick":
+            if not rest or (problem := p.name_problem(rest)):
+                return [ev.Notice(problem if rest and problem else "usage: /nick NEW", "error")]
+            return self._request(p.Nick(self._next_id(), rest), "nick")
+        if word == "/away":
+            text = rest or DEFAULT_AWAY
+            if len(text) > p.MAX_AWAY_CHARS:
+                return [ev.Notice(f"an away message can be at most {p.MAX_AWAY_CHARS} characters long", "error")]
+            return self._request(p.Away(self._next_id(), text), "away")
+        if word == "/back":
+            return self._request(p.Away(self._next_id(), ""), "back")
+        if word == "/search":
+            return self._search_command(rest)
         if word in PERSONAL_COMMANDS:
             return self._personal_command(word, rest)
         if word in ("/send", "/get") and not self.local_files:
@@ -424,6 +451,46 @@ class ClientCore:
         if word == "/help":
             return [ev.Notice(HELP + "\n" + PERSONAL_HELP)]
         return [ev.Notice(f"unknown command {p.neutralise(word)}; type /help for the list", "error")]
+
+    def _request(self, request: p.Nick | p.Away, what: str) -> list[ev.Action]:
+        """A request answered once (RENAMED, ACK or ERROR): lost in a reconnect, it is typed again."""
+        if len(self._commands) > MAX_IN_FLIGHT:
+            self._commands.clear()  # answers lost to reconnects: they will not come
+        self._commands[request.id] = what
+        return [ev.Send(request)]
+
+    def _search_command(self, rest: str) -> list[ev.Action]:
+        room, _, words = rest.partition(" ") if rest.startswith("#") else ("", "", rest)
+        if room and (problem := p.room_problem(room)):
+            return [ev.Notice(problem, "error")]
+        before = 0
+        if not words.strip():
+            if room or self._search is None or not self._search[2]:
+                return [ev.Notice("usage: /search [#room] WORDS (/search alone: older matches of the last one)", "error")]
+            words, room, before = self._search
+        self._search = (words, room, 0)
+        return [ev.Send(p.Search(SEARCH_PREFIX + self._next_id(), words, room, before))]
+
+    def _found(self, found: p.Found) -> list[ev.Action]:
+        if not found.id.startswith(SEARCH_PREFIX) or self._search is None:
+            return []
+        words, room, _ = self._search
+        self._search = (words, room, found.before)
+        events = []
+        for raw in reversed(found.events):  # oldest first, as lines are read
+            try:
+                events.append(msgspec.convert(raw, p.Event))
+            except msgspec.ValidationError:
+                continue  # a malformed one is left out; the rest is shown
+        return [ev.Found(words, tuple(events), bool(found.before))]
+
+    def _renamed(self, renamed: p.Renamed) -> list[ev.Action]:
+        if self._commands.pop(renamed.id, None) is None:
+            return []
+        self.name = renamed.name
+        self._own_key = p.name_key(renamed.name)
+        self.private_seq = self._private_asked = renamed.private_seq  # private messages go by name
+        return [ev.Renamed(renamed.name)]
 
     def _say(self, text: str, kind: str, now: float) -> list[ev.Action]:
         if not self.current:
@@ -721,6 +788,8 @@ class ClientCore:
             return unreadable + self._skip_unrecoverable(error.ref[len(GAP_FETCH) :])
         if error.ref == p.Fetch.TYPE.decode():  # a broker that does not echo ids: which room is unknown
             return unreadable + self._skip_unrecoverable()
+        if self._commands.pop(error.ref, None) is not None:  # a /nick or /away refused: the reason says why
+            return [ev.Notice(error.reason, "error")]
         if self.changing is not None and error.ref == self.changing.TYPE.decode():
             self.changing = None  # refused: what was typed after it goes on as if it had not been typed
             return [ev.Notice(error.reason, "error"), *self._release(now)]
@@ -757,10 +826,20 @@ class ClientCore:
         ]
 
     def _ack(self, ack: p.Ack, now: float) -> list[ev.Action]:
-        if self.unacked.pop(ack.id, None) is None:
+        what = self._commands.pop(ack.id, None)
+        if what == "away":
+            return [ev.Notice("you are marked as away; /back when you are back")]
+        if what == "back":
+            return [ev.Notice("you are no longer marked as away")]
+        sent = self.unacked.pop(ack.id, None)
+        if sent is None:
             return []  # an ack for a resend we already had
         self._requeue_refused(now)
         out: list[ev.Action] = [ev.Acked(ack.id, ack.seq, ack.ts), *self._pump(now)]
+        if ack.away and isinstance(sent[0], p.Pm):
+            out.append(ev.Notice(f"{sent[0].to} is away: {ack.away}"))
+        if ack.queued and isinstance(sent[0], p.Pm):
+            out.append(ev.Notice(f"{sent[0].to} is offline: the message waits for them and is delivered when they join"))
         if self.quit_requested and not self._pending():
             out += self._quit(now)
         return out

@@ -159,6 +159,22 @@ class RosterShown:
 
 
 @dataclass(frozen=True)
+class Renamed:
+    """The broker renamed us (``/nick``): the events of it (``nick``) come as Public like everyone's."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Found:
+    """Lines a ``/search`` found, oldest first; ``more``: older ones are there (``/search`` again)."""
+
+    text: str
+    events: tuple[p.Event, ...]
+    more: bool
+
+
+@dataclass(frozen=True)
 class Notice:
     """A line from the client itself. ``level`` is "info" or "error"."""
 
@@ -200,7 +216,7 @@ class Exit:
 
 Show = Union[
     Public, RoomsChanged, RoomsListed, Older, NothingOlder, PrivateIn, Sent, Acked, Failed, RosterShown, Notice,
-    AskName, Status, Progress,
+    AskName, Status, Progress, Renamed, Found,
 ]
 Action = Union[Send, Reconnect, Subscribe, Unsubscribe, Show, Exit]
 

@@ -346,12 +346,13 @@ class Connection:
 
     def _nick(self, line: Line) -> None:
         nick = line.params[0]
-        if self.registered:
-            self.reply("432", nick, "Names cannot be changed in this chat: reconnect with the new nick")
-            return
         problem = irc.nick_problem(nick) or p.name_problem(nick)
         if problem:
             self.reply("432", nick, f"Erroneous nickname: {problem}")
+            return
+        if self.registered:  # /nick: the broker renames the session; its nick events say so (NICK)
+            assert self.session is not None
+            self.session.submit(f"/nick {nick}")
             return
         self.nick = nick
         if self.session is not None:  # the broker refused the last one: this is the next try
@@ -472,7 +473,17 @@ class Connection:
         self.reply("422", "MOTD File is missing")
 
     def _away(self, line: Line) -> None:
-        self.reply("306" if line.params and line.params[0] else "305", "Away is not shared in this chat")
+        """AWAY :message is /away, AWAY alone is /back: kept by the broker, shown in WHO replies."""
+        assert self.session is not None
+        message = line.params[0] if line.params else ""
+        self.session.submit(f"/away {message}" if message else "/back")
+        if message:
+            self.reply("306", "You have been marked as being away")
+        else:
+            self.reply("305", "You are no longer marked as being away")
+
+    def _renamed(self, renamed: ev.Renamed) -> None:
+        self.nick = irc.shown_nick(renamed.name)
 
     def _privmsg(self, line: Line) -> None:
         self._message(line, notice=False)
@@ -597,6 +608,15 @@ class Connection:
                 self.send(Line("QUIT", (QUIT_REASONS.get(event.text, event.text or "Quit"),), mask(nick), tags))
         elif event.kind == p.KIND_TOPIC:
             self.send(Line("TOPIC", (room, event.text), mask(nick), tags))
+        elif event.kind == p.KIND_NICK:
+            # One nick event per room of the user; IRC says NICK once, for every shared channel.
+            new_key = p.name_key(event.text)
+            shared = [others for others in self.channels.values() if key in others]
+            for others in shared:
+                others.discard(key)
+                others.add(new_key)
+            if shared or key == p.name_key(self.session.core.name if self.session else ""):
+                self.send(Line("NICK", (irc.shown_nick(event.text),), mask(nick), tags))
         else:
             self.send(Line("NOTICE", (room, f"{event.kind}: {event.name} {event.text}".rstrip()), SERVER, tags))
 
@@ -740,6 +760,7 @@ SHOWN: dict[type, Callable[[Connection, Any], None]] = {
     ev.RosterShown: Connection._roster,
     ev.RoomsListed: Connection._rooms_listed,
     ev.Notice: Connection._notice_shown,
+    ev.Renamed: Connection._renamed,
 }
 
 

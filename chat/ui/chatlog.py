@@ -60,6 +60,7 @@ LEAVE = "leave"  # left the chat, or timed out
 ENTER = "enter"  # joined one room
 PART = "part"  # left one room
 TOPIC = "topic"
+NICK = "nick"  # a user changed name (name: the old one, text: the new one)
 FILE = "file"  # a file offered to a room (text: "offers NAME (SIZE, sha256 ...) - /get N")
 EVENT = "event"  # a public event of a kind this client does not know
 PRIVATE = "private"  # a private message to us
@@ -97,7 +98,7 @@ class Entry:
 
     @classmethod
     def from_event(cls, event: p.Event, show_room: bool = False, history: bool = False, mention: bool = False) -> Entry:
-        known = event.kind in (MSG, ACTION, JOIN, LEAVE, ENTER, PART, TOPIC, FILE)
+        known = event.kind in (MSG, ACTION, JOIN, LEAVE, ENTER, PART, TOPIC, NICK, FILE)
         kind = event.kind if known else EVENT
         detail = "" if known else event.kind
         return cls(
@@ -159,6 +160,8 @@ def render_text(entry: Entry, tz: tzinfo | None, colour: bool) -> tuple[Text, Te
         body = Text.assemble(("<--", "red" if colour else ""), f" {name} has left {room}", style=dim)
     elif entry.kind == TOPIC:
         body = Text.assemble("-!- ", (name, who), f" set the topic of {room}: ", (text, "bold"), style=dim)
+    elif entry.kind == NICK:
+        body = Text(f"-!- {name} is now known as {text}", style=dim)
     elif entry.kind == FILE:
         body = Text.assemble(("-!- ", dim), (name, who), " ", (text, "bold"))
     elif entry.kind == EVENT:

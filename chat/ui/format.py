@@ -69,6 +69,8 @@ class LineFormatter:
             return self.dim(f"{when} {p.neutralise(event.name)} has left {room}.")
         if event.kind == p.KIND_TOPIC:
             return f"{when} {p.neutralise(event.name)} set the topic of {room}: {text}"
+        if event.kind == p.KIND_NICK:
+            return self.dim(f"{when} {p.neutralise(event.name)} is now known as {text}.")
         if show_room:
             when = f"{when} {room}"
         if event.kind == p.KIND_MSG:
@@ -89,10 +91,21 @@ class LineFormatter:
             return self.dim(f"{when} {p.neutralise(event.name)} has left the chat.{why}")
         return f"{when} {p.neutralise(event.name)} ({p.neutralise(event.kind)}): {text}"
 
+    @staticmethod
+    def _member(roster: p.Roster, name: str) -> str:
+        away = roster.away.get(name) if isinstance(roster.away, dict) else None
+        return f"{p.neutralise(name)} (away: {p.neutralise(str(away))})" if away else p.neutralise(name)
+
+    @staticmethod
+    def found_summary(text: str, count: int, more: bool) -> str:
+        """What a search found, after its lines (shown as the log shows them, with their room)."""
+        return f"search for {p.neutralise(text)}: {count} lines" + ("; /search for older ones" if more else "")
+
     def private(self, private: p.Private) -> str:
         if private.file:
             return f"[{stamp(private.ts, self.tz)}] {self.name(private.name)} {p.neutralise(private.text)}"
-        return f"[{stamp(private.ts, self.tz)}] {self.name(private.name)} (private): {p.neutralise(private.text)}"
+        marker = "private, while you were away" if private.queued else "private"
+        return f"[{stamp(private.ts, self.tz)}] {self.name(private.name)} ({marker}): {p.neutralise(private.text)}"
 
     def room_list(self, listing: p.RoomList) -> str:
         rooms = []
@@ -104,7 +117,7 @@ class LineFormatter:
 
     def roster(self, roster: p.Roster) -> str:
         where = f" in {roster.room}" if roster.room else ""
-        names = ", ".join(p.neutralise(n) for n in roster.names)
+        names = ", ".join(self._member(roster, n) for n in roster.names)
         return f"[{stamp(roster.ts, self.tz)}] online{where} ({len(roster.names)}): {names}"
 
 

@@ -50,6 +50,12 @@ class LineFrontEnd:
             self._notice(item.reason)
         elif isinstance(item, ev.RosterShown):
             self._line(self.fmt.roster(item.roster))
+        elif isinstance(item, ev.Found):
+            for event in item.events:
+                self._line(self.fmt.event(event, show_room=True))
+            self._notice(self.fmt.found_summary(item.text, len(item.events), item.more))
+        elif isinstance(item, ev.Renamed):
+            self._notice(f"you are now {item.name}")
         elif isinstance(item, ev.Notice):
             self._notice(item.text)
         elif isinstance(item, ev.Progress):

@@ -40,7 +40,7 @@ from chat import protocol as p
 from chat.client import events as ev
 from chat.ui.buffers import LOBBY, Buffer, Buffers, talk_key
 from chat.ui.chatlog import ERROR, NOTICE, OWN, PRIVATE, ChatLog, Entry, name_style, safe
-from chat.ui.format import progress_bar
+from chat.ui.format import LineFormatter, progress_bar
 from chat.ui.widgets import ChatInput, StatusLine, UserList
 
 OLDER_LINES = 20  # lines asked for each time the reader scrolls past the top
@@ -282,6 +282,14 @@ class ChatApp(App[int]):
             self._ask_name(item.reason)
         elif isinstance(item, ev.Status):
             self._status(item)
+        elif isinstance(item, ev.Renamed):
+            self.nick = self.users.own = item.name
+            self._set_prompt(f"[{safe(item.name)}]")
+            self._refresh_status()
+        elif isinstance(item, ev.Found):
+            for event in item.events:
+                self.buffers.shown.log.append(Entry.from_event(event, show_room=True, history=True))
+            self._notice(LineFormatter.found_summary(item.text, len(item.events), item.more))
         elif isinstance(item, ev.Progress):
             self._progress(item)
 

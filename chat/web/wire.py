@@ -16,6 +16,7 @@ from chat import protocol as p
 from chat.client import events as ev
 from chat.client.host import Resume
 from chat.errors import ChatError
+from chat.ui.format import LineFormatter
 
 MAX_MESSAGE_BYTES = 16 * 1024  # one message from a browser (a line of MAX_TEXT_CHARS, escaped, fits)
 MAX_PENDING = 500  # lines a resuming page may hand back (the core's window, MAX_IN_FLIGHT)
@@ -220,6 +221,12 @@ def shown(item: ev.Show, current: str) -> dict[str, Any] | None:
         return {"type": "room_list", "rooms": item.listing.rooms, "ts": item.listing.ts}
     if isinstance(item, ev.RosterShown):
         return {"type": "roster", "room": item.roster.room, "names": item.roster.names, "ts": item.roster.ts}
+    if isinstance(item, ev.Found):  # search results: lines of the log, as notices (the page has no view of them)
+        lines = [LineFormatter().event(event, show_room=True) for event in item.events]
+        summary = LineFormatter.found_summary(item.text, len(item.events), item.more)
+        return {"type": "notice", "text": "\n".join([*lines, summary]), "level": "info"}
+    if isinstance(item, ev.Renamed):
+        return {"type": "notice", "text": f"you are now {item.name}", "level": "info"}
     if isinstance(item, ev.Notice):
         for prefix in NOTHING_OLDER:  # the core's words for it (no action of its own yet)
             if item.text.startswith(prefix):

@@ -1,4 +1,5 @@
-"""Persistent history: every public event and private message in SQLite (WAL), written in batches.
+"""The broker's one store: public events, private messages, topics, sessions, name owners and the
+search index, in one SQLite file (WAL), written in batches.
 
 The broker appends events while it handles a batch of requests and calls ``flush`` once before it sends
 anything: one transaction per batch, and nothing is acknowledged or published before it is on disk. WAL
@@ -9,6 +10,10 @@ The file is locked for the broker's lifetime (SQLite's exclusive locking mode): 
 same file refuses at start instead of numbering the same events. A failed write (disk full, read-only
 file system) raises ``StoreError`` and forgets the batch, so that the broker can refuse it and go on;
 the next batch tries again, which is how the store recovers when the disk does.
+
+The schema is versioned with ``PRAGMA user_version``: a file of an older version is upgraded in place
+(each step in one transaction, so a failed upgrade leaves the file as it was), and a file written by a
+newer broker is refused, never touched.
 """
 
 from __future__ import annotations
@@ -16,14 +21,16 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from chat import protocol as p
-from chat.broker.history import RECENT_ACKS, PrivateRecord, SessionRecord
+from chat.broker.history import RECENT_ACKS, SEARCHED_KINDS, Found, PrivateRecord, SessionRecord, search_words
 from chat.errors import StoreError
 
-SCHEMA = """
+# Version 1: the schema before it was versioned (user_version 0 in those files, the same tables).
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     room TEXT NOT NULL,
@@ -60,30 +67,59 @@ CREATE TABLE IF NOT EXISTS sessions (
     last_room TEXT NOT NULL
 ) WITHOUT ROWID;
 """
+# Version 2: topics that outlive a restart, the full-text index of lines, actions and topics (rows to
+# index are noted with the batch, ``search_rows``; the index itself, contentless FTS5 keyed by their id,
+# is filled when the broker is idle, and before a search: off the path of lines), the names
+# that have joined (to whom a PM can be queued), and private messages queued for someone offline: in
+# ``private``, numbered in the recipient's sequence, marked ``queued`` (and ``for_key``: only the key that
+# owned the name when it was sent may have them) until that name next joins.
+SCHEMA_V2 = f"""
+CREATE TABLE topics (room TEXT PRIMARY KEY, text TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE known (name_key TEXT PRIMARY KEY, name TEXT NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO known SELECT DISTINCT sender_key, name FROM events WHERE sender_key != '';
+ALTER TABLE private ADD COLUMN queued INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE private ADD COLUMN for_key TEXT NOT NULL DEFAULT '';
+CREATE INDEX private_queued ON private (recipient_key, seq) WHERE queued = 1;
+CREATE INDEX private_queued_by_sender ON private (sender_key) WHERE queued = 1;
+CREATE TABLE search_rows (id INTEGER PRIMARY KEY, room TEXT NOT NULL, seq INTEGER NOT NULL);
+CREATE VIRTUAL TABLE search USING fts5(text, content = '', columnsize = 0, tokenize = 'unicode61');
+INSERT INTO search_rows (room, seq)
+    SELECT room, seq FROM events WHERE kind IN ({", ".join(repr(k) for k in SEARCHED_KINDS)}) ORDER BY ts, room, seq;
+INSERT OR REPLACE INTO meta VALUES ('indexed_upto', '0');
+"""
+MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)  # MIGRATIONS[n] takes a file from version n to n + 1
+SCHEMA_VERSION = len(MIGRATIONS)
+SEARCH_BUDGET = 0.25  # seconds one search may take before it is cut short
+SEARCH_CHECK_EVERY = 10_000  # SQLite steps between looks at the clock during a search
+INDEX_WHEN_IDLE = 500  # lines indexed at a time while the broker has nothing else to do (a few ms)
+INDEX_BEFORE_SEARCH = 20_000  # lines indexed at most before a search (the newest beyond: not found yet)
 LOCK_WAIT = 1.0  # seconds a starting broker waits for the file's lock (a broker that is still stopping)
 
 
 class SqliteHistory:
     """A ``History`` (see ``chat.broker.history``) kept in an SQLite file."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, index: bool = True) -> None:
         self.path = str(path)
+        self.index = index  # False (--no-search-index): new lines are not indexed for search
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=LOCK_WAIT)
             # Before the first access: the lock is then taken at once and kept, and WAL needs no -shm file.
             self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self._check_version()  # before WAL mode, which would write to a file we must not touch
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("BEGIN EXCLUSIVE")  # take the write lock now, not at the first line
             self.db.execute("COMMIT")
             self._check_integrity()
-            self.db.executescript(SCHEMA)
+            self._migrate()
             row = self.db.execute("SELECT value FROM meta WHERE key = 'history_id'").fetchone()
             if row is None:
                 self.history_id = secrets.token_hex(8)
                 self.db.execute("INSERT INTO meta VALUES ('history_id', ?)", (self.history_id,))
             else:
                 self.history_id = row[0]
+            self._indexed = int(self.db.execute("SELECT value FROM meta WHERE key = 'indexed_upto'").fetchone()[0])
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc):
                 raise StoreError(f"{self.path} is in use by another broker (the file is locked)") from None
@@ -94,6 +130,9 @@ class SqliteHistory:
         self._pending_private: list[PrivateRecord] = []
         self._sessions: dict[str, SessionRecord | None] = {}  # name key -> to keep, or None: to drop
         self._owners: dict[str, str] = {}  # name owners set in this batch, written with its events
+        self._topics: dict[str, str] = {}  # topics set in this batch
+        self._known: dict[str, str] = {}  # names that joined in this batch
+        self._delivered: list[tuple[str, str, str, int]] = []  # queued ones delivered: (token hash, recipient key, for key, up to seq)
         self._last: dict[str, int] = {}
         self._last_private: dict[str, int] = {}
 
@@ -108,6 +147,26 @@ class SqliteHistory:
                 f"{self.path} is damaged ({'; '.join(problems)}); restore it from a backup, "
                 "or move it away to start a new history"
             )
+
+    def _check_version(self) -> None:
+        """Refuse a file of a newer broker: this one cannot know what its tables mean."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} was written by a newer broker (schema version {version}; this one knows up to "
+                f"{SCHEMA_VERSION}): run that broker, or give this one another --db; the file is left as it is"
+            )
+
+    def _migrate(self) -> None:
+        """Bring the file to SCHEMA_VERSION, one step per transaction."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        for step in range(version, SCHEMA_VERSION):
+            try:
+                self.db.executescript(f"BEGIN; {MIGRATIONS[step]}; PRAGMA user_version = {step + 1}; COMMIT;")
+            except sqlite3.Error:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
 
     def last_seq(self, room: str) -> int:
         if room not in self._last:
@@ -131,7 +190,10 @@ class SqliteHistory:
 
         When that fails, none of its events and private messages are kept (``StoreError``): the caller
         refuses them. Who is online and who owns a name are written again with the next batch."""
-        if not self._pending and not self._pending_private and not self._sessions and not self._owners:
+        if not (
+            self._pending or self._pending_private or self._sessions or self._owners or self._topics
+            or self._known or self._delivered
+        ):
             return
         rows = [
             (e.room, e.seq, e.ts, e.kind, e.name, e.text, p.name_key(e.name) if msg_id else "", msg_id)
@@ -139,7 +201,7 @@ class SqliteHistory:
         ]
         private_rows = [
             (r.recipient_key, r.message.seq, r.message.ts, r.message.name, r.message.to, r.message.text,
-             r.sender_key, r.msg_id, r.token_hash)
+             r.sender_key, r.msg_id, r.token_hash, int(r.queued), r.for_key)
             for r in self._pending_private
         ]
         kept = [
@@ -148,14 +210,23 @@ class SqliteHistory:
             if r is not None
         ]
         dropped = [(key,) for key, r in self._sessions.items() if r is None]
+        searched = [(e.room, e.seq) for e, _ in self._pending if e.kind in SEARCHED_KINDS and self.index]
         try:
             with self.db:  # BEGIN ... COMMIT, or ROLLBACK
                 self.db.execute("BEGIN")
                 self.db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                self.db.executemany("INSERT INTO private VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", private_rows)
+                self.db.executemany("INSERT INTO private VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", private_rows)
+                self.db.executemany(
+                    "UPDATE private SET queued = 0, token_hash = ? WHERE recipient_key = ? AND queued = 1"
+                    " AND for_key IN ('', ?) AND seq <= ?",
+                    self._delivered,
+                )
+                self.db.executemany("INSERT OR REPLACE INTO known VALUES (?, ?)", self._known.items())
                 self.db.executemany("DELETE FROM sessions WHERE name_key = ?", dropped)
                 self.db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?)", kept)
                 self.db.executemany("INSERT OR REPLACE INTO owners VALUES (?, ?)", self._owners.items())
+                self.db.executemany("INSERT INTO search_rows (room, seq) VALUES (?, ?)", searched)
+                self.db.executemany("INSERT OR REPLACE INTO topics VALUES (?, ?)", self._topics.items())
         except sqlite3.Error as exc:
             for event, _ in self._pending:
                 self._last.pop(event.room, None)  # read again from what is stored
@@ -165,6 +236,9 @@ class SqliteHistory:
         finally:
             self._pending.clear()
             self._pending_private.clear()
+            self._topics.clear()  # the broker puts back the topics of a refused batch itself
+            self._delivered.clear()  # still queued: delivered again on the next join
+        self._known.clear()
         self._sessions.clear()
         self._owners.clear()
 
@@ -218,11 +292,41 @@ class SqliteHistory:
         ]
         return found[:limit]
 
-    def name_owner(self, name_key: str) -> str:
-        if name_key in self._owners:
-            return self._owners[name_key]
-        rows = self._read("SELECT public_key FROM owners WHERE name_key = ?", (name_key,))
+    def _value(self, batch: dict[str, str], sql: str, key: str) -> str:
+        """A value set in this batch, or else the stored one ("" when none): names, owners, topics."""
+        if key in batch:
+            return batch[key]
+        rows = self._read(sql, (key,))
         return rows[0][0] if rows else ""
+
+    def known_name(self, name_key: str) -> str:
+        return self._value(self._known, "SELECT name FROM known WHERE name_key = ?", name_key)
+
+    def mark_known(self, name_key: str, name: str) -> None:
+        self._known[name_key] = name
+
+    def queued_counts(self, recipient_key: str, sender_key: str) -> tuple[int, int]:
+        to_them = self._read("SELECT COUNT(*) FROM private WHERE recipient_key = ? AND queued = 1", (recipient_key,))
+        from_them = self._read("SELECT COUNT(*) FROM private WHERE sender_key = ? AND queued = 1", (sender_key,))
+        pending = [r for r in self._pending_private if r.queued]
+        return (
+            to_them[0][0] + sum(r.recipient_key == recipient_key for r in pending),
+            from_them[0][0] + sum(r.sender_key == sender_key for r in pending),
+        )
+
+    def deliver_queued(self, recipient_key: str, public_key: str, hashed_token: str, limit: int) -> list[p.Private]:
+        rows = self._read(
+            "SELECT name, recipient, text, ts, seq FROM private WHERE recipient_key = ? AND queued = 1"
+            " AND for_key IN ('', ?) ORDER BY seq LIMIT ?",
+            (recipient_key, public_key, limit),
+        )
+        found = [p.Private(name, to, text, ts, seq, queued=True) for name, to, text, ts, seq in rows]
+        if found:
+            self._delivered.append((hashed_token, recipient_key, public_key, found[-1].seq))
+        return found
+
+    def name_owner(self, name_key: str) -> str:
+        return self._value(self._owners, "SELECT public_key FROM owners WHERE name_key = ?", name_key)
 
     def set_name_owner(self, name_key: str, public_key: str) -> None:
         self._owners[name_key] = public_key  # written with the batch (flush), like its events
@@ -237,6 +341,68 @@ class SqliteHistory:
         rows = self._read("SELECT name_key, name, token_hash, rooms, public_key, last_room FROM sessions", ())
         return [SessionRecord(k, n, t, tuple(json.loads(r)), pk, lr) for k, n, t, r, pk, lr in rows]
 
+    def topic(self, room: str) -> str:
+        return self._value(self._topics, "SELECT text FROM topics WHERE room = ?", room)
+
+    def set_topic(self, room: str, text: str) -> None:
+        self._topics[room] = text  # written with the batch, like the topic event
+
+    def idle(self) -> None:
+        """Index a few more lines (the broker has nothing else to do)."""
+        self.index_some(INDEX_WHEN_IDLE)
+
+    def index_some(self, lines: int) -> int:
+        """Index up to ``lines`` stored lines not indexed yet; how many it did."""
+        rows = self._read(
+            "SELECT r.id, e.text FROM search_rows r JOIN events e ON e.room = r.room AND e.seq = r.seq"
+            " WHERE r.id > ? ORDER BY r.id LIMIT ?",
+            (self._indexed, lines),
+        )
+        if not rows:
+            return 0
+        try:
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.executemany("INSERT INTO search (rowid, text) VALUES (?, ?)", rows)
+                self.db.execute("UPDATE meta SET value = ? WHERE key = 'indexed_upto'", (str(rows[-1][0]),))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write the search index of {self.path} ({exc})") from None
+        self._indexed = rows[-1][0]
+        return len(rows)
+
+    def search(self, text: str, rooms: list[str], before: int, limit: int) -> Found:
+        """Newest first; every word of ``text`` must be in the line (as words: FTS5's syntax is quoted)."""
+        words = search_words(text)
+        if not words or not rooms:
+            return Found([], 0)
+        self.index_some(INDEX_BEFORE_SEARCH)
+        query = " ".join(f'"{word}"' for word in words)  # \w+ words: no quote inside to escape
+        marks = ", ".join("?" for _ in rooms)
+        sql = (
+            f"SELECT s.rowid, e.room, e.seq, e.ts, e.kind, e.name, e.text FROM search s"
+            f" JOIN search_rows r ON r.id = s.rowid JOIN events e ON e.room = r.room AND e.seq = r.seq"
+            f" WHERE search MATCH ? AND s.rowid < ? AND r.room IN ({marks}) ORDER BY s.rowid DESC LIMIT ?"
+        )
+        deadline = time.monotonic() + SEARCH_BUDGET
+        self.db.set_progress_handler(_past(deadline), SEARCH_CHECK_EVERY)
+        try:
+            rows = self.db.execute(sql, (query, before or 2**62, *rooms, limit + 1)).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "interrupted" in str(exc):
+                raise StoreError("the search took too long; add words or name a room") from None
+            raise StoreError(f"cannot search the history ({exc})") from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot search the history ({exc})") from None
+        finally:
+            self.db.set_progress_handler(None, 0)
+        events = [p.Event(seq=q, ts=t, kind=k, name=n, text=x, room=r) for _, r, q, t, k, n, x in rows[:limit]]
+        return Found(events, rows[limit - 1][0] if len(rows) > limit else 0)
+
     def close(self) -> None:
         self.flush()
         self.db.close()
+
+
+def _past(deadline: float) -> Callable[[], int]:
+    """A progress handler that interrupts a query once ``deadline`` (monotonic) has passed."""
+    return lambda: int(time.monotonic() > deadline)
