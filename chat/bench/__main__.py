@@ -22,7 +22,7 @@ from chat.bench.files import files_table, run_files
 from chat.bench.latency import run_latency
 from chat.bench.procs import REPO, BenchError
 from chat.bench.scale import BROKER_FDS_PER_CLIENT, FD_SLACK, run_scale
-from chat.bench.targets import FANOUT_DEFAULT, HISTORY_ACK, TARGETS, Target
+from chat.bench.targets import FANOUT_DEFAULT, HISTORY_ACK, HISTORY_UNINDEXED, TARGETS, Target
 from chat.bench.web import WebLoad, run_web
 from chat.bench.web import text as web_text
 
