@@ -214,6 +214,21 @@ def test_plain_mode_rings_once_on_stderr_for_a_live_mention_only_when_asked() ->
     assert quiet_err.getvalue() == ""
 
 
+def test_the_interactive_prompt_is_drawn_only_once_known_so_a_given_name_never_shows_the_name_prompt() -> None:
+    """A line that comes in before the join (the reader thread has not drawn a prompt yet) is printed
+    alone; the prompt is known, and drawn again under later lines, once the session is joined."""
+    out = io.StringIO()
+    front = LineFrontEnd(out, io.StringIO(), colour=False, interactive=True)
+    joining = p.Event(1, at(3, 9, 0), p.KIND_JOIN, "bob", "", GENERAL)
+    front.show(ev.Public(joining))
+    assert not front.prompt_known.is_set() and "Your name" not in out.getvalue()
+    front.show(ev.Status("connected", "alice"))
+    assert front.prompt_known.is_set() and front.prompt == "> "
+    front.prompt_open = True  # what the reader does as input() draws the prompt
+    front.show(ev.Public(p.Event(2, at(3, 9, 1), p.KIND_MSG, "bob", "hi", GENERAL)))
+    assert out.getvalue().endswith("bob: hi\n> ") and "Your name" not in out.getvalue()
+
+
 # --------------------------------------------------------------------------- client.py end to end
 
 

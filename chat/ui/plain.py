@@ -32,6 +32,9 @@ class LineFrontEnd:
         self.interactive = interactive
         self.prompt = NAME_PROMPT
         self.prompt_open = False  # interactive: the cursor is on the prompt's line
+        # Set once the prompt is known (a name is asked for, or the session is joined): until then the
+        # reader does not draw one, so that ``--name`` never shows "Your name: " under the first lines.
+        self.prompt_known = threading.Event()
         self._lock = threading.Lock()
 
     def show(self, item: ev.Show) -> None:
@@ -66,9 +69,11 @@ class LineFrontEnd:
                 self._notice(f"{item.reason}")
             if not self.interactive and item.reason == "":
                 self._notice("reading the name from the first input line")
+            self.prompt_known.set()
         elif isinstance(item, ev.Status) and item.state == "connected":
             self.prompt = PROMPT
             self._notice(f"joined as {item.name}; type /help for commands")
+            self.prompt_known.set()
         # Sent and Acked: our own lines are not echoed in line mode.
 
     def _notice(self, text: str) -> None:
@@ -105,11 +110,10 @@ class LineFrontEnd:
 
     def _line(self, line: str) -> None:
         with self._lock:
-            if self.interactive:
+            if self.interactive and self.prompt_open:
                 # Erase the prompt line, print, then redraw the prompt and what was typed so far.
                 self.out.write(f"\r\x1b[K{line}\n{self.prompt}{_typed_so_far()}")
-                self.prompt_open = True
-            else:
+            else:  # (interactive, before the first prompt: input() draws it once the prompt is known)
                 self.out.write(line + "\n")
             self.out.flush()
 
@@ -129,6 +133,7 @@ def read_input(conn: Connection, front: LineFrontEnd, stdin: TextIO) -> None:
             import readline  # noqa: F401 - enables line editing and Up/Down recall in input()
         except ImportError:  # pragma: no cover
             pass
+        front.prompt_known.wait()  # (a daemon thread: it ends with the client if the join never comes)
         while True:
             front.prompt_open = True  # input() draws it
             try:
